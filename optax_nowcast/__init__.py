@@ -1,0 +1,13 @@
+"""optax_nowcast: nowcasting of neural-network parameters as a composable optax transformation.
+
+>>> import optax, optax_nowcast as onc
+>>> tx = optax.chain(optax.adam(1e-3), onc.nowcast(onc.predictors.linefit(), interval=20))
+"""
+
+from optax_nowcast import predictors, schedules
+from optax_nowcast.predictors import Predictor
+from optax_nowcast.transform import NowcastState, nowcast
+
+__version__ = "0.1.0"
+
+__all__ = ["NowcastState", "Predictor", "nowcast", "predictors", "schedules", "__version__"]

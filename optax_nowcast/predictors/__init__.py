@@ -1,0 +1,21 @@
+"""Nowcasting predictors: each returns a :class:`Predictor` to pass to :func:`optax_nowcast.nowcast`."""
+
+from optax_nowcast.predictors.base import History, Predictor, PredictorState, no_state, per_coordinate
+from optax_nowcast.predictors.linefit import (
+    linefit,
+    linefit_coefficients,
+    linefit_plus,
+    linefit_trajectory,
+)
+
+__all__ = [
+    "History",
+    "Predictor",
+    "PredictorState",
+    "linefit",
+    "linefit_coefficients",
+    "linefit_plus",
+    "linefit_trajectory",
+    "no_state",
+    "per_coordinate",
+]

@@ -1,0 +1,67 @@
+"""The predictor interface shared by every nowcasting method.
+
+A predictor is a pair of pure functions, in the spirit of an optax transformation:
+
+* ``init(params) -> predictor_state``: any state the predictor keeps (weights, an RNG key, static
+  index maps built once from the parameter shapes). ``params`` has the structure of the model's
+  parameters with non-float leaves replaced by ``optax.MaskedNode()``.
+* ``predict(history, times, k, predictor_state) -> (prediction, predictor_state)``:
+
+  - ``history``: pytree like ``params`` whose leaves have a leading axis ``ctx``, oldest state first,
+    stored in the history dtype (compute in float32 and let ``nowcast`` cast back);
+  - ``times``: float32 array ``(ctx,)``, the step of each state relative to the latest one, divided by
+    ``interval``: ``[-(ctx-1), ..., -1, 0]`` when states are recorded at a regular interval;
+  - ``k``: int32 scalar, the horizon in intervals: predict the state at ``times[-1] + k``;
+  - returns a pytree with the structure of one state (``history`` without the leading axis).
+
+``predict`` is traced inside ``jax.jit``; it must not branch in Python on traced values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PredictorState = Any
+History = Any
+
+
+class Predictor(NamedTuple):
+  """A nowcasting method: ``init`` and ``predict`` (see the module docstring)."""
+
+  init: Callable[[Any], PredictorState]
+  predict: Callable[[History, jax.Array, jax.Array, PredictorState], tuple[Any, PredictorState]]
+  name: str = "predictor"
+  min_ctx: int = 2
+
+
+def no_state(params: Any) -> tuple[()]:
+  """``init`` of a predictor without state."""
+  del params
+  return ()
+
+
+def per_coordinate(fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+                   ) -> Callable[[History, jax.Array, jax.Array], Any]:
+  """Lifts a predictor of one scalar trajectory to a whole history pytree.
+
+  ``fn(trajectory (ctx,), times (ctx,), k) -> scalar`` is ``jax.vmap``-ed over every coordinate of
+  every leaf; the computation is done in float32 and the result cast back to the history dtype.
+
+  >>> import jax.numpy as jnp
+  >>> last = per_coordinate(lambda w, t, k: w[-1])
+  >>> last({"w": jnp.arange(6.0).reshape(3, 2)}, jnp.arange(3.0), 1)["w"].tolist()
+  [4.0, 5.0]
+  """
+  vfn = jax.vmap(fn, in_axes=(1, None, None))
+
+  def apply(history, times, k):
+    def leaf(h):
+      flat = h.reshape(h.shape[0], -1).astype(jnp.float32)
+      return vfn(flat, times, k).reshape(h.shape[1:]).astype(h.dtype)
+    return jax.tree.map(leaf, history)
+
+  return apply

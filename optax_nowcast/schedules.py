@@ -1,0 +1,255 @@
+"""When to jump (period schedules) and how far (horizon schedules).
+
+Units: a *step* is one call of ``update`` (one optimizer step); ``s`` below is the number of steps
+taken *after* the current update, so the first update has ``s = 1``. A jump at step ``J`` replaces the
+parameters reached after ``J`` base steps by the prediction. A *horizon* ``k`` is measured in
+*intervals* (the spacing of the recorded states), as in WNN and NiNo.
+
+Period schedules give, for any step ``s``, the first scheduled jump step ``J >= s`` and its 0-based
+index ``j``; they are evaluated inside ``jax.jit`` on traced integers without host round-trips.
+Horizon schedules map the jump index ``j`` to ``k``.
+
+Example:
+
+  >>> from optax_nowcast import schedules
+  >>> schedules.constant_period(1000).jump_steps(4000).tolist()
+  [1000, 2000, 3000, 4000]
+  >>> schedules.k_decay(max_k=40, n_jumps=10).table().tolist()
+  [40, 33, 26, 21, 16, 11, 8, 5, 3, 1]
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "PeriodSchedule",
+    "ConstantPeriod",
+    "DynamicPeriod",
+    "HorizonSchedule",
+    "ConstantHorizon",
+    "KDecay",
+    "constant_period",
+    "dynamic_period",
+    "constant_horizon",
+    "k_decay",
+]
+
+
+def _check_int(name: str, value, minimum: int, fix: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__}). {fix}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}")
+  return int(value)
+
+
+class PeriodSchedule(abc.ABC):
+  """Base class of the jump schedules.
+
+  Subclasses implement :meth:`next_jump` (traced) and :meth:`jump_steps` (host).
+  """
+
+  @abc.abstractmethod
+  def next_jump(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First jump step ``J >= step`` and its 0-based index ``j`` (int32 scalars, traceable)."""
+
+  @abc.abstractmethod
+  def jump_steps(self, total_steps: int) -> np.ndarray:
+    """All jump steps ``J <= total_steps`` (host-side ``np.ndarray`` of ints)."""
+
+  @abc.abstractmethod
+  def min_gap(self) -> int:
+    """Smallest distance between two jumps, the first jump counted from step 0."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantPeriod(PeriodSchedule):
+  """Jumps at steps ``period, 2 * period, 3 * period, ...`` (WNN, NiNo)."""
+
+  period: int
+
+  def __post_init__(self):
+    _check_int("period", self.period, 1, "Pass the number of optimizer steps between two jumps.")
+
+  def next_jump(self, step):
+    step = jnp.asarray(step, jnp.int32)
+    j = jnp.maximum(step - 1, 0) // self.period
+    return ((j + 1) * self.period).astype(jnp.int32), j.astype(jnp.int32)
+
+  def jump_steps(self, total_steps):
+    return np.arange(self.period, total_steps + 1, self.period, dtype=np.int64)
+
+  def min_gap(self):
+    return self.period
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicPeriod(PeriodSchedule):
+  r"""A period that grows during training (NiNo++): nowcast often early, rarely late.
+
+  The NiNo++ paper refers to a formula that is missing from its text; this is ours. The jumps are
+
+  .. math::
+    J_0 = p(0), \qquad J_{j+1} = J_j + p(J_j), \qquad
+    p(s) = \mathrm{round}\Big(p_{\min} + (p_{\max} - p_{\min})
+           \min\big(1, s / T\big)^{\gamma}\Big),
+
+  so the period rises from ``min_period`` at the start to ``max_period`` at ``total_steps`` (``T``)
+  and stays there afterwards. ``power`` (``gamma``) < 1 lengthens the period quickly, > 1 keeps
+  jumps frequent for longer. The jump table up to ``total_steps`` is built once on the host.
+
+  Example (``min_period=1000, max_period=3000, total_steps=10_000``): jumps at 1000, 2200, 3640, 5368,
+  7442, 9930, 12916, 15916, ...
+  """
+
+  min_period: int
+  max_period: int
+  total_steps: int
+  power: float = 1.0
+
+  def __post_init__(self):
+    _check_int("min_period", self.min_period, 1, "Pass the first (shortest) period in steps.")
+    _check_int("max_period", self.max_period, self.min_period,
+               "max_period is the longest period; it must not be below min_period.")
+    _check_int("total_steps", self.total_steps, 1, "Pass the planned length of training in steps.")
+    if not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power > 0):
+      raise ValueError(f"power must be a positive finite number, got {self.power!r}.")
+    object.__setattr__(self, "_table", self._build_table())
+
+  def period_at(self, step: float) -> int:
+    frac = min(1.0, max(0.0, step / self.total_steps)) ** self.power
+    return int(round(self.min_period + (self.max_period - self.min_period) * frac))
+
+  def _build_table(self) -> np.ndarray:
+    steps = [self.period_at(0)]
+    while steps[-1] < self.total_steps:
+      steps.append(steps[-1] + self.period_at(steps[-1]))
+    return np.asarray(steps, np.int64)
+
+  def next_jump(self, step):
+    table = jnp.asarray(self._table, jnp.int32)
+    step = jnp.asarray(step, jnp.int32)
+    n = table.shape[0]
+    idx = jnp.searchsorted(table, step, side="left").astype(jnp.int32)
+    last = table[-1]
+    # Past the table the period is max_period.
+    extra = (jnp.maximum(step - last, 0) + self.max_period - 1) // self.max_period
+    beyond = idx >= n
+    jump = jnp.where(beyond, last + extra * self.max_period, table[jnp.minimum(idx, n - 1)])
+    index = jnp.where(beyond, n - 1 + extra, idx)
+    return jump.astype(jnp.int32), index.astype(jnp.int32)
+
+  def jump_steps(self, total_steps):
+    out = list(self._table[self._table <= total_steps])
+    nxt = int(self._table[-1]) + self.max_period
+    while nxt <= total_steps:
+      out.append(nxt)
+      nxt += self.max_period
+    return np.asarray(out, np.int64)
+
+  def min_gap(self):
+    return int(np.min(np.diff(self._table, prepend=0))) if len(self._table) else self.min_period
+
+
+class HorizonSchedule(abc.ABC):
+  """Maps the 0-based jump index ``j`` to a horizon ``k`` (in intervals)."""
+
+  @abc.abstractmethod
+  def __call__(self, jump_index: jax.Array) -> jax.Array:
+    """Horizon ``k`` (int32 scalar, traceable) at jump ``jump_index``."""
+
+  def resolve(self, period: PeriodSchedule) -> HorizonSchedule:
+    """Returns a schedule with anything that depends on the jump schedule filled in."""
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantHorizon(HorizonSchedule):
+  """The same horizon ``k`` at every jump."""
+
+  k: int
+
+  def __post_init__(self):
+    _check_int("horizon", self.k, 0,
+               "The horizon is how many intervals ahead to predict; use a non-negative int.")
+
+  def __call__(self, jump_index):
+    return jnp.full((), self.k, jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class KDecay(HorizonSchedule):
+  r"""NiNo's k-decay: far jumps early, near jumps late.
+
+  .. math:: k_j = \mathrm{round}\big(\mathrm{linspace}(K^{1/p}, 1, n)[j]^{\,p}\big),
+
+  with ``K = max_k`` and ``n = n_jumps``; jumps past the ``n``-th use ``k = 1``. If ``n_jumps`` is not
+  given it is the number of jumps the period schedule makes up to ``total_steps`` (for a constant
+  period, ``total_steps // period``, as in NiNo).
+  """
+
+  max_k: int
+  n_jumps: int | None = None
+  total_steps: int | None = None
+  p: float = 2.0
+
+  def __post_init__(self):
+    _check_int("max_k", self.max_k, 1, "max_k is the first (largest) horizon in intervals.")
+    if self.n_jumps is None and self.total_steps is None:
+      raise ValueError("k_decay needs n_jumps or total_steps to know how many jumps to spread the "
+                       "horizons over: pass k_decay(max_k, total_steps=<training steps>).")
+    if self.n_jumps is not None:
+      _check_int("n_jumps", self.n_jumps, 1, "Pass the number of jumps in training.")
+    if self.total_steps is not None:
+      _check_int("total_steps", self.total_steps, 1, "Pass the planned training length in steps.")
+    if not (isinstance(self.p, (int, float)) and self.p > 0):
+      raise ValueError(f"p must be a positive number, got {self.p!r}.")
+
+  def resolve(self, period):
+    if self.n_jumps is not None:
+      return self
+    n = len(period.jump_steps(self.total_steps))
+    if n < 1:
+      raise ValueError(f"k_decay(total_steps={self.total_steps}) allows no jump with this period "
+                       f"schedule (first jump after step {self.total_steps}); raise total_steps.")
+    return dataclasses.replace(self, n_jumps=n)
+
+  def table(self) -> np.ndarray:
+    if self.n_jumps is None:
+      raise ValueError("This k_decay is not resolved yet: pass n_jumps, or use it inside nowcast().")
+    ks = np.linspace(self.max_k ** (1.0 / self.p), 1.0, self.n_jumps) ** self.p
+    return np.maximum(np.round(ks), 1).astype(np.int32)
+
+  def __call__(self, jump_index):
+    table = jnp.asarray(self.table())
+    j = jnp.asarray(jump_index, jnp.int32)
+    return jnp.where(j < table.shape[0], table[jnp.clip(j, 0, table.shape[0] - 1)], 1).astype(jnp.int32)
+
+
+def constant_period(period: int) -> ConstantPeriod:
+  """A jump every ``period`` steps."""
+  return ConstantPeriod(period)
+
+
+def dynamic_period(min_period: int, max_period: int, total_steps: int,
+                   power: float = 1.0) -> DynamicPeriod:
+  """NiNo++'s growing period; see :class:`DynamicPeriod` for the formula."""
+  return DynamicPeriod(min_period, max_period, total_steps, power)
+
+
+def constant_horizon(k: int) -> ConstantHorizon:
+  """Predict ``k`` intervals ahead at every jump."""
+  return ConstantHorizon(k)
+
+
+def k_decay(max_k: int, *, n_jumps: int | None = None, total_steps: int | None = None,
+            p: float = 2.0) -> KDecay:
+  """NiNo's decaying horizon; see :class:`KDecay` for the formula."""
+  return KDecay(max_k, n_jumps, total_steps, p)

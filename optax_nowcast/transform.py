@@ -1,0 +1,285 @@
+r"""``nowcast``: an optax transformation that periodically jumps the parameters ahead.
+
+Steps are counted as optax counts them: the update call made with ``state.count == s`` receives the
+parameters :math:`\theta_s` reached after ``s`` updates. Between jumps ``nowcast`` passes the base
+optimizer's updates through untouched. For each scheduled jump step ``J`` it records, in a ring buffer,
+the ``ctx`` states :math:`\theta_{J-(ctx-1)\Delta}, \dots, \theta_{J-\Delta}, \theta_J`
+(:math:`\Delta` = ``interval``), each when it arrives as ``params``. In the update call that receives
+:math:`\theta_J` a predictor maps the ``ctx`` states to the state ``k`` intervals ahead,
+
+.. math:: \hat\theta = f\big(\theta_{J-(ctx-1)\Delta}, \dots, \theta_J;\ k\big)
+   \approx \theta_{J + k\Delta},
+
+and ``nowcast`` returns :math:`\hat\theta - \theta_J` instead of the base update, so that
+``optax.apply_updates`` lands on the prediction: :math:`\theta_{J+1} = \hat\theta`. The base
+optimizer's state (Adam's moments and step count) is kept, as in WNN (Jang et al., 2023) and NiNo
+(Knyazev et al., 2025); the gradient of that call still feeds those moments. Predicted states are
+not recorded: every jump uses ``ctx`` fresh states.
+
+With the default period ``ctx * interval`` this is the WNN/NiNo protocol: with ``interval=200,
+ctx=5`` the states after 200, 400, ..., 1000 steps are recorded and the 1001st update is the jump;
+then 1200, ..., 2000 and the 2001st update, and so on. (The official NiNo code predicts inside its
+1000th step, from the state that step reaches; we take that state as the next call's ``params``,
+which lets the non-jump steps stay fused and costs one extra gradient evaluation per jump.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_nowcast import schedules as schedules_lib
+from optax_nowcast.predictors.base import Predictor
+
+__all__ = ["NowcastState", "nowcast"]
+
+
+class NowcastState(NamedTuple):
+  """State of :func:`nowcast`.
+
+  Attributes:
+    count: int32, number of ``update`` calls so far (the step reached after the last update).
+    history: pytree like ``params``; each float leaf has shape ``(ctx, *param.shape)`` in the history
+      dtype, non-float leaves are ``optax.MaskedNode()``. A ring buffer: slot ``i`` holds the state of
+      step ``slot_steps[i]``.
+    slot_steps: int32 ``(ctx,)``, the step of the state in each slot, ``-1`` while empty.
+    next_slot: int32, the slot the next state is written to.
+    filled: int32, states recorded since the last jump (capped at ``ctx``).
+    n_jumps: int32, jumps applied.
+    n_rejected: int32, jumps skipped because the prediction was not finite.
+    last_jump_step: int32, step of the last applied jump, ``-1`` before the first.
+    predictor_state: whatever the predictor keeps.
+  """
+
+  count: jax.Array
+  history: Any
+  slot_steps: jax.Array
+  next_slot: jax.Array
+  filled: jax.Array
+  n_jumps: jax.Array
+  n_rejected: jax.Array
+  last_jump_step: jax.Array
+  predictor_state: Any
+
+
+def _is_float(x) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _check_int(name: str, value, minimum: int, fix: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be an int, got {value!r}. {fix}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}")
+  return int(value)
+
+
+def _resolve_period(period, ctx: int, interval: int) -> schedules_lib.PeriodSchedule:
+  window = ctx * interval
+  if period is None:
+    period = schedules_lib.ConstantPeriod(window)
+  elif isinstance(period, (int, np.integer)) and not isinstance(period, bool):
+    period = schedules_lib.ConstantPeriod(int(period))
+  elif not isinstance(period, schedules_lib.PeriodSchedule):
+    raise ValueError(f"period must be None, an int or a schedules.PeriodSchedule (e.g. "
+                     f"schedules.dynamic_period(...)), got {period!r}.")
+  if period.min_gap() < window:
+    raise ValueError(
+        f"period: jumps {period.min_gap()} steps apart are shorter than ctx * interval = {ctx} * "
+        f"{interval} = {window}; each jump needs ctx fresh states recorded every interval steps. "
+        f"Use a period of at least {window} steps, or lower ctx or interval.")
+  return period
+
+
+def _resolve_horizon(horizon, ctx: int, period) -> schedules_lib.HorizonSchedule:
+  if horizon is None:
+    horizon = schedules_lib.ConstantHorizon(ctx)
+  elif isinstance(horizon, (int, np.integer)) and not isinstance(horizon, bool):
+    if horizon < 0:
+      raise ValueError(f"horizon must be >= 0 intervals, got {horizon}: the predictor extrapolates "
+                       "forward in time. Pass a non-negative int or a schedules.HorizonSchedule.")
+    horizon = schedules_lib.ConstantHorizon(int(horizon))
+  elif not isinstance(horizon, schedules_lib.HorizonSchedule):
+    raise ValueError(f"horizon must be None, an int (intervals) or a schedules.HorizonSchedule "
+                     f"(e.g. schedules.k_decay(40, total_steps=...)), got {horizon!r}.")
+  return horizon.resolve(period)
+
+
+def nowcast(
+    predictor: Predictor,
+    *,
+    interval: int,
+    ctx: int = 5,
+    period: int | schedules_lib.PeriodSchedule | None = None,
+    horizon: int | schedules_lib.HorizonSchedule | None = None,
+    history_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Periodically replaces the parameters by a predictor's nowcast of their future.
+
+  Place it last in an ``optax.chain``, after the optimizer whose trajectory it extrapolates;
+  ``update`` needs ``params``.
+
+  Args:
+    predictor: a :class:`~optax_nowcast.predictors.Predictor`, e.g. ``predictors.linefit()``.
+    interval: steps between two recorded states (200 in NiNo; an epoch in WNN).
+    ctx: number of states the predictor sees (5 in WNN and NiNo).
+    period: when to jump: ``None`` for every ``ctx * interval`` steps, an int for a constant period
+      in steps, or a schedule such as ``schedules.dynamic_period(...)``. Every gap between jumps must
+      be at least ``ctx * interval`` steps.
+    horizon: how far to jump, in intervals: an int, a schedule such as
+      ``schedules.k_decay(max_k=40, total_steps=10_000)``, or ``None`` for ``ctx`` intervals.
+    history_dtype: dtype of the stored states (e.g. ``jnp.bfloat16`` to halve their memory);
+      ``None`` keeps each parameter's dtype.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; extra keyword arguments to ``update`` are accepted
+    and ignored.
+
+  Example:
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import optax_nowcast as onc
+    >>> tx = optax.chain(optax.sgd(0.1), onc.nowcast(onc.predictors.linefit(), interval=2, ctx=3))
+    >>> params = {"w": jnp.array(0.0)}
+    >>> state = tx.init(params)
+    >>> for step in range(7):  # constant gradient -1: sgd moves w by +0.1 per step
+    ...   updates, state = tx.update({"w": jnp.array(-1.0)}, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> # states after 2, 4, 6 steps are 0.2, 0.4, 0.6; the 7th update jumps 3 intervals ahead
+    >>> round(float(params["w"]), 4)
+    1.2
+  """
+  if not isinstance(predictor, Predictor):
+    raise ValueError(f"predictor must be an optax_nowcast.predictors.Predictor (e.g. "
+                     f"predictors.linefit()), got {type(predictor).__name__}.")
+  interval = _check_int("interval", interval, 1,
+                        "interval is the number of optimizer steps between recorded states.")
+  ctx = _check_int("ctx", ctx, max(2, predictor.min_ctx),
+                   f"ctx is the number of recorded states the predictor sees; "
+                   f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
+  period_schedule = _resolve_period(period, ctx, interval)
+  horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
+  if history_dtype is not None:
+    try:
+      history_dtype = jnp.dtype(history_dtype)
+    except TypeError as e:
+      raise ValueError(f"history_dtype must be a float dtype such as jnp.bfloat16, "
+                       f"got {history_dtype!r}.") from e
+    if not jnp.issubdtype(history_dtype, jnp.floating):
+      raise ValueError(f"history_dtype must be a float dtype such as jnp.bfloat16 or None, "
+                       f"got {history_dtype}.")
+  window = ctx * interval
+
+  def init_fn(params):
+    if params is None:
+      raise ValueError("nowcast.init needs the parameters (tx.init(params)).")
+
+    def hist_leaf(p):
+      if not _is_float(p):
+        return optax.MaskedNode()
+      dtype = history_dtype if history_dtype is not None else jnp.result_type(p)
+      return jnp.zeros((ctx,) + jnp.shape(p), dtype)
+
+    masked_params = jax.tree.map(lambda p: p if _is_float(p) else optax.MaskedNode(), params)
+    # Every field gets its own buffer so that the state can be donated.
+    zero = lambda: jnp.zeros((), jnp.int32)
+    return NowcastState(
+        count=zero(),
+        history=jax.tree.map(hist_leaf, params),
+        slot_steps=jnp.full((ctx,), -1, jnp.int32),
+        next_slot=zero(),
+        filled=zero(),
+        n_jumps=zero(),
+        n_rejected=zero(),
+        last_jump_step=jnp.full((), -1, jnp.int32),
+        predictor_state=predictor.init(masked_params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(
+          "nowcast needs the current parameters to record their trajectory: call "
+          "tx.update(updates, state, params). (Flax TrainState and nnx.Optimizer pass them.)")
+    p_leaves, treedef = jax.tree.flatten(params)
+    u_leaves = treedef.flatten_up_to(updates)
+    float_ix = [i for i, p in enumerate(p_leaves) if _is_float(p)]
+    h_leaves, h_treedef = jax.tree.flatten(state.history)
+    chex.assert_equal(len(h_leaves), len(float_ix))
+
+    step = state.count  # `params` are the state reached after `step` updates
+    jump_step, jump_index = period_schedule.next_jump(step)
+    to_jump = jump_step - step
+    do_record = (to_jump % interval == 0) & (to_jump <= (ctx - 1) * interval)
+
+    def jump(h_leaves, slot_steps, next_slot, pstate):
+      order = (next_slot + jnp.arange(ctx)) % ctx  # oldest first
+      chrono = [jnp.take(h, order, axis=0) for h in h_leaves]
+      steps = slot_steps[order]
+      times = (steps - steps[-1]).astype(jnp.float32) / interval
+      k = horizon_schedule(jump_index)
+      prediction, new_pstate = predictor.predict(
+          jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
+      pred_leaves = jax.tree.leaves(prediction)
+      chex.assert_equal(len(pred_leaves), len(float_ix))
+      finite = jnp.array(True)
+      for x in pred_leaves:
+        finite &= jnp.all(jnp.isfinite(x))
+      # The ring's oldest slot is stale after a jump: it carries the jump (prediction - params)
+      # until the update below reads it, so a jump costs no extra parameter copy.
+      new_h = []
+      for h, x, i in zip(h_leaves, pred_leaves, float_ix):
+        delta = x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
+        new_h.append(jax.lax.dynamic_update_index_in_dim(h, delta.astype(h.dtype), next_slot, 0))
+      return new_h, finite, ~finite, new_pstate
+
+    def no_jump(h_leaves, slot_steps, next_slot, pstate):
+      return list(h_leaves), jnp.array(False), jnp.array(False), pstate
+
+    def record(h_leaves, slot_steps, next_slot, filled, pstate):
+      new_h = [jax.lax.dynamic_update_index_in_dim(h, jnp.asarray(p_leaves[i]).astype(h.dtype),
+                                                   next_slot, 0)
+               for h, i in zip(h_leaves, float_ix)]
+      slot_steps = slot_steps.at[next_slot].set(step)
+      next_slot = (next_slot + 1) % ctx
+      filled = jnp.minimum(filled + 1, ctx)
+      is_jump = (to_jump == 0) & (filled >= ctx)
+      new_h, applied, rejected, pstate = jax.lax.cond(
+          is_jump, jump, no_jump, new_h, slot_steps, next_slot, pstate)
+      filled = jnp.where(is_jump, 0, filled)
+      return new_h, slot_steps, next_slot, filled, pstate, applied, rejected
+
+    def keep(h_leaves, slot_steps, next_slot, filled, pstate):
+      return list(h_leaves), slot_steps, next_slot, filled, pstate, jnp.array(False), \
+          jnp.array(False)
+
+    # Non-recording steps only pay for this predicate and the fused `where` below.
+    h_leaves, slot_steps, next_slot, filled, pstate, applied, rejected = jax.lax.cond(
+        do_record, record, keep, h_leaves, state.slot_steps, state.next_slot, state.filled,
+        state.predictor_state)
+
+    out_leaves = list(u_leaves)
+    for h, i in zip(h_leaves, float_ix):
+      u = u_leaves[i]
+      delta = jax.lax.dynamic_index_in_dim(h, next_slot, 0, keepdims=False)
+      out_leaves[i] = jnp.where(applied, delta.astype(jnp.result_type(u)), u)
+
+    new_state = NowcastState(
+        count=step + 1,
+        history=jax.tree.unflatten(h_treedef, h_leaves),
+        slot_steps=slot_steps,
+        next_slot=next_slot,
+        filled=filled,
+        n_jumps=state.n_jumps + applied.astype(jnp.int32),
+        n_rejected=state.n_rejected + rejected.astype(jnp.int32),
+        last_jump_step=jnp.where(applied, step, state.last_jump_step),
+        predictor_state=pstate,
+    )
+    return jax.tree.unflatten(treedef, out_leaves), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
