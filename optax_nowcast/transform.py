@@ -173,7 +173,6 @@ def nowcast(
     if not jnp.issubdtype(history_dtype, jnp.floating):
       raise ValueError(f"history_dtype must be a float dtype such as jnp.bfloat16 or None, "
                        f"got {history_dtype}.")
-  window = ctx * interval
 
   def init_fn(params):
     if params is None:
@@ -233,7 +232,7 @@ def nowcast(
       # The ring's oldest slot is stale after a jump: it carries the jump (prediction - params)
       # until the update below reads it, so a jump costs no extra parameter copy.
       new_h = []
-      for h, x, i in zip(h_leaves, pred_leaves, float_ix):
+      for h, x, i in zip(h_leaves, pred_leaves, float_ix, strict=True):
         delta = x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
         new_h.append(jax.lax.dynamic_update_index_in_dim(h, delta.astype(h.dtype), next_slot, 0))
       return new_h, finite, ~finite, new_pstate
@@ -244,7 +243,7 @@ def nowcast(
     def record(h_leaves, slot_steps, next_slot, filled, pstate):
       new_h = [jax.lax.dynamic_update_index_in_dim(h, jnp.asarray(p_leaves[i]).astype(h.dtype),
                                                    next_slot, 0)
-               for h, i in zip(h_leaves, float_ix)]
+               for h, i in zip(h_leaves, float_ix, strict=True)]
       slot_steps = slot_steps.at[next_slot].set(step)
       next_slot = (next_slot + 1) % ctx
       filled = jnp.minimum(filled + 1, ctx)
@@ -264,7 +263,7 @@ def nowcast(
         state.predictor_state)
 
     out_leaves = list(u_leaves)
-    for h, i in zip(h_leaves, float_ix):
+    for h, i in zip(h_leaves, float_ix, strict=True):
       u = u_leaves[i]
       delta = jax.lax.dynamic_index_in_dim(h, next_slot, 0, keepdims=False)
       out_leaves[i] = jnp.where(applied, delta.astype(jnp.result_type(u)), u)

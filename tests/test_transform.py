@@ -1,0 +1,251 @@
+"""Behaviour of the nowcast transformation: timing, exactness, dtypes, guards, jit/vmap/donation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import marker_predictor, numpy_linefit, run_steps
+
+import optax_nowcast as onc
+from optax_nowcast import schedules
+
+
+def _jump_calls(trajectory, base_rate):
+  """Update calls (0-based: the call that receives the params after s updates) that did not
+  move params by the plain SGD step."""
+  calls = []
+  for s in range(len(trajectory) - 1):
+    moved = np.asarray(trajectory[s + 1]["w"]) - np.asarray(trajectory[s]["w"])
+    if not np.allclose(moved, base_rate, atol=1e-6):
+      calls.append(s)
+  return calls
+
+
+def test_linear_trajectory_extrapolated_exactly_at_the_jump(constant_grad):
+  lr, interval, ctx, k = 0.01, 3, 4, 5
+  tx = optax.chain(optax.sgd(lr), onc.nowcast(onc.predictors.linefit(), interval=interval,
+                                             ctx=ctx, horizon=k))
+  params = {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array(0.0)}
+  traj, state = run_steps(tx, params, constant_grad, ctx * interval + 1)
+  J = ctx * interval
+  for name in params:
+    expected = np.asarray(params[name]) + lr * (J + k * interval)  # the line, k intervals ahead
+    np.testing.assert_allclose(traj[J + 1][name], expected, rtol=1e-6, atol=1e-6)
+  assert int(state[1].n_jumps) == 1
+  assert int(state[1].last_jump_step) == J
+
+
+def test_jump_matches_an_independent_fit_of_a_curved_trajectory():
+  # Adam on a quadratic: the trajectory is curved, so this checks the states and times used.
+  target = jnp.array([3.0, -2.0, 0.5])
+  grad_fn = lambda p: {"w": 2 * (p["w"] - target)}
+  interval, ctx, k = 4, 5, 3
+  tx = optax.chain(optax.adam(0.05),
+                   onc.nowcast(onc.predictors.linefit(), interval=interval, ctx=ctx, horizon=k))
+  traj, _ = run_steps(tx, {"w": jnp.zeros(3)}, grad_fn, 2 * ctx * interval + 1)
+  for J in (ctx * interval, 2 * ctx * interval):
+    states = [traj[J - i * interval]["w"] for i in reversed(range(ctx))]
+    np.testing.assert_allclose(traj[J + 1]["w"], numpy_linefit(states, k), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "period, ctx, interval",
+    [(None, 3, 2), (10, 3, 2), (schedules.dynamic_period(6, 20, total_steps=60), 3, 2)],
+)
+def test_jumps_exactly_at_scheduled_steps(period, ctx, interval, constant_grad):
+  # A predictor that jumps to 100 + oldest state makes every jump visible.
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(marker_predictor(lambda h, t, k: h[0] + 100.0),
+                                              interval=interval, ctx=ctx, period=period))
+  n = 80
+  traj, state = run_steps(tx, {"w": jnp.zeros(2)}, constant_grad, n)
+  schedule = (schedules.constant_period(ctx * interval) if period is None else
+              schedules.constant_period(period) if isinstance(period, int) else period)
+  expected = [int(J) for J in schedule.jump_steps(n - 1)]
+  assert _jump_calls(traj, 1.0) == expected
+  # At each jump the oldest state used is the one recorded (ctx - 1) intervals before J.
+  for J in expected:
+    oldest = traj[J - (ctx - 1) * interval]["w"]
+    np.testing.assert_allclose(traj[J + 1]["w"], np.asarray(oldest) + 100.0)
+  assert int(state[1].n_jumps) == len(expected)
+
+
+def test_k_decay_horizons_reach_the_predictor(constant_grad):
+  # Jump to last state + k: the size of each jump reveals the k the schedule gave.
+  horizon = schedules.k_decay(9, total_steps=40)
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(marker_predictor(lambda h, t, k: h[-1] + k),
+                                              interval=2, ctx=2, horizon=horizon))
+  traj, _ = run_steps(tx, {"w": jnp.zeros(())}, constant_grad, 50)
+  jumps = [s for s in range(50) if s % 4 == 0 and s > 0]
+  ks = [float(traj[s + 1]["w"] - traj[s]["w"]) for s in jumps]
+  # NiNo's formula, written out: 10 jumps in 40 steps, k_j = round(linspace(3, 1, 10)[j] ** 2).
+  expected = [float(round((3 - 2 * j / 9) ** 2)) for j in range(10)] + [1.0, 1.0]
+  assert ks == expected
+  assert jumps[:10] == schedules.constant_period(4).jump_steps(40).tolist()
+
+
+def test_times_passed_to_the_predictor_are_relative_intervals(constant_grad):
+  seen = []
+
+  def fn(h, times, k):
+    jax.debug.callback(lambda t: seen.append(np.asarray(t)), times)
+    return h[-1]
+
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(marker_predictor(fn), interval=3, ctx=4))
+  run_steps(tx, {"w": jnp.zeros(())}, constant_grad, 13)
+  np.testing.assert_array_equal(seen[0], [-3.0, -2.0, -1.0, 0.0])
+
+
+class TestJitAndEager(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_same_result(self):
+    grad_fn = lambda p: {"w": jnp.sin(p["w"]) + 0.3, "b": p["b"] * 0.5 - 1.0}
+    tx = optax.chain(optax.adam(0.1), onc.nowcast(onc.predictors.linefit_plus(), interval=2,
+                                                  ctx=3, horizon=4))
+    params = {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.array(0.2)}
+    state = tx.init(params)
+    update = self.variant(tx.update)
+    for _ in range(14):
+      updates, state = update(grad_fn(params), state, params)
+      params = optax.apply_updates(params, updates)
+    ref_traj, ref_state = run_steps(tx, {"w": jnp.linspace(-1.0, 1.0, 6), "b": jnp.array(0.2)},
+                                    grad_fn, 14, jit=True)
+    chex.assert_trees_all_close(params, ref_traj[-1], rtol=1e-5, atol=1e-6)
+    self.assertEqual(int(state[1].n_jumps), 2)
+    self.assertEqual(int(ref_state[1].n_jumps), 2)
+
+
+@pytest.mark.parametrize("param_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dtypes_are_preserved(param_dtype, constant_grad):
+  tx = optax.chain(optax.sgd(0.1), onc.nowcast(onc.predictors.linefit(), interval=1, ctx=2))
+  params = {"w": jnp.ones((4,), param_dtype), "n": jnp.arange(3, dtype=jnp.int32)}
+  grad_fn = lambda p: {"w": -jnp.ones_like(p["w"]), "n": jnp.zeros_like(p["n"])}
+  state = tx.init(params)
+  assert state[1].history["w"].dtype == param_dtype
+  assert isinstance(state[1].history["n"], optax.MaskedNode)
+  step = jax.jit(lambda p, s: tx.update(grad_fn(p), s, p))
+  for _ in range(5):
+    updates, state = step(params, state)
+    assert updates["w"].dtype == param_dtype
+    params = optax.apply_updates(params, updates)
+    assert params["w"].dtype == param_dtype
+  assert int(state[1].n_jumps) == 2
+  np.testing.assert_array_equal(params["n"], np.arange(3))
+
+
+def test_history_dtype_lowers_storage_only(constant_grad):
+  tx = optax.chain(optax.sgd(0.01), onc.nowcast(onc.predictors.linefit(), interval=2, ctx=3,
+                                               history_dtype=jnp.bfloat16))
+  params = {"w": jnp.full((8,), 1.0, jnp.float32)}
+  traj, state = run_steps(tx, params, constant_grad, 7)
+  assert state[1].history["w"].dtype == jnp.bfloat16
+  assert traj[-1]["w"].dtype == jnp.float32
+  # Prediction 1 + 0.01 * (6 + 3 * 2) = 1.12, within bfloat16 rounding of the stored states.
+  np.testing.assert_allclose(traj[-1]["w"], 1.12, atol=2e-2)
+
+
+def test_non_float_leaves_pass_through():
+  tx = optax.chain(onc.nowcast(marker_predictor(lambda h, t, k: h[-1] + 5.0), interval=1, ctx=2))
+  params = {"w": jnp.zeros(2), "step": jnp.array(7, jnp.int32), "flag": jnp.array(True)}
+  updates = {"w": jnp.ones(2), "step": jnp.array(1, jnp.int32), "flag": jnp.array(False)}
+  state = tx.init(params)
+  for _ in range(3):
+    out, state = tx.update(updates, state, params)
+    assert out["step"].dtype == jnp.int32 and int(out["step"]) == 1
+    assert out["flag"].dtype == jnp.bool_ and not bool(out["flag"])
+  assert int(state[0].n_jumps) == 1
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_non_finite_prediction_never_reaches_params(bad, constant_grad):
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(
+      marker_predictor(lambda h, t, k: jnp.where(h[-1] == h[-1].ravel()[0], bad, h[-1])), interval=1, ctx=2))
+  traj, state = run_steps(tx, {"w": jnp.zeros(3), "v": jnp.zeros(())}, constant_grad, 9)
+  for p in traj:
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(p))
+  # Every jump was rejected, so the base updates passed through: w = number of steps.
+  np.testing.assert_allclose(traj[-1]["w"], 9.0)
+  assert int(state[1].n_rejected) == 4 and int(state[1].n_jumps) == 0
+  assert int(state[1].last_jump_step) == -1
+
+
+def test_works_under_vmap_over_seeds():
+  tx = optax.chain(optax.adam(0.1), onc.nowcast(onc.predictors.linefit(), interval=2, ctx=3))
+  grad_fn = lambda p: {"w": p["w"] - 1.0}
+  seeds = jnp.asarray([[0.0, 1.0], [2.0, -3.0], [5.0, 0.5]])
+
+  def train(w):
+    params = {"w": w}
+    state = tx.init(params)
+    for _ in range(13):
+      updates, state = tx.update(grad_fn(params), state, params)
+      params = optax.apply_updates(params, updates)
+    return params["w"], state[1].n_jumps
+
+  batched, jumps = jax.jit(jax.vmap(train))(seeds)
+  for i in range(3):
+    single, n = train(seeds[i])
+    np.testing.assert_allclose(batched[i], single, rtol=1e-6)
+    assert int(jumps[i]) == int(n) == 2
+
+
+def test_state_can_be_donated(constant_grad):
+  tx = optax.chain(optax.adam(0.1), onc.nowcast(onc.predictors.linefit(), interval=2, ctx=3))
+  params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
+
+  def step(params, state):
+    updates, state = tx.update(constant_grad(params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  donated = jax.jit(step, donate_argnums=(0, 1))
+  plain = jax.jit(step)
+  p1 = p2 = params
+  s1, s2 = tx.init(params), tx.init(params)
+  for _ in range(13):
+    p2, s2 = plain(p2, s2)
+    p1, s1 = donated(p1, s1)
+  chex.assert_trees_all_close(p1, p2)
+  assert int(s1[1].n_jumps) == 2
+
+
+def test_traces_once():
+  traces = []
+  tx = optax.chain(optax.adam(0.1), onc.nowcast(onc.predictors.linefit(), interval=2, ctx=3))
+
+  @jax.jit
+  def step(params, state):
+    traces.append(1)
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  for _ in range(20):
+    params, state = step(params, state)
+  assert len(traces) == 1
+  assert int(state[1].n_jumps) == 3
+
+
+def test_base_optimizer_state_is_kept_across_jumps():
+  grads = [{"w": jnp.full((3,), 0.1 * i - 0.5)} for i in range(12)]
+  adam = optax.adam(0.1)
+  tx = optax.chain(adam, onc.nowcast(onc.predictors.linefit(), interval=1, ctx=2))
+  params = {"w": jnp.zeros(3)}
+  s_adam, s_tx = adam.init(params), tx.init(params)
+  for g in grads:
+    _, s_adam = adam.update(g, s_adam, params)
+    _, s_tx = tx.update(g, s_tx, params)
+  chex.assert_trees_all_close(s_tx[0], s_adam)
+  assert int(s_tx[1].n_jumps) == 5  # calls 0..11: jumps at 2, 4, 6, 8, 10
+
+
+def test_empty_and_scalar_leaves(constant_grad):
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(onc.predictors.linefit(), interval=1, ctx=2))
+  params = {"empty": jnp.zeros((0, 3)), "scalar": jnp.array(0.0), "nested": [jnp.zeros(2)]}
+  traj, state = run_steps(tx, params, constant_grad, 3)
+  assert traj[-1]["empty"].shape == (0, 3)
+  # After 2 steps the jump extrapolates 2 intervals: 2 + 2 = 4.
+  np.testing.assert_allclose(traj[3]["scalar"], 4.0)
+  np.testing.assert_allclose(traj[3]["nested"][0], 4.0)
