@@ -6,8 +6,10 @@
 
 from optax_nowcast import predictors, schedules
 from optax_nowcast.predictors import Predictor
-from optax_nowcast.transform import NowcastState, nowcast
+from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast
 
 __version__ = "0.1.0"
 
-__all__ = ["NowcastState", "Predictor", "nowcast", "predictors", "schedules", "__version__"]
+__all__ = [
+    "NowcastState", "Predictor", "find_nowcast_state", "nowcast", "predictors", "schedules", "__version__",
+]

@@ -36,7 +36,7 @@ import optax
 from optax_nowcast import schedules as schedules_lib
 from optax_nowcast.predictors.base import Predictor
 
-__all__ = ["NowcastState", "nowcast"]
+__all__ = ["NowcastState", "find_nowcast_state", "nowcast"]
 
 
 class NowcastState(NamedTuple):
@@ -282,3 +282,21 @@ def nowcast(
     return jax.tree.unflatten(treedef, out_leaves), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_nowcast_state(opt_state: Any) -> NowcastState | None:
+  """The :class:`NowcastState` inside an optimizer state (a chain, ``MultiSteps``, ...), or None.
+
+  Handy for logging: ``find_nowcast_state(opt_state).n_jumps``.
+
+  >>> import jax.numpy as jnp, optax, optax_nowcast as onc
+  >>> tx = optax.MultiSteps(optax.chain(optax.adam(1e-3),
+  ...                                   onc.nowcast(onc.predictors.linefit(), interval=10)), 2)
+  >>> int(find_nowcast_state(tx.init({"w": jnp.zeros(3)})).n_jumps)
+  0
+  """
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, NowcastState))
+           if isinstance(x, NowcastState)]
+  if len(found) > 1:
+    raise ValueError(f"opt_state holds {len(found)} nowcast states; index the chain to pick one.")
+  return found[0] if found else None
