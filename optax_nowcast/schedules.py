@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_nowcast._checks import check_int
+
 __all__ = [
     "PeriodSchedule",
     "ConstantPeriod",
@@ -42,12 +44,6 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value, minimum: int, fix: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__}). {fix}")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}")
-  return int(value)
 
 
 class PeriodSchedule(abc.ABC):
@@ -76,7 +72,7 @@ class ConstantPeriod(PeriodSchedule):
   period: int
 
   def __post_init__(self):
-    _check_int("period", self.period, 1, "Pass the number of optimizer steps between two jumps.")
+    check_int("period", self.period, 1, "Pass the number of optimizer steps between two jumps.")
 
   def next_jump(self, step):
     step = jnp.asarray(step, jnp.int32)
@@ -115,10 +111,10 @@ class DynamicPeriod(PeriodSchedule):
   power: float = 1.0
 
   def __post_init__(self):
-    _check_int("min_period", self.min_period, 1, "Pass the first (shortest) period in steps.")
-    _check_int("max_period", self.max_period, self.min_period,
+    check_int("min_period", self.min_period, 1, "Pass the first (shortest) period in steps.")
+    check_int("max_period", self.max_period, self.min_period,
                "max_period is the longest period; it must not be below min_period.")
-    _check_int("total_steps", self.total_steps, 1, "Pass the planned length of training in steps.")
+    check_int("total_steps", self.total_steps, 1, "Pass the planned length of training in steps.")
     if not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power > 0):
       raise ValueError(f"power must be a positive finite number, got {self.power!r}.")
     object.__setattr__(self, "_table", self._build_table())
@@ -177,7 +173,7 @@ class ConstantHorizon(HorizonSchedule):
   k: int
 
   def __post_init__(self):
-    _check_int("horizon", self.k, 0,
+    check_int("horizon", self.k, 0,
                "The horizon is how many intervals ahead to predict; use a non-negative int.")
 
   def __call__(self, jump_index):
@@ -201,14 +197,14 @@ class KDecay(HorizonSchedule):
   p: float = 2.0
 
   def __post_init__(self):
-    _check_int("max_k", self.max_k, 1, "max_k is the first (largest) horizon in intervals.")
+    check_int("max_k", self.max_k, 1, "max_k is the first (largest) horizon in intervals.")
     if self.n_jumps is None and self.total_steps is None:
       raise ValueError("k_decay needs n_jumps or total_steps to know how many jumps to spread the "
                        "horizons over: pass k_decay(max_k, total_steps=<training steps>).")
     if self.n_jumps is not None:
-      _check_int("n_jumps", self.n_jumps, 1, "Pass the number of jumps in training.")
+      check_int("n_jumps", self.n_jumps, 1, "Pass the number of jumps in training.")
     if self.total_steps is not None:
-      _check_int("total_steps", self.total_steps, 1, "Pass the planned training length in steps.")
+      check_int("total_steps", self.total_steps, 1, "Pass the planned training length in steps.")
     if not (isinstance(self.p, (int, float)) and self.p > 0):
       raise ValueError(f"p must be a positive number, got {self.p!r}.")
 

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from optax_nowcast import schedules as schedules_lib
+from optax_nowcast._checks import check_int
 from optax_nowcast.predictors.base import Predictor
 
 __all__ = ["NowcastState", "find_nowcast_state", "nowcast"]
@@ -71,12 +72,6 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _check_int(name: str, value, minimum: int, fix: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an int, got {value!r}. {fix}")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}")
-  return int(value)
 
 
 def _resolve_period(period, ctx: int, interval: int) -> schedules_lib.PeriodSchedule:
@@ -157,9 +152,9 @@ def nowcast(
   if not isinstance(predictor, Predictor):
     raise ValueError(f"predictor must be an optax_nowcast.predictors.Predictor (e.g. "
                      f"predictors.linefit()), got {type(predictor).__name__}.")
-  interval = _check_int("interval", interval, 1,
+  interval = check_int("interval", interval, 1,
                         "interval is the number of optimizer steps between recorded states.")
-  ctx = _check_int("ctx", ctx, max(2, predictor.min_ctx),
+  ctx = check_int("ctx", ctx, max(2, predictor.min_ctx),
                    f"ctx is the number of recorded states the predictor sees; "
                    f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
   period_schedule = _resolve_period(period, ctx, interval)

@@ -1,0 +1,13 @@
+"""Argument checks shared by the public constructors: errors name the argument and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_int(name: str, value, minimum: int, fix: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__}). {fix}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}")
+  return int(value)
