@@ -4,12 +4,13 @@
 >>> tx = optax.chain(optax.adam(1e-3), onc.nowcast(onc.predictors.linefit(), interval=20))
 """
 
-from optax_nowcast import predictors, schedules
+from optax_nowcast import predictors, schedules, weight_prediction
 from optax_nowcast.predictors import Predictor
 from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NowcastState", "Predictor", "find_nowcast_state", "nowcast", "predictors", "schedules", "__version__",
+    "NowcastState", "Predictor", "find_nowcast_state", "nowcast", "predictors", "schedules", "weight_prediction",
+    "__version__",
 ]
