@@ -11,6 +11,12 @@ from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast
 __version__ = "0.1.0"
 
 __all__ = [
-    "NowcastState", "Predictor", "find_nowcast_state", "nowcast", "predictors", "schedules", "weight_prediction",
+    "NowcastState",
+    "Predictor",
     "__version__",
+    "find_nowcast_state",
+    "nowcast",
+    "predictors",
+    "schedules",
+    "weight_prediction",
 ]
