@@ -91,14 +91,14 @@ def run(steps: int, block: int, interval: int = 200, ctx: int = 5, batch: int = 
          "methods": {}}
   for name, r in runs.items():
     t = np.asarray(r["times"]) * 1e3
+    nc_state = onc.find_nowcast_state(r["opt_state"])
     out["methods"][name] = {
         "median_step_ms": float(np.median(t[plain])), "mean_step_ms": float(np.mean(t[plain])),
         "p90_step_ms": float(np.percentile(t[plain], 90)),
         "record_step_ms": float(np.median(t[is_record])) if is_record.any() else None,
         "jump_step_ms": [float(v) for v in t[is_jump]],
         "state_bytes": r["state_bytes"],
-        "n_jumps": int(onc.find_nowcast_state(r["opt_state"]).n_jumps)
-        if onc.find_nowcast_state(r["opt_state"]) is not None else 0,
+        "n_jumps": int(nc_state.n_jumps) if nc_state is not None else 0,
         "times_ms": t.tolist(),
     }
   base, nc = out["methods"]["adam"], out["methods"]["adam+nowcast(linefit)"]

@@ -1,9 +1,9 @@
 """When to jump (period schedules) and how far (horizon schedules).
 
-Units: a *step* is one call of ``update`` (one optimizer step); ``s`` below is the number of steps
-taken *after* the current update, so the first update has ``s = 1``. A jump at step ``J`` replaces the
-parameters reached after ``J`` base steps by the prediction. A *horizon* ``k`` is measured in
-*intervals* (the spacing of the recorded states), as in WNN and NiNo.
+Units: a *step* ``s`` is the number of updates already made, i.e. ``state.count`` of the update call
+that receives the parameters reached after ``s`` steps. A jump at step ``J`` is made by the update call
+that receives those parameters: it replaces that call's base update by ``prediction - params``. A
+*horizon* ``k`` is measured in *intervals* (the spacing of the recorded states), as in WNN and NiNo.
 
 Period schedules give, for any step ``s``, the first scheduled jump step ``J >= s`` and its 0-based
 index ``j``; they are evaluated inside ``jax.jit`` on traced integers without host round-trips.
@@ -113,7 +113,7 @@ class DynamicPeriod(PeriodSchedule):
   def __post_init__(self):
     check_int("min_period", self.min_period, 1, "Pass the first (shortest) period in steps.")
     check_int("max_period", self.max_period, self.min_period,
-               "max_period is the longest period; it must not be below min_period.")
+              "max_period is the longest period; it must not be below min_period.")
     check_int("total_steps", self.total_steps, 1, "Pass the planned length of training in steps.")
     if not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power > 0):
       raise ValueError(f"power must be a positive finite number, got {self.power!r}.")

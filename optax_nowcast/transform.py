@@ -153,10 +153,10 @@ def nowcast(
     raise ValueError(f"predictor must be an optax_nowcast.predictors.Predictor (e.g. "
                      f"predictors.linefit()), got {type(predictor).__name__}.")
   interval = check_int("interval", interval, 1,
-                        "interval is the number of optimizer steps between recorded states.")
+                       "interval is the number of optimizer steps between recorded states.")
   ctx = check_int("ctx", ctx, max(2, predictor.min_ctx),
-                   f"ctx is the number of recorded states the predictor sees; "
-                   f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
+                  f"ctx is the number of recorded states the predictor sees; "
+                  f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
   period_schedule = _resolve_period(period, ctx, interval)
   horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
   if history_dtype is not None:
