@@ -51,3 +51,30 @@ def numpy_linefit(states: list[np.ndarray], k: float, weighted: bool = False) ->
   w = np.sqrt(x / ctx) if weighted else None  # polyfit weights multiply residuals
   coef = np.polyfit(x, y, 1, w=w)
   return (coef[0] * (ctx + k) + coef[1]).reshape(np.shape(states[0]))
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def need(path, what: str):
+  """Returns ``path`` if it exists; otherwise skips (locally) or fails (under CI, where it must exist)."""
+  import os
+
+  if os.path.exists(path):
+    return path
+  msg = f"{what} not found at {path}"
+  if os.environ.get("CI"):
+    pytest.fail(msg + " (CI must provide it: see .ci/run)")
+  pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+  """The workplace's shared data folder (CIFAR-10, Tiny Shakespeare); Fashion-MNIST comes from apt."""
+  return str(need(SHARED / "data", "the shared data folder"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+  """The official NiNo reference vectors (read in place, never copied into the project)."""
+  return need(SHARED / "reference" / "nino", "the NiNo reference vectors")

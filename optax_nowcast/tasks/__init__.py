@@ -1,5 +1,32 @@
 """Tasks: data + model + loss + metric, kept apart from the optimizers (as in learned_optimization)."""
 
-from optax_nowcast.tasks.digits import MLP, DigitsData, load_digits_split
+from optax_nowcast.tasks import datasets
+from optax_nowcast.tasks.datasets import (
+    ImageData,
+    TextData,
+    load_cifar10,
+    load_fashion_mnist,
+    load_tiny_shakespeare,
+)
+from optax_nowcast.tasks.digits import DigitsData, load_digits_split
+from optax_nowcast.tasks.models import CNN, GPT, MLP
+from optax_nowcast.tasks.tasks import TASKS, Task, TaskSpec, conv_as_matmul, make_task
 
-__all__ = ["MLP", "DigitsData", "load_digits_split"]
+__all__ = [
+    "CNN",
+    "GPT",
+    "MLP",
+    "TASKS",
+    "DigitsData",
+    "ImageData",
+    "Task",
+    "TaskSpec",
+    "TextData",
+    "conv_as_matmul",
+    "datasets",
+    "load_cifar10",
+    "load_digits_split",
+    "load_fashion_mnist",
+    "load_tiny_shakespeare",
+    "make_task",
+]

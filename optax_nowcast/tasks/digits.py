@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
-import flax.linen as nn
-import jax
 import numpy as np
+
+from optax_nowcast.tasks.models import MLP  # noqa: F401 - re-exported: the demo's model
 
 
 class DigitsData(NamedTuple):
@@ -45,16 +44,3 @@ def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> DigitsData:
   x = (x / 16.0).astype(np.float32)
   y = y.astype(np.int32)
   return DigitsData(x[~val], y[~val], x[val], y[val])
-
-
-class MLP(nn.Module):
-  """Multi-layer perceptron with ReLU hidden layers."""
-
-  features: Sequence[int] = (128, 128)
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for f in self.features:
-      x = nn.relu(nn.Dense(f)(x))
-    return nn.Dense(self.num_classes)(x)

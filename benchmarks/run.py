@@ -1,0 +1,391 @@
+"""Steps-to-target benchmark: the base optimizer vs nowcast methods on the real tasks (NiNo's protocol).
+
+    python -m benchmarks.run                 # full suite: 7 tasks x {adam, linefit, linefit+} x 3 seeds
+    python -m benchmarks.run --quick         # CI smoke run: FM-16 and LM-3-24, 300 steps, 1 seed
+    python -m benchmarks.run --tasks FM-16 --methods adam,linefit --seeds 2
+
+For every task, method and seed it trains with the task's base optimizer (``optax_nowcast.tasks``), alone or
+chained with ``nowcast``, on the same minibatch sequence per seed. Every ``eval_every`` steps it evaluates
+the validation metric on the task's fixed validation subset; at the end it evaluates the whole validation
+split. Training time is measured per chunk of ``eval_every`` jitted, donated steps, without evaluation and
+compilation, so it includes every nowcast cost (recording, prediction, the jump).
+
+Steps to target are read off a moving average (``smooth`` evaluations) of the validation curve. Two targets:
+Adam's own final smoothed value for that seed (the primary measure: robust to how well our Adam matches the
+paper's) and, for the vision tasks, the NiNo paper's fixed target. The reduction is ``1 - steps/steps_adam``
+per seed; tables give medians over seeds.
+
+Every finished (task, method, seed) is written to ``<out>/runs/<suite>/<task>/<method>/seed<k>.json`` and
+never recomputed while its settings are unchanged, so an interrupted run resumes where it stopped.
+Outputs: ``<out>/<suite>.json``, ``<out>/<suite>.md`` and ``<out>/<suite>_<task>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+import optax_nowcast as onc
+from optax_nowcast.tasks import TASKS, Task, make_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything that decides a run's numbers (hashed into each run file)."""
+
+  steps: int | None = None  # None: the task's own (10k for NiNo's tasks)
+  eval_every: int = 50
+  smooth: int = 5
+  interval: int = 200  # NiNo: record every 200 steps ...
+  ctx: int = 5  # ... 5 states: a jump every 1,000 steps
+  horizon: int = 5  # linefit predicts at x = 2c (NiNo A.2): k = ctx intervals ahead
+  val_size: int | None = None  # None: the task's own
+
+
+FULL = Settings()
+QUICK = Settings(steps=300, eval_every=10, smooth=3, interval=20, ctx=5, horizon=5, val_size=500)
+SUITES = {
+    "full": (FULL, ["FM-16", "C10-16", "FM-32", "C10-32", "LM-3-24", "LM-2-32", "LM-3-64"], 3),
+    "quick": (QUICK, ["FM-16", "LM-3-24"], 1),
+}
+
+
+def _nowcast(predictor_fn: Callable[[], onc.Predictor]):
+  def build(task: Task, s: Settings) -> optax.GradientTransformation:
+    return optax.chain(task.optimizer(),
+                       onc.nowcast(predictor_fn(), interval=s.interval, ctx=s.ctx, horizon=s.horizon))
+  return build
+
+
+METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
+    "adam": lambda task, s: task.optimizer(),
+    "linefit": _nowcast(onc.predictors.linefit),
+    "linefit+": _nowcast(onc.predictors.linefit_plus),
+}
+
+
+def _overrides(s: Settings) -> dict[str, int]:
+  return {k: v for k, v in (("steps", s.steps), ("val_size", s.val_size)) if v is not None}
+
+
+def _spec_for(name: str, s: Settings):
+  return dataclasses.replace(TASKS[name], **_overrides(s))
+
+
+def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
+  blob = json.dumps([dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)], sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) -> dict[str, Any]:
+  """Trains one (task, method, seed); returns its curves, timings and jump record."""
+  steps, every = task.spec.steps, s.eval_every
+  if steps % every:
+    raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({every}).")
+  tx = METHODS[method](task, s)
+  params = task.init(jax.random.PRNGKey(seed))
+  carry = (params, tx.init(params))
+
+  def step(c, idx):
+    p, o = c
+    loss, g = jax.value_and_grad(task.loss)(p, idx)
+    u, o = tx.update(g, o, p)
+    return (optax.apply_updates(p, u), o), loss
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def chunk(c, idx):
+    c, losses = jax.lax.scan(step, c, idx)
+    return c, losses.mean()
+
+  evaluate = jax.jit(task.evaluate)
+  t0 = time.perf_counter()
+  compiled = chunk.lower(carry, task.batch_indices(seed, 0, every)).compile()
+  compile_s = time.perf_counter() - t0
+  metric, val_loss, train_loss, train_time = [], [], [], []
+  jumps, elapsed, last_jumps = [], 0.0, 0
+  for start in range(0, steps, every):
+    idx = task.batch_indices(seed, start, every)
+    t0 = time.perf_counter()
+    carry, tl = compiled(carry, idx)
+    jax.block_until_ready(carry)
+    elapsed += time.perf_counter() - t0
+    ev = jax.device_get(evaluate(carry[0]))
+    metric.append(float(ev["metric"]))
+    val_loss.append(float(ev["loss"]))
+    train_loss.append(float(tl))
+    train_time.append(elapsed)
+    nc = onc.find_nowcast_state(carry[1])
+    if nc is not None and int(nc.n_jumps) > last_jumps:
+      last_jumps = int(nc.n_jumps)
+      jumps.append(int(nc.last_jump_step) + 1)  # the first step whose params are the prediction
+    if progress is not None:
+      progress.update(every)
+  full = jax.device_get(jax.jit(task.evaluate_full)(carry[0]))
+  nc = onc.find_nowcast_state(carry[1])
+  return {
+      "task": task.name, "method": method, "seed": seed,
+      "eval_steps": list(range(every, steps + 1, every)), "val_metric": metric, "val_loss": val_loss,
+      "train_loss": train_loss, "train_time_s": train_time, "compile_s": compile_s,
+      "final_full_val_metric": float(full["metric"]), "final_full_val_loss": float(full["loss"]),
+      "jump_steps": jumps, "n_jumps": 0 if nc is None else int(nc.n_jumps),
+      "n_rejected": 0 if nc is None else int(nc.n_rejected),
+      "finite": bool(np.all(np.isfinite(metric))), "backend": jax.default_backend(),
+  }
+
+
+def moving_average(x, window: int) -> np.ndarray:
+  x = np.asarray(x, float)
+  window = max(1, min(window, len(x)))
+  return np.convolve(x, np.ones(window) / window, mode="valid")
+
+
+def steps_to_target(curve, eval_steps, target: float, window: int, higher_is_better: bool) -> int | None:
+  """First evaluation step at which the moving average of ``curve`` reaches ``target`` (None: never)."""
+  sm = moving_average(curve, window)
+  hit = np.flatnonzero(sm >= target - 1e-12 if higher_is_better else sm <= target + 1e-12)
+  return int(eval_steps[hit[0] + len(curve) - len(sm)]) if len(hit) else None
+
+
+def _time_at(run, step):
+  if step is None:
+    return None
+  return float(np.interp(step, [0, *run["eval_steps"]], [0.0, *run["train_time_s"]]))
+
+
+def _median(values):
+  values = [v for v in values if v is not None]
+  return float(np.median(values)) if values else None
+
+
+def summarise_task(runs: dict[str, list[dict]], spec, s: Settings) -> dict[str, Any]:
+  """Per method: steps/time to Adam's own final value and to the paper target, reductions, medians."""
+  hib = spec.higher_is_better
+  base = {r["seed"]: r for r in runs.get("adam", [])}
+  out = {}
+  for method, rs in runs.items():
+    rows = []
+    for r in sorted(rs, key=lambda r: r["seed"]):
+      b = base.get(r["seed"])
+      target = float(moving_average(b["val_metric"], s.smooth)[-1]) if b else None
+      st = steps_to_target(r["val_metric"], r["eval_steps"], target, s.smooth, hib) if b else None
+      sb = steps_to_target(b["val_metric"], b["eval_steps"], target, s.smooth, hib) if b else None
+      sp = (steps_to_target(r["val_metric"], r["eval_steps"], spec.paper_target, s.smooth, hib)
+            if spec.paper_target is not None else None)
+      spb = (steps_to_target(b["val_metric"], b["eval_steps"], spec.paper_target, s.smooth, hib)
+             if spec.paper_target is not None and b else None)
+      rows.append({
+          "seed": r["seed"], "target": target, "steps_to_target": st,
+          "reduction_pct": 100 * (1 - st / sb) if st and sb else None,
+          "time_to_target_s": _time_at(r, st),
+          "time_reduction_pct": 100 * (1 - _time_at(r, st) / _time_at(b, sb)) if st and sb else None,
+          "steps_to_paper_target": sp,
+          "paper_reduction_pct": 100 * (1 - sp / spb) if sp and spb else None,
+          "final_val_metric": float(moving_average(r["val_metric"], s.smooth)[-1]),
+          "final_full_val_metric": r["final_full_val_metric"], "train_time_s": r["train_time_s"][-1],
+          "n_jumps": r["n_jumps"], "n_rejected": r["n_rejected"],
+      })
+    med = {k: _median([row[k] for row in rows]) for k in
+           ("steps_to_target", "reduction_pct", "time_to_target_s", "time_reduction_pct",
+            "steps_to_paper_target", "paper_reduction_pct", "final_val_metric", "final_full_val_metric",
+            "train_time_s")}
+    med["reached_target"] = sum(row["steps_to_target"] is not None for row in rows)
+    med["reached_paper_target"] = sum(row["steps_to_paper_target"] is not None for row in rows)
+    med["n_seeds"] = len(rows)
+    if med["reached_target"] < len(rows):  # a seed that never reaches the target has no finite reduction
+      med["reduction_pct"] = med["time_reduction_pct"] = None
+    out[method] = {"per_seed": rows, "median": med}
+  return out
+
+
+def _fmt(x, spec="", none="—"):
+  return none if x is None else format(x, spec)
+
+
+def format_table(suite: str, summary: dict, s: Settings) -> str:
+  lines = [
+      f"Suite `{suite}`: nowcast every {s.interval * s.ctx} steps (interval {s.interval}, ctx {s.ctx}, "
+      f"k {s.horizon}); validation every {s.eval_every} steps, moving average of {s.smooth}. "
+      "Medians over seeds; reduction = 1 - steps / Adam's steps to Adam's own final value "
+      "(\"—\": a seed never reached it).",
+      "",
+      "| task | method | seeds | steps to Adam's final (per seed) | reduction | time to it (s) | "
+      "time reduction | final val (subset) | final val (full) | paper target: steps (reached) |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for task, t in summary.items():
+    spec = TASKS[task]
+    pct = spec.metric == "accuracy"
+    vfmt = ".4f" if pct else ".3f"
+    for method, m in t["methods"].items():
+      med = m["median"]
+      per = ", ".join(_fmt(r["steps_to_target"], "d", "never") for r in m["per_seed"])
+      paper = ("n/a" if spec.paper_target is None else
+               f"{_fmt(med['steps_to_paper_target'], '.0f', 'never')} ({med['reached_paper_target']}/"
+               f"{med['n_seeds']})")
+      lines.append(
+          f"| {task} | {method} | {med['n_seeds']} | {_fmt(med['steps_to_target'], '.0f')} ({per}) | "
+          f"{_fmt(med['reduction_pct'], '.1f')} % | {_fmt(med['time_to_target_s'], '.1f')} | "
+          f"{_fmt(med['time_reduction_pct'], '.1f')} % | {_fmt(med['final_val_metric'], vfmt)} | "
+          f"{_fmt(med['final_full_val_metric'], vfmt)} | {paper} |")
+  return "\n".join(lines)
+
+
+def plot_task(task: str, runs: dict[str, list[dict]], path: str) -> str | None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:  # pragma: no cover
+    return None
+  spec = TASKS[task]
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  for i, (method, rs) in enumerate(runs.items()):
+    color = f"C{i}"
+    steps = np.asarray(rs[0]["eval_steps"])
+    for key, ax in zip(("val_metric", "train_loss"), axes, strict=True):
+      curves = np.stack([r[key] for r in rs])
+      ax.plot(steps, np.median(curves, 0), color=color, lw=1, label=f"{method} (median of {len(rs)})")
+      if len(rs) > 1:
+        ax.fill_between(steps, curves.min(0), curves.max(0), color=color, alpha=0.15)
+    for j in rs[0]["jump_steps"]:
+      axes[0].axvline(j, color=color, lw=0.4, alpha=0.4, ls=":")
+  if spec.paper_target is not None:
+    axes[0].axhline(spec.paper_target, color="k", lw=0.6, ls="--", label="NiNo paper target")
+  axes[0].set_title(f"{task}: validation {spec.metric} (dotted: jumps)")
+  axes[1].set_title(f"{task}: training loss (mean per {steps[0]} steps)")
+  if spec.metric == "perplexity":
+    axes[0].set_yscale("log")
+  else:
+    lo = np.quantile(np.concatenate([np.ravel([r["val_metric"] for r in rs]) for rs in runs.values()]), 0.05)
+    axes[0].set_ylim(lo, None)
+  axes[1].set_yscale("log")
+  for ax in axes:
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: Settings, out: str,
+              data_dir: str | None = None, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+  """Runs (or resumes) a suite and writes its JSON, table and plots. Returns the summary and counts."""
+  try:
+    from tqdm.auto import tqdm
+  except ImportError:  # pragma: no cover
+    tqdm = None
+  for m in methods:
+    if m not in METHODS:
+      raise ValueError(f"Unknown method {m!r}; choose from {sorted(METHODS)}.")
+  if "adam" not in methods:
+    raise ValueError("methods must include 'adam': it defines the target and the reductions.")
+  todo, loaded, computed = [], {}, 0
+  for name in tasks:
+    if name not in TASKS:
+      raise ValueError(f"Unknown task {name!r}; choose from {sorted(TASKS)}.")
+  # Resolve which runs exist before loading any data (a finished suite needs no data at all).
+  for name in tasks:
+    spec = _spec_for(name, s)
+    for method in methods:
+      for seed in range(seeds):
+        path = os.path.join(out, "runs", suite, name, method, f"seed{seed}.json")
+        fp = _fingerprint(spec, method, seed, s)
+        if not force and os.path.exists(path):
+          with open(path) as f:
+            r = json.load(f)
+          if r.get("fingerprint") == fp:
+            loaded[(name, method, seed)] = r
+            continue
+        todo.append((name, method, seed, path, fp))
+  total = sum(_spec_for(n, s).steps for n, *_ in todo)
+  bar = tqdm(total=total, unit="step", disable=quiet or not todo) if tqdm else None
+  task_cache: dict[str, Task] = {}
+  for name, method, seed, path, fp in todo:
+    if name not in task_cache:
+      task_cache.clear()  # one task's data on the device at a time
+      task_cache[name] = make_task(name, data_dir, **_overrides(s))
+    if bar is not None:
+      bar.set_postfix_str(f"{name} {method} seed {seed}")
+    r = train_one(task_cache[name], method, seed, s, bar)
+    r["fingerprint"] = fp
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(r, f)
+    os.replace(path + ".tmp", path)
+    loaded[(name, method, seed)] = r
+    computed += 1
+    if quiet:
+      print(f"done {name} {method} seed {seed}: final val {r['val_metric'][-1]:.4f}, "
+            f"{r['train_time_s'][-1]:.0f} s, {r['n_jumps']} jumps", flush=True)
+  if bar is not None:
+    bar.close()
+
+  summary = {}
+  for name in tasks:
+    runs = {m: [loaded[(name, m, sd)] for sd in range(seeds)] for m in methods}
+    summary[name] = {"spec": dataclasses.asdict(_spec_for(name, s)),
+                     "methods": summarise_task(runs, _spec_for(name, s), s)}
+    plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
+  table = format_table(suite, summary, s)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f"{suite}.json"), "w") as f:
+    json.dump({"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds, "methods": methods,
+               "summary": summary, "backend": jax.default_backend(),
+               "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, f, indent=1)
+  with open(os.path.join(out, f"{suite}.md"), "w") as f:
+    f.write(table + "\n")
+  return {"summary": summary, "table": table, "computed": computed, "reused": len(loaded) - computed}
+
+
+def default_data_dir() -> str | None:
+  """``$OPTAX_NOWCAST_DATA_DIR`` if set, else this workplace's ``../shared/data`` if present, else None."""
+  if os.environ.get("OPTAX_NOWCAST_DATA_DIR"):
+    return os.environ["OPTAX_NOWCAST_DATA_DIR"]
+  shared = os.path.join(os.path.dirname(REPO), "shared", "data")
+  return shared if os.path.isdir(shared) else None
+
+
+def main(argv=None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--suite", default=None, choices=sorted(SUITES),
+                      help="default: full (quick with --quick)")
+  parser.add_argument("--quick", action="store_true", help="the CI smoke suite: 300 steps, 1 seed")
+  parser.add_argument("--tasks", default=None, help=f"comma-separated, from {sorted(TASKS)}")
+  parser.add_argument("--methods", default="adam,linefit,linefit+", help=f"from {sorted(METHODS)}")
+  parser.add_argument("--seeds", type=int, default=None)
+  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+  parser.add_argument("--data-dir", default=None,
+                      help="folder with fashion-mnist/, cifar10/, tiny_shakespeare/")
+  parser.add_argument("--force", action="store_true", help="recompute finished runs")
+  parser.add_argument("--quiet", action="store_true")
+  args = parser.parse_args(argv)
+  suite = args.suite or ("quick" if args.quick else "full")
+  s, tasks, seeds = SUITES[suite]
+  tasks = args.tasks.split(",") if args.tasks else tasks
+  seeds = args.seeds or seeds
+  t0 = time.perf_counter()
+  res = run_suite(suite, tasks, args.methods.split(","), seeds, s, args.out,
+                  args.data_dir or default_data_dir(), args.force, args.quiet)
+  print(res["table"])
+  print(f"\n{res['computed']} runs computed, {res['reused']} reused, {time.perf_counter() - t0:.0f} s; wrote "
+        f"{args.out}/{suite}.json, .md and {suite}_<task>.png")
+  return res
+
+
+if __name__ == "__main__":
+  main()

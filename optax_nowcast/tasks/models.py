@@ -1,0 +1,97 @@
+"""Flax models of the benchmark tasks, built from Flax's standard modules.
+
+The neural-graph builder (NiNo) recognises ``nn.Dense``, ``nn.Conv``, ``nn.LayerNorm``, ``nn.Embed`` and
+``nn.MultiHeadDotProductAttention`` by their parameter names, so the models use exactly those.
+
+>>> import jax, jax.numpy as jnp
+>>> p = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+>>> sum(x.size for x in jax.tree.leaves(p))  # FM/16: 14,378 parameters, as in the NiNo paper
+14378
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class CNN(nn.Module):
+  """NiNo's 3-layer vision CNN (official ``utils/vision.py`` ``Net``).
+
+  ``Conv(c1, 3x3, stride 2, VALID) -> ReLU -> Conv(c2, 3x3, SAME) -> ReLU -> Conv(c3, 3x3, SAME) -> ReLU ->
+  global average pool -> Dense(num_classes)``; ``features=(16, 32, 32)`` is the "/16" net, ``(32, 64, 64)``
+  the "/32" net. Input: NHWC floats. ``conv`` swaps the convolution's implementation (e.g.
+  ``tasks.conv_as_matmul``, much faster on CPU) without changing the parameters.
+  """
+
+  features: Sequence[int] = (16, 32, 32)
+  num_classes: int = 10
+  conv: Callable[..., jax.Array] | None = None  # a conv_general_dilated for nn.Conv; None: XLA's
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = {} if self.conv is None else {"conv_general_dilated": self.conv}
+    for i, f in enumerate(self.features):
+      x = nn.relu(nn.Conv(f, (3, 3), strides=2 if i == 0 else 1, padding="VALID" if i == 0 else "SAME",
+                          **kw)(x))
+    return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+class Block(nn.Module):
+  """A GPT-2 block: pre-LayerNorm causal self-attention and a 4x GELU MLP, both residual."""
+
+  dim: int
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    h = nn.LayerNorm(name="ln_1")(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.dim,
+                                            out_features=self.dim, name="attn")(h, h, mask=mask)
+    h = nn.LayerNorm(name="ln_2")(x)
+    h = nn.Dense(4 * self.dim, name="fc")(h)
+    return x + nn.Dense(self.dim, name="proj")(nn.gelu(h))
+
+
+class GPT(nn.Module):
+  """A small GPT-2-style language model with tied input/output embeddings (as GPT-2).
+
+  ``GPT(vocab_size=65, block_size=128, num_layers=3, dim=24, num_heads=3)`` is the 3-24 model of the NiNo
+  LM tasks. Input: int token ids ``(batch, time)``; output: logits ``(batch, time, vocab_size)``.
+  """
+
+  vocab_size: int
+  block_size: int
+  num_layers: int
+  dim: int
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    t = tokens.shape[-1]
+    wte = nn.Embed(self.vocab_size, self.dim, embedding_init=nn.initializers.normal(0.02), name="wte")
+    wpe = nn.Embed(self.block_size, self.dim, embedding_init=nn.initializers.normal(0.01), name="wpe")
+    x = wte(tokens) + wpe(jnp.arange(t))
+    mask = nn.make_causal_mask(tokens)
+    for i in range(self.num_layers):
+      x = Block(self.dim, self.num_heads, name=f"h_{i}")(x, mask)
+    return wte.attend(nn.LayerNorm(name="ln_f")(x))
+
+
+class MLP(nn.Module):
+  """Multi-layer perceptron with ReLU hidden layers."""
+
+  features: Sequence[int] = (128, 128)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for f in self.features:
+      x = nn.relu(nn.Dense(f)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+__all__ = ["CNN", "GPT", "MLP", "Block"]

@@ -1,0 +1,296 @@
+"""Benchmark tasks: data + model + loss + validation metric + base-optimizer settings.
+
+A ``Task`` keeps everything the training loop needs and nothing about nowcasting (tasks live apart from
+optimizers, as in learned_optimization), so the same task serves the benchmark, the demo and the
+trajectory collection for meta-training.
+
+================  ===============================  =====================================  ==========
+name              data                              model                                  base opt.
+================  ===============================  =====================================  ==========
+``FM-16``         Fashion-MNIST                     CNN 16-32-32 (14,378 params)           Adam 6e-3
+``FM-32``         Fashion-MNIST                     CNN 32-64-64 (56,394 params)           Adam 6e-3
+``C10-16``        CIFAR-10                          CNN 16-32-32 (14,666 params)           Adam 3e-3
+``C10-32``        CIFAR-10                          CNN 32-64-64 (56,970 params)           Adam 3e-3
+``LM-3-24``       Tiny Shakespeare (characters)     GPT 3 layers, 24 units, 3 heads        AdamW 3e-3
+``LM-2-32``       Tiny Shakespeare (characters)     GPT 2 layers, 32 units, 2 heads        AdamW 3e-3
+``LM-3-64``       Tiny Shakespeare (characters)     GPT 3 layers, 64 units, 4 heads        AdamW 3e-3
+``digits``        sklearn digits                    MLP 64-128-128-10                      Adam 3e-4
+================  ===============================  =====================================  ==========
+
+The vision tasks are the NiNo paper's (batch 128, 10k steps, Adam without weight decay, validation
+accuracy on the test split). The language tasks follow NiNo's LM tasks (GPT-2-style, AdamW, weight decay
+1e-2, batch 32, 10k steps) scaled to a CPU: characters instead of GPT-2 tokens, sequences of 64 instead of
+1024, and a learning rate chosen for that setting (a sweep on LM-3-24, 3,000 steps: lr 1e-3 / 3e-3 / 1e-2
+gave validation perplexity 8.03 / 7.27 / 7.10; 3e-3 is used for all three sizes as the safer one for the
+larger model). The metric is validation perplexity.
+
+Minibatches are drawn on the host as index arrays (``batch_indices``), so every method sees exactly the same
+sequence of batches for a seed, and gathered on the device from the resident dataset inside ``loss``.
+
+>>> task = make_task("digits")
+>>> params = task.init(jax.random.PRNGKey(0))
+>>> task.batch_indices(seed=0, start=0, num_steps=3).shape
+(3, 32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_nowcast.tasks import datasets
+from optax_nowcast.tasks.digits import load_digits_split
+from optax_nowcast.tasks.models import CNN, GPT, MLP
+
+Params = Any
+
+
+def conv_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None,
+                   preferred_element_type=None):
+  """``lax.conv_general_dilated`` for NHWC/HWIO as shifted slices and one matmul (im2col).
+
+  A drop-in ``conv_general_dilated`` for ``nn.Conv`` (same parameters, same result to float rounding). On
+  CPU, XLA's convolutions of these small CNNs are ~20x slower than this (16.5 vs 341 ms per FM-16 Adam step
+  with batch 128 on 2 cores), so the CPU benchmark uses it; other backends keep XLA's convolution.
+  """
+  if (feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1, 1)))
+      or any(d != 1 for d in (rhs_dilation or (1, 1)))):
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision,
+                                        preferred_element_type=preferred_element_type)
+  kh, kw, cin, cout = rhs.shape
+  sh, sw = window_strides
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  cols = [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(cols, axis=-1) @ rhs.reshape(kh * kw * cin, cout)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """The settings of a task (what the NiNo paper's tables name)."""
+
+  name: str
+  kind: str  # "vision", "lm" or "digits"
+  steps: int
+  batch_size: int
+  learning_rate: float
+  weight_decay: float = 0.0
+  metric: str = "accuracy"  # "accuracy" (higher is better) or "perplexity" (lower is better)
+  paper_target: float | None = None  # the NiNo paper's fixed target for this task, if it has one
+  dataset: str = ""
+  features: tuple[int, ...] = ()
+  lm_shape: tuple[int, int, int] = (0, 0, 0)  # layers, units, heads
+  block_size: int = 64
+  val_size: int = 2000  # examples (vision) or sequences (lm) in the fixed validation subset
+
+  @property
+  def higher_is_better(self) -> bool:
+    return self.metric == "accuracy"
+
+
+TASKS: dict[str, TaskSpec] = {
+    "FM-16": TaskSpec("FM-16", "vision", 10_000, 128, 6e-3, metric="accuracy", paper_target=0.895,
+                      dataset="fashion_mnist", features=(16, 32, 32)),
+    "FM-32": TaskSpec("FM-32", "vision", 10_000, 128, 6e-3, metric="accuracy", paper_target=0.905,
+                      dataset="fashion_mnist", features=(32, 64, 64)),
+    "C10-16": TaskSpec("C10-16", "vision", 10_000, 128, 3e-3, metric="accuracy", paper_target=0.660,
+                       dataset="cifar10", features=(16, 32, 32)),
+    "C10-32": TaskSpec("C10-32", "vision", 10_000, 128, 3e-3, metric="accuracy", paper_target=0.725,
+                       dataset="cifar10", features=(32, 64, 64)),
+    "LM-3-24": TaskSpec("LM-3-24", "lm", 10_000, 32, 3e-3, 1e-2, metric="perplexity",
+                        dataset="tiny_shakespeare", lm_shape=(3, 24, 3), val_size=256),
+    "LM-2-32": TaskSpec("LM-2-32", "lm", 10_000, 32, 3e-3, 1e-2, metric="perplexity",
+                        dataset="tiny_shakespeare", lm_shape=(2, 32, 2), val_size=256),
+    "LM-3-64": TaskSpec("LM-3-64", "lm", 10_000, 32, 3e-3, 1e-2, metric="perplexity",
+                        dataset="tiny_shakespeare", lm_shape=(3, 64, 4), val_size=256),
+    "digits": TaskSpec("digits", "digits", 2000, 32, 3e-4, metric="accuracy", dataset="digits",
+                       features=(128, 128), val_size=359),
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _load(dataset: str, data_dir: str | None):
+  sub = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "tiny_shakespeare": "tiny_shakespeare"}
+  path = None  # a data_dir without this dataset's folder leaves it to the loader's own search
+  if data_dir is not None and os.path.exists(os.path.join(data_dir, sub.get(dataset, ""))):
+    path = os.path.join(data_dir, sub[dataset])
+  if dataset == "fashion_mnist":
+    return datasets.load_fashion_mnist(path)
+  if dataset == "cifar10":
+    return datasets.load_cifar10(path)
+  if dataset == "tiny_shakespeare":
+    return datasets.load_tiny_shakespeare(path)
+  d = load_digits_split()
+  return datasets.ImageData(d.x_train, d.y_train, d.x_val, d.y_val, (0.0,), (1.0,))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """A task with its data resident on the device. Build it with ``make_task``.
+
+  Attributes:
+    spec: the settings.
+    model: the Flax module.
+    init: ``key -> params``.
+    loss: ``(params, batch_indices[B]) -> scalar`` training loss on the gathered minibatch.
+    evaluate: ``params -> {"metric": ..., "loss": ...}`` on the fixed validation subset (jit it).
+    evaluate_full: the same on the whole validation split (slower; for final numbers).
+    optimizer: ``() -> optax.GradientTransformation``, the base optimizer of the task.
+  """
+
+  spec: TaskSpec
+  model: nn.Module
+  init: Callable[[jax.Array], Params]
+  loss: Callable[[Params, jax.Array], jax.Array]
+  evaluate: Callable[[Params], dict[str, jax.Array]]
+  evaluate_full: Callable[[Params], dict[str, jax.Array]]
+  num_train: int
+
+  @property
+  def name(self) -> str:
+    return self.spec.name
+
+  def optimizer(self, learning_rate: float | None = None) -> optax.GradientTransformation:
+    lr = self.spec.learning_rate if learning_rate is None else learning_rate
+    if self.spec.weight_decay:
+      return optax.adamw(lr, weight_decay=self.spec.weight_decay)
+    return optax.adam(lr)
+
+  def batch_indices(self, seed: int, start: int, num_steps: int) -> np.ndarray:
+    """Minibatch indices for steps ``start .. start+num_steps-1`` of run ``seed``: int32 ``(num_steps, B)``.
+
+    Vision and digits: a fresh permutation of the training set every epoch (the last partial batch is
+    dropped), as a shuffling data loader does. Language: random window offsets. Deterministic in
+    ``(seed, step)`` whatever the chunking.
+    """
+    b = self.spec.batch_size
+    if self.spec.kind == "lm":
+      rows = [np.random.default_rng([seed, s]).integers(0, self.num_train, b) for s in
+              range(start, start + num_steps)]
+      return np.stack(rows).astype(np.int32)
+    per_epoch = self.num_train // b
+    out = []
+    for epoch in range(start // per_epoch, (start + num_steps - 1) // per_epoch + 1):
+      perm = np.random.default_rng([seed, epoch]).permutation(self.num_train)[: per_epoch * b]
+      out.append(perm.reshape(per_epoch, b))
+    rows = np.concatenate(out)[start % per_epoch: start % per_epoch + num_steps]
+    return rows.astype(np.int32)
+
+
+def _xent(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _classifier_task(spec: TaskSpec, data: datasets.ImageData, model: nn.Module) -> Task:
+  x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  mean = jnp.asarray(data.mean, jnp.float32)
+  std = jnp.asarray(data.std, jnp.float32)
+  is_image = data.x_train.dtype == np.uint8
+
+  def prep(x):
+    return (x.astype(jnp.float32) / 255.0 - mean) / std if is_image else x
+
+  # The fixed validation subset: the first val_size/num_classes examples of every class, in file order.
+  per_class = spec.val_size // data.num_classes
+  if spec.kind == "digits":
+    subset = np.arange(len(data.y_test))
+  else:
+    subset = np.concatenate([np.flatnonzero(data.y_test == c)[:per_class] for c in range(data.num_classes)])
+  x_val, y_val = jnp.asarray(data.x_test[subset]), jnp.asarray(data.y_test[subset])
+  x_all, y_all = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+
+  def init(key):
+    return model.init(key, prep(x_tr[:1]))
+
+  def loss(params, idx):
+    return _xent(model.apply(params, prep(x_tr[idx])), y_tr[idx])
+
+  def evaluate_on(x, y, params, chunk=1000):
+    n = x.shape[0] // chunk * chunk
+    xs = [x[i:i + chunk] for i in range(0, n, chunk)] + ([x[n:]] if n < x.shape[0] else [])
+    logits = jnp.concatenate([model.apply(params, prep(xb)) for xb in xs])
+    return {"metric": jnp.mean(jnp.argmax(logits, -1) == y), "loss": _xent(logits, y)}
+
+  return Task(spec, model, init, loss, functools.partial(evaluate_on, x_val, y_val),
+              functools.partial(evaluate_on, x_all, y_all), len(data.y_train))
+
+
+def _lm_task(spec: TaskSpec, data: datasets.TextData) -> Task:
+  layers, dim, heads = spec.lm_shape
+  t = spec.block_size
+  model = GPT(len(data.vocab), t, layers, dim, heads)
+  train = jnp.asarray(data.train)
+  offsets = jnp.arange(t + 1)
+
+  def windows(tokens, starts):
+    return tokens[starts[:, None] + offsets[None, :]]
+
+  # Validation: val_size windows at evenly spaced offsets (the fixed subset) or all disjoint windows (full).
+  n_val = len(data.val) - t - 1
+  sub_starts = jnp.asarray(np.linspace(0, n_val, spec.val_size).astype(np.int32))
+  all_starts = jnp.asarray(np.arange(0, n_val, t, dtype=np.int32))
+  val = jnp.asarray(data.val)
+
+  def init(key):
+    return model.init(key, jnp.zeros((1, t), jnp.int32))
+
+  def seq_loss(params, w):
+    return _xent(model.apply(params, w[:, :-1]), w[:, 1:])
+
+  def loss(params, starts):
+    return seq_loss(params, windows(train, starts))
+
+  def evaluate_on(starts, params, chunk=128):
+    n = starts.shape[0] // chunk * chunk
+    parts = [starts[i:i + chunk] for i in range(0, n, chunk)] + ([starts[n:]] if n < starts.shape[0] else [])
+    sizes = jnp.asarray([p.shape[0] for p in parts], jnp.float32)
+    losses = jnp.stack([seq_loss(params, windows(val, p)) for p in parts])
+    mean = jnp.sum(losses * sizes) / jnp.sum(sizes)
+    return {"metric": jnp.exp(mean), "loss": mean}
+
+  return Task(spec, model, init, loss, functools.partial(evaluate_on, sub_starts),
+              functools.partial(evaluate_on, all_starts), len(data.train) - t - 1)
+
+
+def make_task(name: str, data_dir: str | None = None, fast_conv: bool | None = None, **overrides) -> Task:
+  """Builds a task by name (see the table in the module docstring), loading its data.
+
+  Args:
+    name: one of ``TASKS``.
+    data_dir: a folder holding ``fashion-mnist/``, ``cifar10/`` and ``tiny_shakespeare/``; default: where the
+      loaders look (``optax_nowcast.tasks.datasets``).
+    fast_conv: compute convolutions as im2col matmuls (``conv_as_matmul``); default: on CPU only.
+    **overrides: ``TaskSpec`` fields to change, e.g. ``steps=300, val_size=500``.
+  """
+  if name not in TASKS:
+    raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)}.")
+  fields = {f.name for f in dataclasses.fields(TaskSpec)}
+  if bad := sorted(set(overrides) - fields):
+    raise ValueError(f"Unknown TaskSpec field(s) {bad}; the fields are {sorted(fields)}.")
+  spec = dataclasses.replace(TASKS[name], **overrides)
+  data = _load(spec.dataset, data_dir)
+  if spec.kind == "lm":
+    return _lm_task(spec, data)
+  if spec.kind == "digits":
+    return _classifier_task(spec, data, MLP(spec.features))
+  if fast_conv is None:
+    fast_conv = jax.default_backend() == "cpu"
+  model = CNN(spec.features, conv=conv_as_matmul if fast_conv else None)
+  return _classifier_task(spec, data, model)
+
+
+__all__ = ["TASKS", "Task", "TaskSpec", "conv_as_matmul", "make_task"]

@@ -1,0 +1,88 @@
+"""The steps-to-target benchmark (``benchmarks/run.py``): measures, files, resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import run as bench
+
+
+def test_steps_to_target_uses_the_moving_average():
+  steps = np.arange(1, 8) * 10
+  curve = [0.1, 0.9, 0.1, 0.5, 0.6, 0.7, 0.8]  # one lucky evaluation at step 20
+  assert bench.steps_to_target(curve, steps, 0.6, window=1, higher_is_better=True) == 20
+  assert bench.steps_to_target(curve, steps, 0.6, window=3, higher_is_better=True) == 60  # (.5+.6+.7)/3
+  assert bench.steps_to_target(curve, steps, 0.95, window=3, higher_is_better=True) is None
+  ppl = [60.0, 20.0, 12.0, 11.0, 10.0]
+  assert bench.steps_to_target(ppl, steps[:5], 11.0, window=2, higher_is_better=False) == 50
+
+
+SMALL = bench.Settings(steps=60, eval_every=10, smooth=2, interval=4, ctx=3, horizon=2, val_size=None)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("bench"))
+  res = bench.run_suite("test", ["digits"], ["adam", "linefit", "linefit+"], 2, SMALL, out, quiet=True)
+  return out, res
+
+
+def test_suite_writes_results(suite):
+  out, res = suite
+  assert res["computed"] == 6 and res["reused"] == 0
+  for f in ("test.json", "test.md", "test_digits.png"):
+    assert os.path.getsize(os.path.join(out, f)) > 0
+  with open(os.path.join(out, "runs", "test", "digits", "linefit", "seed1.json")) as f:
+    r = json.load(f)
+  assert r["eval_steps"] == list(range(10, 61, 10)) and len(r["val_metric"]) == 6
+  assert r["n_jumps"] == 4 and r["jump_steps"] == [13, 25, 37, 49]  # a jump every interval*ctx = 12 steps
+  assert all(np.diff(r["train_time_s"]) > 0) and r["finite"]
+  adam = res["summary"]["digits"]["methods"]["adam"]
+  assert all(row["reduction_pct"] == 0.0 for row in adam["per_seed"])
+  assert adam["median"]["n_seeds"] == 2 and "| digits | linefit+ | 2 |" in res["table"]
+
+
+def test_same_minibatches_for_every_method_of_a_seed(suite):
+  out, _ = suite
+  runs = {}
+  for m in ("adam", "linefit"):
+    with open(os.path.join(out, "runs", "test", "digits", m, "seed0.json")) as f:
+      runs[m] = json.load(f)
+  # Before the first jump (step 13) the two runs are the same computation on the same batches.
+  assert runs["adam"]["val_metric"][0] == runs["linefit"]["val_metric"][0]
+  assert runs["adam"]["train_loss"][0] == runs["linefit"]["train_loss"][0]
+
+
+def test_resumes_without_recomputing(suite):
+  out, res = suite
+  again = bench.run_suite("test", ["digits"], ["adam", "linefit", "linefit+"], 2, SMALL, out, quiet=True)
+  assert again["computed"] == 0 and again["reused"] == 6
+  assert again["table"] == res["table"]
+  changed = bench.Settings(**{**SMALL.__dict__, "horizon": 3})  # new settings: only nowcast runs redo
+  third = bench.run_suite("test", ["digits"], ["adam", "linefit"], 1, changed, out, quiet=True)
+  assert third["computed"] == 2
+
+
+def test_bad_arguments(tmp_path):
+  with pytest.raises(ValueError, match="Unknown method 'nino'"):
+    bench.run_suite("t", ["digits"], ["adam", "nino"], 1, SMALL, str(tmp_path))
+  with pytest.raises(ValueError, match="must include 'adam'"):
+    bench.run_suite("t", ["digits"], ["linefit"], 1, SMALL, str(tmp_path))
+  with pytest.raises(ValueError, match="Unknown task"):
+    bench.run_suite("t", ["FM"], ["adam"], 1, SMALL, str(tmp_path))
+
+
+def test_quick_cli_on_real_data(tmp_path, data_dir):
+  """The CI smoke run of the real tasks: FM-16 and LM-3-24, Adam vs linefit, shortened further."""
+  res = bench.main(["--quick", "--methods", "adam,linefit", "--out", str(tmp_path), "--quiet",
+                    "--data-dir", data_dir])
+  assert res["computed"] == 4
+  fm = res["summary"]["FM-16"]["methods"]
+  assert fm["adam"]["median"]["final_val_metric"] > 0.6  # 300 steps of Adam on Fashion-MNIST
+  assert fm["linefit"]["per_seed"][0]["n_jumps"] == 2
+  lm = res["summary"]["LM-3-24"]["methods"]
+  assert lm["adam"]["median"]["final_val_metric"] < 20  # perplexity, from ~65 at init
