@@ -41,17 +41,21 @@ class CNN(nn.Module):
 
 
 class Block(nn.Module):
-  """A GPT-2 block: pre-LayerNorm causal self-attention and a 4x GELU MLP, both residual."""
+  """A GPT-2 block: pre-LayerNorm causal self-attention and a 4x GELU MLP, both residual.
+
+  As in GPT-2: LayerNorm epsilon 1e-5, tanh-approximated GELU (``gelu_new``), attention logits scaled by
+  ``1/sqrt(head_dim)``.
+  """
 
   dim: int
   num_heads: int
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    h = nn.LayerNorm(name="ln_1")(x)
+    h = nn.LayerNorm(epsilon=1e-5, name="ln_1")(x)
     x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.dim,
                                             out_features=self.dim, name="attn")(h, h, mask=mask)
-    h = nn.LayerNorm(name="ln_2")(x)
+    h = nn.LayerNorm(epsilon=1e-5, name="ln_2")(x)
     h = nn.Dense(4 * self.dim, name="fc")(h)
     return x + nn.Dense(self.dim, name="proj")(nn.gelu(h))
 
@@ -78,7 +82,7 @@ class GPT(nn.Module):
     mask = nn.make_causal_mask(tokens)
     for i in range(self.num_layers):
       x = Block(self.dim, self.num_heads, name=f"h_{i}")(x, mask)
-    return wte.attend(nn.LayerNorm(name="ln_f")(x))
+    return wte.attend(nn.LayerNorm(epsilon=1e-5, name="ln_f")(x))
 
 
 class MLP(nn.Module):
