@@ -4,7 +4,7 @@
 >>> tx = optax.chain(optax.adam(1e-3), onc.nowcast(onc.predictors.linefit(), interval=20))
 """
 
-from optax_nowcast import predictors, schedules, weight_prediction
+from optax_nowcast import graphs, predictors, schedules, weight_prediction
 from optax_nowcast.predictors import Predictor
 from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast
 
@@ -15,6 +15,7 @@ __all__ = [
     "Predictor",
     "__version__",
     "find_nowcast_state",
+    "graphs",
     "nowcast",
     "predictors",
     "schedules",

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import torch_flat_to_flax  # noqa: E402
 
 from optax_nowcast import graphs
 from optax_nowcast.tasks import CNN, GPT, MLP
@@ -18,56 +19,6 @@ def _load(reference_dir, name):
   base = os.path.join(reference_dir, "graph_construction", name)
   with open(base + ".json") as f:
     return np.load(base + ".npz"), json.load(f)
-
-
-def torch_flat_to_flax(flat, meta, template):
-  """The reference's flat torch vector as our params tree (README 2.1; GPT-2's fused c_attn split)."""
-  out = jax.tree.map(lambda x: None, template)
-  tree = dict(out["params"]) if "params" in out else dict(out)
-
-  def put(path, value):
-    node = tree
-    keys = path.split("/")
-    for k in keys[:-1]:
-      node[k] = dict(node[k])
-      node = node[k]
-    node[keys[-1]] = jnp.asarray(value)
-
-  for p in meta["torch_params"]:
-    t = np.asarray(flat[p["offset"]: p["offset"] + p["numel"]]).reshape(p["shape"])
-    name = p["name"]
-    if name.startswith("transformer."):  # GPT-2 (HF) -> optax_nowcast.tasks.GPT
-      parts = name.split(".")[1:]
-      if parts[0] in ("wte", "wpe"):
-        put(f"{parts[0]}/embedding", t)
-      elif parts[0] == "ln_f":
-        put(f"ln_f/{'scale' if parts[1] == 'weight' else 'bias'}", t)
-      else:
-        blk, mod = f"h_{parts[1]}", parts[2]
-        if mod in ("ln_1", "ln_2"):
-          put(f"{blk}/{mod}/{'scale' if parts[3] == 'weight' else 'bias'}", t)
-        elif mod == "attn" and parts[3] == "c_attn":
-          d = t.shape[-1] // 3
-          tmpl = template["params"][blk]["attn"]["query"]["kernel"].shape  # (d, H, dh)
-          for j, qkv in enumerate(("query", "key", "value")):
-            if parts[4] == "weight":
-              put(f"{blk}/attn/{qkv}/kernel", t[:, j * d:(j + 1) * d].reshape(tmpl))
-            else:
-              put(f"{blk}/attn/{qkv}/bias", t[j * d:(j + 1) * d].reshape(tmpl[1:]))
-        elif mod == "attn":  # c_proj
-          tmpl = template["params"][blk]["attn"]["out"]["kernel"].shape
-          put(f"{blk}/attn/out/{'kernel' if parts[4] == 'weight' else 'bias'}",
-              t.reshape(tmpl) if parts[4] == "weight" else t)
-        else:  # mlp.c_fc / mlp.c_proj (Conv1D: (in, out), no transpose)
-          kind = "kernel" if parts[4] == "weight" else "bias"
-          put(f"{blk}/{'fc' if parts[3] == 'c_fc' else 'proj'}/{kind}", t)
-      continue
-    if t.ndim == 4:
-      t = t.transpose(2, 3, 1, 0)
-    elif t.ndim == 2:
-      t = t.T
-    put(p["flax_path"], t)
-  return {"params": tree}
 
 
 CASES = {

@@ -7,15 +7,19 @@ from optax_nowcast.predictors.linefit import (
     linefit_plus,
     linefit_trajectory,
 )
+from optax_nowcast.predictors.nino import NiNoGNN, load_official_weights, nino
 
 __all__ = [
     "History",
+    "NiNoGNN",
     "Predictor",
     "PredictorState",
     "linefit",
     "linefit_coefficients",
     "linefit_plus",
     "linefit_trajectory",
+    "load_official_weights",
+    "nino",
     "no_state",
     "per_coordinate",
 ]

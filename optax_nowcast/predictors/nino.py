@@ -1,0 +1,303 @@
+"""NiNo: neuron interaction and nowcasting networks (Knyazev et al., ICLR 2025), in Flax over jraph graphs.
+
+The model reads the last ``ctx`` states of every parameter as features of the edges of the model's neural
+graph (``optax_nowcast.graphs``), runs ``M`` message-passing layers and predicts, per edge and slot, the
+change of the (scaled) parameter ``k`` intervals ahead.
+
+Per parameter tensor ``p`` (one scaling group), over all its elements and the ``ctx`` states,
+
+.. math::
+
+  \\mu_p = \\operatorname{mean}(w), \\quad \\sigma_p = \\operatorname{std}_{ddof=1}(w), \\quad
+  \\tilde w = (w - \\mu_p) / (\\sigma_p + 10^{-6}), \\quad
+  \\hat w_{\\tau+k} = (\\tilde w_\\tau + \\Delta_k) \\, \\sigma_p + \\mu_p .
+
+Network (``D = 128``, ``M = 3``, SiLU), for an edge ``u -> v``:
+
+* edge embedding ``e = Linear(45 -> D)(x_e) + Emb[type]``; node embedding ``h = Linear(8 -> D)(LPE)``;
+* layer: ``[gamma, beta] = Linear(D -> 2D)(e)``, ``m = gamma * Linear(2D -> D)([h_v, h_u]) + beta``,
+  ``a_v = mean of incoming m`` (self-loops included), ``h_v <- SiLU(Linear(Linear(2D -> D)([h_v, a_v])))``
+  (no activation after the last layer); after layers 1..M-1:
+  ``e <- Linear(SiLU(L_e e + L_s h_u + L_t h_v))``;
+* head (DMS): ``Linear -> SiLU -> Linear(D -> 9 K)``, one output per slot and horizon ``k = 1..K``; NiNo++
+  options: an LSTM or GRU unrolled over the horizons instead (``head="lstm"`` / ``"gru"``).
+
+``nino(weights=...)`` loads the official checkpoint (``.pt``, read with ``weights_only=True`` if torch is
+installed, or its ``.npz`` conversion) and returns a :class:`Predictor` for :func:`optax_nowcast.nowcast`.
+The graph, its LPE and the index maps are built once at ``init`` (host numpy), and the whole prediction is
+one jitted function of the history with those as constants.
+
+Example (NiNo's schedule: states every 200 steps, a jump every 1,000 steps, k-decay from 40)::
+
+  tx = optax.chain(optax.adam(6e-3), onc.nowcast(onc.predictors.nino(weights="nino.pt"), interval=200,
+                   ctx=5, horizon=onc.schedules.k_decay(40, total_steps=10_000)))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_nowcast import graphs as graphs_lib
+from optax_nowcast._jraph import GraphsTuple, segment_mean
+from optax_nowcast.predictors.base import Predictor
+
+
+class NiNoGNN(nn.Module):
+  """NiNo's network. Input: a ``GraphsTuple`` with ``nodes`` the node features ``(N, lpe)`` and ``edges`` a
+  dict ``{"x": (E, slots*ctx), "type": (E,) int}``. Output: ``(E, slots, horizons)`` scaled deltas.
+
+  ``node_features`` is the width of the node input (8 for the LPE; 9 with eigenvector centrality).
+  """
+
+  hidden: int = 128
+  layers: int = 3
+  ctx: int = 5
+  slots: int = graphs_lib.MAX_SLOTS
+  horizons: int = 40
+  edge_types: int = graphs_lib.NUM_EDGE_TYPES
+  head: str = "mlp"  # "mlp" (DMS), "lstm" or "gru" (NiNo++)
+  final_edge_update: bool = False
+
+  def setup(self):
+    d = self.hidden
+    self.node_proj = nn.Dense(d, name="node_proj")
+    self.edge_proj = nn.Dense(d, name="edge_proj")
+    self.layer_embed = nn.Embed(self.edge_types, d, name="layer_embed")
+    self.edge_encoder = [nn.Dense(2 * d, name=f"conv{i}_edge_encoder") for i in range(self.layers)]
+    self.pre = [nn.Dense(d, name=f"conv{i}_pre") for i in range(self.layers)]
+    self.post = [nn.Dense(d, name=f"conv{i}_post") for i in range(self.layers)]
+    self.lin = [nn.Dense(d, name=f"conv{i}_lin") for i in range(self.layers)]
+    n_upd = self.layers if self.final_edge_update else self.layers - 1
+    self.lin_e = [nn.Dense(d, name=f"edge_update{i}_lin_e") for i in range(n_upd)]
+    self.lin_s = [nn.Dense(d, name=f"edge_update{i}_lin_s") for i in range(n_upd)]
+    self.lin_t = [nn.Dense(d, name=f"edge_update{i}_lin_t") for i in range(n_upd)]
+    self.lin1 = [nn.Dense(d, name=f"edge_update{i}_lin1") for i in range(n_upd)]
+    if self.head == "mlp":
+      self.out0 = nn.Dense(d, name="edge_out0")
+      self.out2 = nn.Dense(self.slots * self.horizons, name="edge_out2")
+    elif self.head in ("lstm", "gru"):
+      cell = nn.OptimizedLSTMCell if self.head == "lstm" else nn.GRUCell
+      self.cell = cell(d, name=f"edge_out_{self.head}")
+      self.out2 = nn.Dense(self.slots, name="edge_out_rnn_proj")
+    else:
+      raise ValueError(f"head must be 'mlp', 'lstm' or 'gru', got {self.head!r}.")
+
+  def embed(self, g: GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    return self.node_proj(g.nodes), self.edge_proj(g.edges["x"]) + self.layer_embed(g.edges["type"])
+
+  def message_passing(self, g: GraphsTuple, h: jax.Array, e: jax.Array, record: dict | None = None):
+    n = h.shape[0]
+    s, r = g.senders, g.receivers
+    n_upd = len(self.lin_e)
+    for i in range(self.layers):
+      gamma, beta = jnp.split(self.edge_encoder[i](e), 2, axis=-1)
+      pre = self.pre[i](jnp.concatenate([h[r], h[s]], axis=-1))
+      msg = gamma * pre + beta
+      agg = segment_mean(msg, r, n)
+      out = self.lin[i](self.post[i](jnp.concatenate([h, agg], axis=-1)))
+      h = nn.silu(out) if i < self.layers - 1 else out
+      if record is not None:
+        record.update({f"msg_{i}": msg, f"agg_{i}": agg, f"node_{i + 1}": h})
+      if i < n_upd:
+        e = self.lin1[i](nn.silu(self.lin_e[i](e) + self.lin_s[i](h)[s] + self.lin_t[i](h)[r]))
+        if record is not None:
+          record[f"edge_{i + 1}"] = e
+    return h, e
+
+  def decode(self, e: jax.Array) -> jax.Array:
+    if self.head == "mlp":
+      return self.out2(nn.silu(self.out0(e))).reshape(e.shape[0], self.slots, self.horizons)
+    carry = self.cell.initialize_carry(jax.random.PRNGKey(0), e.shape)
+    outs = []
+    for _ in range(self.horizons):  # unrolled: K is small and static
+      carry, y = self.cell(carry, e)
+      outs.append(self.out2(y))
+    return jnp.stack(outs, axis=-1)
+
+  def __call__(self, g: GraphsTuple) -> jax.Array:
+    h, e = self.embed(g)
+    _, e = self.message_passing(g, h, e)
+    return self.decode(e)
+
+  def intermediates(self, g: GraphsTuple) -> dict[str, jax.Array]:
+    """Named intermediates: node_emb, edge_emb, msg_l, agg_l, node_l, edge_l and dms_raw."""
+    h, e = self.embed(g)
+    rec = {"node_emb": h, "edge_emb": e}
+    _, e = self.message_passing(g, h, e, rec)
+    rec["dms_raw"] = self.decode(e).reshape(e.shape[0], -1)
+    return rec
+
+
+# ------------------------------------------------------------------------------------ official weights
+
+_OFFICIAL = {  # our module name -> official state_dict prefix
+    "node_proj": "node_proj.fc.0", "edge_proj": "edge_proj.fc.0", "edge_out0": "edge_out.fc.0",
+    "edge_out2": "edge_out.fc.2",
+}
+
+
+def _official_name(ours: str) -> str:
+  if ours in _OFFICIAL:
+    return _OFFICIAL[ours]
+  if ours.startswith("conv"):
+    i, part = ours[4:].split("_", 1)
+    return f"gnn.convs.{i}." + {"edge_encoder": "edge_encoder", "pre": "pre_nns.0.0", "post": "post_nns.0.0",
+                                 "lin": "lin"}[part]
+  if ours.startswith("edge_update"):
+    i, part = ours[len("edge_update"):].split("_", 1)
+    return f"gnn.edge_update.{i}.{part}"
+  raise KeyError(ours)
+
+
+def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, Any]]:
+  """Reads the official NiNo checkpoint (``.pt`` or ``.npz``, or a state dict) into our Flax params.
+
+  Returns ``(params, config)`` where ``config`` holds ``hidden``, ``layers``, ``horizons``, ``ctx``,
+  ``slots``, ``lpe`` inferred from the shapes. Only the graph model (``nino_no_posw``-style checkpoints) is
+  read here; the WNN+ checkpoints (``nino_mlp``) have no graph and belong to ``predictors.wnn``.
+  """
+  if isinstance(path, Mapping):
+    sd = {k: np.asarray(v) for k, v in path.items()}
+  elif str(path).endswith(".npz"):
+    with np.load(path) as z:
+      sd = {k: z[k] for k in z.files}
+  else:
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"Reading {path} needs torch (pip install torch), or convert it to .npz.") from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+    sd = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+  if "gnn.convs.0.edge_encoder.weight" not in sd:
+    raise ValueError(f"{path} is not a NiNo graph checkpoint (no gnn.convs.0.edge_encoder.weight); keys "
+                     f"start {sorted(sd)[:5]}.")
+  hidden = sd["node_proj.fc.0.weight"].shape[0]
+  layers = len({k.split(".")[2] for k in sd if k.startswith("gnn.convs.")})
+  n_upd = len({k.split(".")[2] for k in sd if k.startswith("gnn.edge_update.")})
+  in_width = sd["edge_proj.fc.0.weight"].shape[1]
+  out_width = sd["edge_out.fc.2.weight"].shape[0]
+  slots = graphs_lib.MAX_SLOTS
+  config = {"hidden": hidden, "layers": layers, "ctx": in_width // slots, "slots": slots,
+            "horizons": out_width // slots, "edge_types": sd["layer_embed.weight"].shape[0],
+            "final_edge_update": n_upd == layers, "lpe": sd["node_proj.fc.0.weight"].shape[1]}
+  model = NiNoGNN(**{k: v for k, v in config.items() if k != "lpe"})
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), _dummy_graph(config))["params"]
+  params = {}
+  for name, leaves in shapes.items():
+    if name == "layer_embed":
+      params[name] = {"embedding": jnp.asarray(sd["layer_embed.weight"])}
+      continue
+    off = _official_name(name)
+    params[name] = {"kernel": jnp.asarray(sd[off + ".weight"].T), "bias": jnp.asarray(sd[off + ".bias"])}
+    if params[name]["kernel"].shape != leaves["kernel"].shape:
+      raise ValueError(f"{off}.weight has shape {sd[off + '.weight'].shape}, expected the transpose of "
+                       f"{leaves['kernel'].shape}.")
+  return {"params": params}, config
+
+
+def _dummy_graph(config) -> GraphsTuple:
+  return GraphsTuple(nodes=jnp.zeros((2, config["lpe"])),
+                     edges={"x": jnp.zeros((2, config["slots"] * config["ctx"])),
+                            "type": jnp.zeros((2,), jnp.int32)},
+                     senders=jnp.array([0, 1]), receivers=jnp.array([1, 0]), n_node=jnp.array([2]),
+                     n_edge=jnp.array([2]), globals=None)
+
+
+# ------------------------------------------------------------------------------------------ predictor
+
+def scale_history(leaves: list[jax.Array], eps: float = 1e-6):
+  """NiNo's per-tensor scaling of ``(ctx, *shape)`` histories: returns (scaled, mu, sigma) per leaf."""
+  out = []
+  for h in leaves:
+    h32 = h.astype(jnp.float32)
+    mu = jnp.mean(h32)
+    sigma = jnp.std(h32, ddof=1)
+    out.append(((h32 - mu) / (sigma + eps), mu, sigma))
+  return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
+
+def make_graphs_tuple(graph: graphs_lib.NeuralGraph, edge_x: jax.Array, node_feat: np.ndarray) -> GraphsTuple:
+  return GraphsTuple(nodes=jnp.asarray(node_feat), edges={"x": edge_x, "type": jnp.asarray(graph.edge_type)},
+                     senders=jnp.asarray(graph.senders), receivers=jnp.asarray(graph.receivers),
+                     n_node=jnp.asarray([graph.num_nodes]), n_edge=jnp.asarray([graph.num_edges]),
+                     globals=None)
+
+
+def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
+         config: Mapping[str, Any] | None = None, node_features: str = "lpe", lpe_seed: int = 0,
+         lpe: np.ndarray | None = None) -> Predictor:
+  """The NiNo predictor.
+
+  Args:
+    weights: the official checkpoint (``.pt``/``.npz`` path or a state dict).
+    model_params: our own Flax params for :class:`NiNoGNN` (e.g. from ``optax_nowcast.metatrain``), with
+      ``config`` its constructor arguments plus ``lpe`` (node feature width). Give this or ``weights``.
+    node_features: ``"lpe"`` (NiNo) or ``"lpe+centrality"`` (NiNo++: LPE with ``lpe - 1`` eigenvectors and
+      eigenvector centrality as the last column).
+    lpe_seed: seed of the sparse eigensolver's start vector (graphs of 100+ nodes).
+    lpe: a fixed node-feature matrix to use instead (e.g. the reference's, for parity checks).
+
+  Returns:
+    A :class:`Predictor`; its ``init`` builds the graph of the params it is given.
+  """
+  if (weights is None) == (model_params is None):
+    raise ValueError("Give exactly one of weights= (the official checkpoint) or model_params= (ours).")
+  if weights is not None:
+    model_params, config = load_official_weights(weights)
+  elif config is None:
+    raise ValueError("model_params= needs config= (NiNoGNN arguments plus 'lpe').")
+  config = dict(config)
+  n_feat = int(config.pop("lpe", 8))
+  if node_features not in ("lpe", "lpe+centrality"):
+    raise ValueError(f"node_features must be 'lpe' or 'lpe+centrality', got {node_features!r}.")
+  model = NiNoGNN(**config)
+  ctx, horizons = model.ctx, model.horizons
+  cache: dict[Any, tuple[graphs_lib.NeuralGraph, np.ndarray]] = {}
+
+  def init(params):
+    g = graphs_lib.neural_graph(params)
+    if lpe is not None:
+      feat = np.asarray(lpe, np.float32)
+    elif node_features == "lpe":
+      feat = graphs_lib.laplacian_pe(g, n_feat, seed=lpe_seed)
+    else:
+      feat = np.concatenate([graphs_lib.laplacian_pe(g, n_feat - 1, seed=lpe_seed),
+                             graphs_lib.eigenvector_centrality(g)[:, None]], axis=1)
+    if feat.shape != (g.num_nodes, n_feat):
+      raise ValueError(f"node features have shape {feat.shape}, the model needs ({g.num_nodes}, {n_feat}).")
+    cache[jax.tree.structure(params)] = (g, feat)
+    return ()
+
+  def predict(history, times, k, state):
+    del times  # NiNo assumes states at a regular interval
+    treedef = jax.tree.structure(history)
+    if treedef not in cache:
+      raise ValueError("nino: predict got a history whose structure init never saw; call tx.init(params) "
+                       "with the same params structure.")
+    g, feat = cache[treedef]
+    leaves = jax.tree.leaves(history)
+    if leaves[0].shape[0] != ctx:
+      raise ValueError(f"nino: the model takes ctx={ctx} states, the history has {leaves[0].shape[0]}; "
+                       f"use nowcast(..., ctx={ctx}).")
+    scaled, mu, sigma = scale_history(leaves)
+    x = g.gather(scaled, width=model.slots * ctx)
+    dms = model.apply(model_params, make_graphs_tuple(g, x, feat))  # (E, slots, K)
+    kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, horizons) - 1
+    delta = jax.lax.dynamic_index_in_dim(dms, kk, axis=2, keepdims=False)
+    last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
+    pred_scaled = g.scatter(last + delta)
+    out = [(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, out), state
+
+  return Predictor(init=init, predict=predict, name="nino", min_ctx=ctx)
+
+
+__all__ = ["NiNoGNN", "load_official_weights", "make_graphs_tuple", "nino", "scale_history"]

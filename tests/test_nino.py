@@ -1,0 +1,127 @@
+"""NiNo against the official model: layer outputs, DMS outputs and end-to-end predicted parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import torch_flat_to_flax
+
+import optax_nowcast as onc
+from optax_nowcast._jraph import GraphsTuple
+from optax_nowcast.predictors.nino import NiNoGNN, load_official_weights, nino
+from optax_nowcast.tasks import CNN
+
+
+@pytest.fixture(scope="module")
+def official(reference_dir):
+  return os.path.join(reference_dir, "weights", "nino_no_posw.npz")
+
+
+def _close(mine, ref, what):
+  mine, ref = np.asarray(mine), np.asarray(ref)
+  err = np.abs(mine - ref).max()
+  scale = np.abs(ref).max()
+  assert err <= 1e-5 * scale + 1e-5, f"{what}: max |diff| {err:.2e} (max |ref| {scale:.2e})"
+
+
+@pytest.mark.parametrize("graph", ["random12", "random30", "fm16"])
+def test_gnn_layers_match_the_official_model(reference_dir, official, graph):
+  params, cfg = load_official_weights(official)
+  assert cfg == {"hidden": 128, "layers": 3, "ctx": 5, "slots": 9, "horizons": 40, "edge_types": 15,
+                 "final_edge_update": False, "lpe": 8}
+  model = NiNoGNN(**{k: v for k, v in cfg.items() if k != "lpe"})
+  z = np.load(os.path.join(reference_dir, "gnn_forward", f"{graph}_nino.npz"))
+  g = GraphsTuple(nodes=jnp.asarray(z["node_feat"]), senders=jnp.asarray(z["senders"]),
+                  receivers=jnp.asarray(z["receivers"]),
+                  edges={"x": jnp.asarray(z["edge_attr"]), "type": jnp.asarray(z["edge_type"])},
+                  n_node=None, n_edge=None, globals=None)
+  with jax.default_matmul_precision("highest"):
+    rec = jax.jit(lambda p, g: model.apply(p, g, method=NiNoGNN.intermediates))(params, g)
+    dms = jax.jit(model.apply)(params, g)
+  compared = 0
+  for name, value in rec.items():
+    if name in z.files and name != "node_3":  # node_3 never reaches the output (the reference runs it too)
+      _close(value, z[name], f"{graph}/{name}")
+      compared += 1
+  assert compared >= (12 if graph != "fm16" else 9)
+  for k in (1, 5, 40):
+    pred = z["edge_attr"].reshape(-1, 9, 5)[:, :, 4] + np.asarray(dms)[:, :, k - 1]
+    _close(pred, z[f"pred_k{k}"], f"{graph}/pred_k{k}")
+
+
+@pytest.fixture(scope="module")
+def fm16_end_to_end(reference_dir):
+  z = np.load(os.path.join(reference_dir, "end_to_end", "fm16_end_to_end.npz"))
+  with open(os.path.join(reference_dir, "graph_construction", "fm16_cnn.json")) as f:
+    meta = json.load(f)
+  template = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  states = [torch_flat_to_flax(s, meta, template) for s in z["states"]]
+  history = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  return z, meta, template, history
+
+
+def _to_flat(tree, meta, template):
+  """Our params tree back to the reference's flat torch order."""
+  flat = np.zeros(meta["num_params"], np.float32)
+  leaves = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  by_path = {"/".join(k.key for k in path[1:]): v for path, v in leaves.items()}
+  for p in meta["torch_params"]:
+    v = np.asarray(by_path[p["flax_path"]])
+    v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else (v.T if v.ndim == 2 else v)
+    flat[p["offset"]: p["offset"] + p["numel"]] = v.reshape(-1)
+  return flat
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_end_to_end_prediction_matches_the_official_code(fm16_end_to_end, official, k):
+  z, meta, template, history = fm16_end_to_end
+  pred = nino(official, lpe=z["lpe"])
+  pred.init(template)
+  times = jnp.arange(-4.0, 1.0)
+  with jax.default_matmul_precision("highest"):
+    out, _ = jax.jit(pred.predict)(history, times, jnp.int32(k), ())
+  np.testing.assert_allclose(_to_flat(out, meta, template), z[f"nino_no_posw_pred_k{k}"], atol=1e-5)
+
+
+def test_nino_in_nowcast_jumps_to_its_prediction(fm16_end_to_end, official):
+  """Inside ``nowcast`` (interval 1, ctx 5), the jump lands exactly on NiNo's prediction from the states."""
+  z, meta, template, history = fm16_end_to_end
+  states = [jax.tree.map(lambda h, i=i: h[i], history) for i in range(5)]
+  tx = onc.nowcast(nino(official, lpe=z["lpe"]), interval=1, ctx=5, horizon=5)
+  state = tx.init(states[0])
+  params = states[0]  # theta_0; then theta_1..theta_5 = the five recorded states, the jump at count 5
+  for c in range(6):
+    target = states[c] if c < 5 else params
+    updates, state = tx.update(jax.tree.map(lambda a, b: a - b, target, params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert int(state.n_jumps) == 1
+  np.testing.assert_allclose(_to_flat(params, meta, template), z["nino_no_posw_pred_k5"], atol=2e-5)
+
+
+def test_nino_argument_errors(official):
+  with pytest.raises(ValueError, match="exactly one of weights="):
+    nino()
+  with pytest.raises(ValueError, match="node_features must be"):
+    nino(official, node_features="degree")
+  with pytest.raises(ValueError, match="nino needs at least 5"):
+    onc.nowcast(nino(official), interval=10, ctx=3)
+  with pytest.raises(ValueError, match="not a NiNo graph checkpoint"):
+    load_official_weights({"edge_proj.fc.0.weight": np.zeros((128, 5))})
+
+
+@pytest.mark.parametrize("head", ["lstm", "gru"])
+def test_recurrent_heads_give_every_horizon(head):
+  model = NiNoGNN(hidden=16, layers=2, horizons=6, head=head)
+  g = GraphsTuple(nodes=jnp.ones((3, 8)), edges={"x": jnp.ones((4, 45)), "type": jnp.array([1, 2, 13, 13])},
+                  senders=jnp.array([0, 1, 0, 2]), receivers=jnp.array([2, 2, 0, 2]), n_node=None,
+                  n_edge=None, globals=None)
+  params = model.init(jax.random.PRNGKey(0), g)
+  out = model.apply(params, g)
+  assert out.shape == (4, 9, 6) and np.all(np.isfinite(out))
+  assert not np.allclose(out[..., 0], out[..., -1])  # the horizons differ
