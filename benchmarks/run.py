@@ -70,10 +70,30 @@ def _nowcast(predictor_fn: Callable[[], onc.Predictor]):
   return build
 
 
+def default_nino_weights() -> str | None:
+  """``$OPTAX_NOWCAST_NINO_WEIGHTS``, else this workplace's converted official checkpoint if present."""
+  if os.environ.get("OPTAX_NOWCAST_NINO_WEIGHTS"):
+    return os.environ["OPTAX_NOWCAST_NINO_WEIGHTS"]
+  p = os.path.join(os.path.dirname(REPO), "shared", "reference", "nino", "weights", "nino_no_posw.npz")
+  return p if os.path.exists(p) else None
+
+
+def _nino(task: Task, s: Settings) -> optax.GradientTransformation:
+  """NiNo with the official checkpoint, NiNo's schedule: k-decay from 40 over the run's jumps."""
+  weights = default_nino_weights()
+  if weights is None:
+    raise ValueError("method 'nino' needs the official NiNo checkpoint (nino_no_posw .pt or .npz): pass "
+                     "--nino-weights PATH or set OPTAX_NOWCAST_NINO_WEIGHTS.")
+  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+  return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.nino(weights), interval=s.interval,
+                                                   ctx=s.ctx, horizon=horizon))
+
+
 METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "adam": lambda task, s: task.optimizer(),
     "linefit": _nowcast(onc.predictors.linefit),
     "linefit+": _nowcast(onc.predictors.linefit_plus),
+    "nino": _nino,
 }
 
 
@@ -334,21 +354,56 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
   if bar is not None:
     bar.close()
 
+  rep = report(suite, seeds, s, out)
+  return {**rep, "computed": computed, "reused": len(loaded) - computed}
+
+
+def _finished_runs(suite: str, seeds: int, s: Settings, out: str) -> dict[str, dict[str, list[dict]]]:
+  """Every task of the suite with all ``seeds`` of Adam done, and each method with all seeds done."""
+  root = os.path.join(out, "runs", suite)
+  found: dict[str, dict[str, list[dict]]] = {}
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    if name not in TASKS:
+      continue
+    spec = _spec_for(name, s)
+    runs = {}
+    for method in METHODS:
+      rs = []
+      for seed in range(seeds):
+        path = os.path.join(root, name, method, f"seed{seed}.json")
+        if not os.path.exists(path):
+          break
+        with open(path) as f:
+          r = json.load(f)
+        if r.get("fingerprint") != _fingerprint(spec, method, seed, s):
+          break
+        rs.append(r)
+      if len(rs) == seeds:
+        runs[method] = rs
+    if "adam" in runs:
+      found[name] = runs
+  return found
+
+
+def report(suite: str, seeds: int, s: Settings, out: str) -> dict[str, Any]:
+  """Summarises every finished (task, method) of the suite: ``<suite>.json``, ``.md`` and plots."""
+  order = list(SUITES[suite][1]) if suite in SUITES else []
+  found = _finished_runs(suite, seeds, s, out)
   summary = {}
-  for name in tasks:
-    runs = {m: [loaded[(name, m, sd)] for sd in range(seeds)] for m in methods}
+  for name in sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n)):
+    runs = found[name]
     summary[name] = {"spec": dataclasses.asdict(_spec_for(name, s)),
                      "methods": summarise_task(runs, _spec_for(name, s), s)}
     plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
   table = format_table(suite, summary, s)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f"{suite}.json"), "w") as f:
-    json.dump({"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds, "methods": methods,
-               "summary": summary, "backend": jax.default_backend(),
+    json.dump({"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds, "summary": summary,
+               "backend": jax.default_backend(),
                "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, f, indent=1)
   with open(os.path.join(out, f"{suite}.md"), "w") as f:
     f.write(table + "\n")
-  return {"summary": summary, "table": table, "computed": computed, "reused": len(loaded) - computed}
+  return {"summary": summary, "table": table}
 
 
 def default_data_dir() -> str | None:
@@ -371,9 +426,12 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   parser.add_argument("--data-dir", default=None,
                       help="folder with fashion-mnist/, cifar10/, tiny_shakespeare/")
+  parser.add_argument("--nino-weights", default=None, help="the official NiNo checkpoint, for --methods nino")
   parser.add_argument("--force", action="store_true", help="recompute finished runs")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
+  if args.nino_weights:
+    os.environ["OPTAX_NOWCAST_NINO_WEIGHTS"] = args.nino_weights
   suite = args.suite or ("quick" if args.quick else "full")
   s, tasks, seeds = SUITES[suite]
   tasks = args.tasks.split(",") if args.tasks else tasks

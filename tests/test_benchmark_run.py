@@ -68,8 +68,8 @@ def test_resumes_without_recomputing(suite):
 
 
 def test_bad_arguments(tmp_path):
-  with pytest.raises(ValueError, match="Unknown method 'nino'"):
-    bench.run_suite("t", ["digits"], ["adam", "nino"], 1, SMALL, str(tmp_path))
+  with pytest.raises(ValueError, match="Unknown method 'bogus'"):
+    bench.run_suite("t", ["digits"], ["adam", "bogus"], 1, SMALL, str(tmp_path))
   with pytest.raises(ValueError, match="must include 'adam'"):
     bench.run_suite("t", ["digits"], ["linefit"], 1, SMALL, str(tmp_path))
   with pytest.raises(ValueError, match="Unknown task"):

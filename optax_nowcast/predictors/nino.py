@@ -49,6 +49,23 @@ from optax_nowcast._jraph import GraphsTuple, segment_mean
 from optax_nowcast.predictors.base import Predictor
 
 
+class PairDense(nn.Module):
+  """``Linear(2D -> D)([h_v, h_u])`` for every edge ``u -> v``, computed at the nodes then gathered.
+
+  ``[h_v, h_u] @ K + b = (h @ K[:D])[v] + (h @ K[D:])[u] + b``: N x D x D instead of E x 2D x D work
+  (same parameters as ``nn.Dense``).
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array, receivers: jax.Array, senders: jax.Array) -> jax.Array:
+    d = h.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (2 * d, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return (h @ kernel[:d])[receivers] + (h @ kernel[d:])[senders] + bias
+
+
 class NiNoGNN(nn.Module):
   """NiNo's network. Input: a ``GraphsTuple`` with ``nodes`` the node features ``(N, lpe)`` and ``edges`` a
   dict ``{"x": (E, slots*ctx), "type": (E,) int}``. Output: ``(E, slots, horizons)`` scaled deltas.
@@ -71,7 +88,7 @@ class NiNoGNN(nn.Module):
     self.edge_proj = nn.Dense(d, name="edge_proj")
     self.layer_embed = nn.Embed(self.edge_types, d, name="layer_embed")
     self.edge_encoder = [nn.Dense(2 * d, name=f"conv{i}_edge_encoder") for i in range(self.layers)]
-    self.pre = [nn.Dense(d, name=f"conv{i}_pre") for i in range(self.layers)]
+    self.pre = [PairDense(d, name=f"conv{i}_pre") for i in range(self.layers)]
     self.post = [nn.Dense(d, name=f"conv{i}_post") for i in range(self.layers)]
     self.lin = [nn.Dense(d, name=f"conv{i}_lin") for i in range(self.layers)]
     n_upd = self.layers if self.final_edge_update else self.layers - 1
@@ -98,7 +115,7 @@ class NiNoGNN(nn.Module):
     n_upd = len(self.lin_e)
     for i in range(self.layers):
       gamma, beta = jnp.split(self.edge_encoder[i](e), 2, axis=-1)
-      pre = self.pre[i](jnp.concatenate([h[r], h[s]], axis=-1))
+      pre = self.pre[i](h, r, s)
       msg = gamma * pre + beta
       agg = segment_mean(msg, r, n)
       out = self.lin[i](self.post[i](jnp.concatenate([h, agg], axis=-1)))
@@ -121,10 +138,30 @@ class NiNoGNN(nn.Module):
       outs.append(self.out2(y))
     return jnp.stack(outs, axis=-1)
 
-  def __call__(self, g: GraphsTuple) -> jax.Array:
+  def decode_k(self, e: jax.Array, k: jax.Array) -> jax.Array:
+    """The head's output for horizon ``k`` only (1-based, may be traced): ``(E, slots)``.
+
+    For the DMS head this slices the last layer to the ``slots`` columns of horizon ``k`` (as the official
+    inference path does), 1/K of the head's work.
+    """
+    kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, self.horizons) - 1
+    if self.head != "mlp":
+      return jax.lax.dynamic_index_in_dim(self.decode(e), kk, axis=2, keepdims=False)
+    z = nn.silu(self.out0(e))
+    p = self.out2.variables["params"]
+    w = jax.lax.dynamic_index_in_dim(p["kernel"].reshape(-1, self.slots, self.horizons), kk, 2, False)
+    b = jax.lax.dynamic_index_in_dim(p["bias"].reshape(self.slots, self.horizons), kk, 1, False)
+    return z @ w + b
+
+  def __call__(self, g: GraphsTuple, k: jax.Array | None = None) -> jax.Array:
+    """``(E, slots, horizons)`` deltas, or ``(E, slots)`` for horizon ``k`` when given."""
     h, e = self.embed(g)
     _, e = self.message_passing(g, h, e)
-    return self.decode(e)
+    if k is None:
+      return self.decode(e)
+    if self.head == "mlp" and not self.out2.has_variable("params", "kernel"):
+      self.decode(e)  # create the head's parameters at init
+    return self.decode_k(e, k)
 
   def intermediates(self, g: GraphsTuple) -> dict[str, jax.Array]:
     """Named intermediates: node_emb, edge_emb, msg_l, agg_l, node_l, edge_l and dms_raw."""
@@ -259,7 +296,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   if node_features not in ("lpe", "lpe+centrality"):
     raise ValueError(f"node_features must be 'lpe' or 'lpe+centrality', got {node_features!r}.")
   model = NiNoGNN(**config)
-  ctx, horizons = model.ctx, model.horizons
+  ctx = model.ctx
   cache: dict[Any, tuple[graphs_lib.NeuralGraph, np.ndarray]] = {}
 
   def init(params):
@@ -289,9 +326,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
                        f"use nowcast(..., ctx={ctx}).")
     scaled, mu, sigma = scale_history(leaves)
     x = g.gather(scaled, width=model.slots * ctx)
-    dms = model.apply(model_params, make_graphs_tuple(g, x, feat))  # (E, slots, K)
-    kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, horizons) - 1
-    delta = jax.lax.dynamic_index_in_dim(dms, kk, axis=2, keepdims=False)
+    delta = model.apply(model_params, make_graphs_tuple(g, x, feat), k)  # (E, slots)
     last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
     pred_scaled = g.scatter(last + delta)
     out = [(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, leaves, strict=True)]
