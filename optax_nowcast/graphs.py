@@ -214,10 +214,24 @@ def _shape(x) -> tuple[int, ...]:
   return tuple(np.shape(x))
 
 
+def _leaf_modules(modules: Mapping, prefix: str) -> list[tuple[str, Any]]:
+  """Layer modules in forward order, looking through containers (``nn.Sequential``, NNX lists)."""
+  out = []
+  keys = list(modules)
+  if all(isinstance(k, int) for k in keys):
+    keys = sorted(keys)
+  for k in keys:
+    m = modules[k]
+    if isinstance(m, Mapping) and m and all(isinstance(v, Mapping) for v in m.values()):
+      out.extend(_leaf_modules(m, f"{prefix}{k}/"))
+    else:
+      out.append((f"{prefix}{k}", m))
+  return out
+
+
 def _sequential(b: _Builder, modules: Mapping, prefix: str):
   stream: np.ndarray | None = None
-  for name, m in modules.items():
-    path = prefix + name
+  for path, m in _leaf_modules(modules, prefix):
     if not _is_leaf_module(m) or "kernel" not in m:
       raise ValueError(f"{path}: not a Dense or Conv layer ({sorted(m) if isinstance(m, Mapping) else m}); "
                        "neural_graph recognises sequential Dense/Conv stacks and GPT-style transformers.")

@@ -126,3 +126,25 @@ def test_lpe_and_centrality(reference_dir):
     np.testing.assert_allclose(lap @ v, eig[c + 1] * v, atol=1e-5)
   ec = graphs.eigenvector_centrality(g)
   assert ec.shape == (95,) and ec.max() == 1.0 and ec.min() > 0
+
+
+def test_nnx_state_gives_the_same_graph_as_linen(reference_dir):
+  from flax import nnx
+
+  class NNXMLP(nnx.Module):
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(10, 8, rngs=rngs), nnx.Linear(8, 6, rngs=rngs),
+                              nnx.Linear(6, 3, rngs=rngs)])
+
+  state = nnx.state(NNXMLP(nnx.Rngs(0)), nnx.Param)
+  g = graphs.neural_graph(state)
+  z, _ = _load(reference_dir, "mlp_10_8_6_3")
+  np.testing.assert_array_equal(g.senders, z["senders"])
+  np.testing.assert_array_equal(g.receivers, z["receivers"])
+  np.testing.assert_array_equal(g.edge_type, z["edge_type"])
+  leaves = jax.tree.leaves(state)
+  feats = np.asarray(g.gather([x[None] for x in leaves]))
+  k0 = np.asarray(state["layers"][0]["kernel"][...])
+  np.testing.assert_array_equal(feats[:80, 0], k0.reshape(-1))  # edge (i, o) of layer 0 = kernel[i, o]
+  b2 = np.asarray(state["layers"][2]["bias"][...])
+  np.testing.assert_array_equal(feats[160:163, 0], b2)
