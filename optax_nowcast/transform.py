@@ -105,6 +105,17 @@ def _resolve_horizon(horizon, ctx: int, period) -> schedules_lib.HorizonSchedule
   return horizon.resolve(period)
 
 
+def _history_sharding(p) -> jax.sharding.Sharding | None:
+  """The history of a ``NamedSharding``-ed parameter: the same layout, the ``ctx`` axis unsharded."""
+  if not isinstance(p, jax.Array) or isinstance(p, jax.core.Tracer):
+    return None  # under jit, XLA propagates the sharding of the parameters to the history
+  sharding = p.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(p) - len(sharding.spec))
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *spec))
+  return None
+
+
 def nowcast(
     predictor: Predictor,
     *,
@@ -113,6 +124,7 @@ def nowcast(
     period: int | schedules_lib.PeriodSchedule | None = None,
     horizon: int | schedules_lib.HorizonSchedule | None = None,
     history_dtype: Any = None,
+    max_jump_ratio: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Periodically replaces the parameters by a predictor's nowcast of their future.
 
@@ -130,6 +142,11 @@ def nowcast(
       ``schedules.k_decay(max_k=40, total_steps=10_000)``, or ``None`` for ``ctx`` intervals.
     history_dtype: dtype of the stored states (e.g. ``jnp.bfloat16`` to halve their memory);
       ``None`` keeps each parameter's dtype.
+    max_jump_ratio: reject a prediction whose jump is absurdly large: when the global norm of
+      ``prediction - params`` exceeds ``max_jump_ratio * max(k, 1) * m``, with ``m`` the recent movement
+      per interval (``||state_newest - state_oldest|| / (ctx - 1)`` over the history). ``None``
+      (default) accepts every finite prediction. Rejected jumps (and non-finite predictions, always)
+      leave the base optimizer's update in place and are counted in ``n_rejected``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; extra keyword arguments to ``update`` are accepted
@@ -159,6 +176,8 @@ def nowcast(
                   f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
   period_schedule = _resolve_period(period, ctx, interval)
   horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
+  if max_jump_ratio is not None and (isinstance(max_jump_ratio, bool) or not max_jump_ratio > 0):
+    raise ValueError(f"max_jump_ratio must be a positive number (e.g. 10.0) or None, got {max_jump_ratio!r}.")
   if history_dtype is not None:
     try:
       history_dtype = jnp.dtype(history_dtype)
@@ -177,7 +196,7 @@ def nowcast(
       if not _is_float(p):
         return optax.MaskedNode()
       dtype = history_dtype if history_dtype is not None else jnp.result_type(p)
-      return jnp.zeros((ctx,) + jnp.shape(p), dtype)
+      return jnp.zeros((ctx,) + jnp.shape(p), dtype, device=_history_sharding(p))
 
     masked_params = jax.tree.map(lambda p: p if _is_float(p) else optax.MaskedNode(), params)
     # Every field gets its own buffer so that the state can be donated.
@@ -224,6 +243,13 @@ def nowcast(
       finite = jnp.array(True)
       for x in pred_leaves:
         finite &= jnp.all(jnp.isfinite(x))
+      if max_jump_ratio is not None:
+        f32 = lambda a: jnp.asarray(a).astype(jnp.float32)
+        jump_sq = sum(jnp.sum(jnp.square(f32(x) - f32(p_leaves[i])))
+                      for x, i in zip(pred_leaves, float_ix, strict=True))
+        move_sq = sum(jnp.sum(jnp.square(f32(c[-1]) - f32(c[0]))) for c in chrono)
+        limit = max_jump_ratio * jnp.maximum(k, 1).astype(jnp.float32) / (ctx - 1)
+        finite &= jnp.sqrt(jump_sq) <= limit * jnp.sqrt(move_sq)
       # The ring's oldest slot is stale after a jump: it carries the jump (prediction - params)
       # until the update below reads it, so a jump costs no extra parameter copy.
       new_h = []
