@@ -34,7 +34,8 @@ MLP and GPT-2 (tests check them against the recorded reference graphs).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -214,13 +215,14 @@ def _shape(x) -> tuple[int, ...]:
   return tuple(np.shape(x))
 
 
-def _leaf_modules(modules: Mapping, prefix: str) -> list[tuple[str, Any]]:
-  """Layer modules in forward order, looking through containers (``nn.Sequential``, NNX lists)."""
+def _leaf_modules(modules: Mapping, prefix: str, order: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+  """Layer modules in forward order, looking through containers (``nn.Sequential``, NNX lists).
+
+  Order: ``order`` for the top level if given, else natural sort of the names (``Dense_2`` before
+  ``Dense_10``; Linen's automatic names ``Conv_i``/``Dense_i`` put convs first).
+  """
   out = []
-  keys = list(modules)
-  if all(isinstance(k, int) for k in keys):
-    keys = sorted(keys)
-  for k in keys:
+  for k in _ordered(modules, order, prefix):
     m = modules[k]
     if isinstance(m, Mapping) and m and all(isinstance(v, Mapping) for v in m.values()):
       out.extend(_leaf_modules(m, f"{prefix}{k}/"))
@@ -229,9 +231,9 @@ def _leaf_modules(modules: Mapping, prefix: str) -> list[tuple[str, Any]]:
   return out
 
 
-def _sequential(b: _Builder, modules: Mapping, prefix: str):
+def _sequential(b: _Builder, modules: Mapping, prefix: str, order: Sequence[str] | None = None):
   stream: np.ndarray | None = None
-  for path, m in _leaf_modules(modules, prefix):
+  for path, m in _leaf_modules(modules, prefix, order):
     if not _is_leaf_module(m) or "kernel" not in m:
       raise ValueError(f"{path}: not a Dense or Conv layer ({sorted(m) if isinstance(m, Mapping) else m}); "
                        "neural_graph recognises sequential Dense/Conv stacks and GPT-style transformers.")
@@ -246,7 +248,9 @@ def _sequential(b: _Builder, modules: Mapping, prefix: str):
       if len(k) == 2 and n_in % len(stream) == 0:
         stream = np.tile(stream, n_in // len(stream))  # NHWC flatten: unit i belongs to channel i % C
       else:
-        raise ValueError(f"{path}: takes {n_in} inputs but the previous layer has {len(stream)} units.")
+        raise ValueError(f"{path}: takes {n_in} inputs but the previous layer has {len(stream)} units. "
+                         "If the layers are not in forward order by name, pass order=[...] (top-level "
+                         "module names).")
     bias_node = b.nodes(1)[0] if "bias" in m else None
     out = b.nodes(n_out)
     b.weight(path + "/kernel", k, stream, out, CONV if len(k) == 4 else DENSE)
@@ -263,14 +267,36 @@ def _is_norm(m) -> bool:
   return _is_leaf_module(m) and "scale" in m and len(_shape(m["scale"])) == 1 and "kernel" not in m
 
 
-def _transformer(b: _Builder, modules: Mapping, prefix: str):
+def _natural_key(name) -> tuple:
+  """Sort key that puts ``h_2`` before ``h_10`` (JAX pytrees sort dict keys as strings)."""
+  parts = re.split(r"(\d+)", str(name))
+  return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+
+
+def _ordered(modules: Mapping, order: Sequence[str] | None, prefix: str) -> list:
+  if order is None:
+    return sorted(modules, key=_natural_key)
+  if sorted(map(str, order)) != sorted(map(str, modules)):
+    raise ValueError(f"order={list(order)} must list exactly the modules under '{prefix or '/'}': "
+                     f"{sorted(map(str, modules))}.")
+  by_str = {str(k): k for k in modules}
+  return [by_str[str(k)] for k in order]
+
+
+def _is_position_embedding(name: str) -> bool:
+  return "pos" in name.lower() or name.lower() in ("wpe",)
+
+
+def _transformer(b: _Builder, modules: Mapping, prefix: str, order: Sequence[str] | None = None):
   """GPT-style: embeddings, pre-LN blocks (LN, MHA, LN, Dense, Dense), a final LN (NiNo's graph)."""
-  names = list(modules)
+  names = _ordered(modules, order, prefix)
   embeds = [n for n in names if _is_leaf_module(modules[n]) and "embedding" in modules[n]]
-  if not 1 <= len(embeds) <= 2 or names[: len(embeds)] != embeds:
-    raise ValueError("A transformer graph needs one or two nn.Embed (token, then position) first; got "
-                     f"{names}.")
-  blocks = names[len(embeds):]
+  embeds.sort(key=_is_position_embedding)  # token embedding first, then position
+  if not 1 <= len(embeds) <= 2 or (len(embeds) == 2 and not _is_position_embedding(embeds[1])):
+    raise ValueError(f"A transformer graph needs a token nn.Embed and optionally a position nn.Embed (a name "
+                     f"with 'pos' or 'wpe'); got embeddings {embeds} among {names}.")
+  rest = [n for n in names if n not in embeds]
+  blocks = [n for n in rest if not _is_norm(modules[n])] + [n for n in rest if _is_norm(modules[n])]
   d = _shape(modules[embeds[0]]["embedding"])[1]
   # Pending 1-D nodes go right before the stream neurons they act on (the official numbering).
   tok_shape = _shape(modules[embeds[0]]["embedding"])
@@ -320,7 +346,10 @@ def _transformer(b: _Builder, modules: Mapping, prefix: str):
       raise ValueError(f"{p}: expected a pre-LN transformer block (2 LayerNorm, 1 "
                        f"MultiHeadDotProductAttention, 2 Dense), got norms {norms}, attention {attn}, "
                        f"dense {dense}.")
-    ln1, ln2 = norms
+    ln1, ln2 = sorted(norms, key=_natural_key)
+    dense = sorted(dense, key=_natural_key)
+    if _shape(m[dense[0]]["kernel"])[0] != d and _shape(m[dense[1]]["kernel"])[0] == d:
+      dense = dense[::-1]  # the MLP's first layer is the one that reads the d-wide stream
     a = m[attn[0]]
     ap = f"{p}/{attn[0]}"
     q_shape = _shape(a["query"]["kernel"])  # (d, H, dh)
@@ -372,8 +401,12 @@ def _transformer(b: _Builder, modules: Mapping, prefix: str):
     stream = stream2
 
 
-def neural_graph(params) -> NeuralGraph:
+def neural_graph(params, order: Sequence[str] | None = None) -> NeuralGraph:
   """Builds the neural graph of a Flax parameter tree (Linen ``{"params": ...}`` dict or an NNX state).
+
+  JAX sorts dict keys, so the forward order of the layers is read from their names (natural sort, e.g.
+  ``Dense_0 .. Dense_10``, ``h_0 .. h_11``; convs before denses with Linen's automatic names). Give
+  ``order``, the top-level module names in forward order, when the names do not sort that way.
 
   Raises:
     ValueError: naming the parameter path that is not recognised and what is expected.
@@ -383,9 +416,9 @@ def neural_graph(params) -> NeuralGraph:
     raise ValueError(f"params must be a non-empty dict of modules, got {type(params).__name__}.")
   b = _Builder()
   if any(_is_leaf_module(m) and "embedding" in m for m in modules.values()):
-    _transformer(b, modules, prefix)
+    _transformer(b, modules, prefix, order)
   else:
-    _sequential(b, modules, prefix)
+    _sequential(b, modules, prefix, order)
   if hasattr(params, "to_pure_dict"):
     params = params.to_pure_dict()
   return b.finish(params)

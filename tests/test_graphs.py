@@ -148,3 +148,23 @@ def test_nnx_state_gives_the_same_graph_as_linen(reference_dir):
   np.testing.assert_array_equal(feats[:80, 0], k0.reshape(-1))  # edge (i, o) of layer 0 = kernel[i, o]
   b2 = np.asarray(state["layers"][2]["bias"][...])
   np.testing.assert_array_equal(feats[160:163, 0], b2)
+
+
+def test_sorted_keys_and_explicit_order(reference_dir):
+  """JAX re-sorts dict keys (tree.map): the graph must not depend on dict order."""
+  z, _ = _load(reference_dir, "gpt2_tiny")
+  shuffled = jax.tree.map(lambda x: x, CASES["gpt2_tiny"]())  # keys now h_0, h_1, ln_f, wpe, wte
+  g = graphs.neural_graph(shuffled)
+  np.testing.assert_array_equal(g.senders, z["senders"])
+  np.testing.assert_array_equal(g.edge_type, z["edge_type"])
+  deep = MLP((4,) * 11, 3).init(jax.random.PRNGKey(0), jnp.zeros((1, 5)))  # Dense_0 .. Dense_11
+  g = graphs.neural_graph(jax.tree.map(lambda x: x, deep))
+  assert g.num_nodes == 5 + 11 * (1 + 4) + 1 + 3
+  named = {"params": {"out": {"kernel": jnp.zeros((4, 2))}, "hidden": {"kernel": jnp.zeros((3, 4))}}}
+  with pytest.raises(ValueError, match="pass order="):
+    graphs.neural_graph({"params": {"b_out": {"kernel": jnp.zeros((4, 2))},
+                                    "a_in": {"kernel": jnp.zeros((3, 5))}}})
+  g = graphs.neural_graph(named, order=["hidden", "out"])
+  assert g.num_nodes == 3 + 4 + 2
+  with pytest.raises(ValueError, match="must list exactly the modules"):
+    graphs.neural_graph(named, order=["hidden"])

@@ -36,7 +36,7 @@ Example (NiNo's schedule: states every 200 steps, a jump every 1,000 steps, k-de
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -270,7 +270,7 @@ def make_graphs_tuple(graph: graphs_lib.NeuralGraph, edge_x: jax.Array, node_fea
 
 def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
          config: Mapping[str, Any] | None = None, node_features: str = "lpe", lpe_seed: int = 0,
-         lpe: np.ndarray | None = None) -> Predictor:
+         lpe: np.ndarray | None = None, order: Sequence[str] | None = None) -> Predictor:
   """The NiNo predictor.
 
   Args:
@@ -281,6 +281,8 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
       eigenvector centrality as the last column).
     lpe_seed: seed of the sparse eigensolver's start vector (graphs of 100+ nodes).
     lpe: a fixed node-feature matrix to use instead (e.g. the reference's, for parity checks).
+    order: the top-level module names in forward order, if their names do not sort that way
+      (see ``graphs.neural_graph``).
 
   Returns:
     A :class:`Predictor`; its ``init`` builds the graph of the params it is given.
@@ -300,7 +302,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   cache: dict[Any, tuple[graphs_lib.NeuralGraph, np.ndarray]] = {}
 
   def init(params):
-    g = graphs_lib.neural_graph(params)
+    g = graphs_lib.neural_graph(params, order)
     if lpe is not None:
       feat = np.asarray(lpe, np.float32)
     elif node_features == "lpe":
