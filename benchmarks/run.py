@@ -94,7 +94,14 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "linefit": _nowcast(onc.predictors.linefit),
     "linefit+": _nowcast(onc.predictors.linefit_plus),
     "nino": _nino,
+    # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
+    "wp1": lambda task, s: task.optimizer(),
+    "wp2": lambda task, s: task.optimizer(),
+    "wp3": lambda task, s: task.optimizer(),
+    "linefit+wp2": _nowcast(onc.predictors.linefit),
 }
+# Methods that take their gradients at the weights predicted WP_STEPS[m] steps ahead.
+WP_STEPS = {"wp1": 1, "wp2": 2, "wp3": 3, "linefit+wp2": 2}
 
 
 def _overrides(s: Settings) -> dict[str, int]:
@@ -119,9 +126,15 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
   params = task.init(jax.random.PRNGKey(seed))
   carry = (params, tx.init(params))
 
+  if method in WP_STEPS:
+    vg = onc.weight_prediction.value_and_grad_at_predicted(task.loss, WP_STEPS[method],
+                                                           learning_rate=task.spec.learning_rate)
+  else:
+    vg = lambda p, o, idx: jax.value_and_grad(task.loss)(p, idx)
+
   def step(c, idx):
     p, o = c
-    loss, g = jax.value_and_grad(task.loss)(p, idx)
+    loss, g = vg(p, o, idx)
     u, o = tx.update(g, o, p)
     return (optax.apply_updates(p, u), o), loss
 

@@ -126,7 +126,7 @@ TASKS: dict[str, TaskSpec] = {
 def _load(dataset: str, data_dir: str | None):
   sub = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "tiny_shakespeare": "tiny_shakespeare"}
   path = None  # a data_dir without this dataset's folder leaves it to the loader's own search
-  if data_dir is not None and os.path.exists(os.path.join(data_dir, sub.get(dataset, ""))):
+  if data_dir is not None and dataset in sub and os.path.exists(os.path.join(data_dir, sub[dataset])):
     path = os.path.join(data_dir, sub[dataset])
   if dataset == "fashion_mnist":
     return datasets.load_fashion_mnist(path)
