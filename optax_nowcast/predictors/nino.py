@@ -312,17 +312,19 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
                              graphs_lib.eigenvector_centrality(g)[:, None]], axis=1)
     if feat.shape != (g.num_nodes, n_feat):
       raise ValueError(f"node features have shape {feat.shape}, the model needs ({g.num_nodes}, {n_feat}).")
-    cache[jax.tree.structure(params)] = (g, feat)
+    # Keyed by the leaf shapes: wrappers (nnx.Optimizer) may hand init and update differently
+    # boxed trees with the same leaves in the same order.
+    cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = (g, feat)
     return ()
 
   def predict(history, times, k, state):
     del times  # NiNo assumes states at a regular interval
-    treedef = jax.tree.structure(history)
-    if treedef not in cache:
-      raise ValueError("nino: predict got a history whose structure init never saw; call tx.init(params) "
+    leaves, treedef = jax.tree.flatten(history)
+    key = tuple(np.shape(x)[1:] for x in leaves)
+    if key not in cache:
+      raise ValueError("nino: predict got a history whose parameters init never saw; call tx.init(params) "
                        "with the same params structure.")
-    g, feat = cache[treedef]
-    leaves = jax.tree.leaves(history)
+    g, feat = cache[key]
     if leaves[0].shape[0] != ctx:
       raise ValueError(f"nino: the model takes ctx={ctx} states, the history has {leaves[0].shape[0]}; "
                        f"use nowcast(..., ctx={ctx}).")

@@ -56,7 +56,7 @@ Params = Any
 
 def conv_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                    dimension_numbers=None, feature_group_count=1, precision=None,
-                   preferred_element_type=None):
+                   preferred_element_type=None, **kwargs):
   """``lax.conv_general_dilated`` for NHWC/HWIO as shifted slices and one matmul (im2col).
 
   A drop-in ``conv_general_dilated`` for ``nn.Conv`` (same parameters, same result to float rounding). On
@@ -64,10 +64,10 @@ def conv_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
   with batch 128 on 2 cores), so the CPU benchmark uses it; other backends keep XLA's convolution.
   """
   if (feature_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1, 1)))
-      or any(d != 1 for d in (rhs_dilation or (1, 1)))):
+      or any(d != 1 for d in (rhs_dilation or (1, 1))) or any(v is not None for v in kwargs.values())):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision,
-                                        preferred_element_type=preferred_element_type)
+                                        preferred_element_type=preferred_element_type, **kwargs)
   kh, kw, cin, cout = rhs.shape
   sh, sw = window_strides
   if isinstance(padding, str):
