@@ -5,15 +5,18 @@
 """
 
 from optax_nowcast import graphs, predictors, schedules, weight_prediction
+from optax_nowcast.farcast import FarcastState, farcast
 from optax_nowcast.predictors import Predictor
 from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FarcastState",
     "NowcastState",
     "Predictor",
     "__version__",
+    "farcast",
     "find_nowcast_state",
     "graphs",
     "nowcast",

@@ -1,6 +1,9 @@
-"""Shared helpers for the tests."""
+"""Shared helpers for the tests (and the environment of the notebook runs)."""
 
 from __future__ import annotations
+
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +56,18 @@ def numpy_linefit(states: list[np.ndarray], k: float, weighted: bool = False) ->
   return (coef[0] * (ctx + k) + coef[1]).reshape(np.shape(states[0]))
 
 
-SHARED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+# The notebooks (collected from notebooks/ in the same run, executed by nbmake in kernels that inherit
+# this environment) run small; they include NiNo when the official checkpoint is at hand.
+os.environ.setdefault("OPTAX_NOWCAST_SMALL", "1")
+if (SHARED / "reference" / "nino" / "weights" / "nino_no_posw.npz").exists():
+  os.environ.setdefault("OPTAX_NOWCAST_NINO_WEIGHTS",
+                        str(SHARED / "reference" / "nino" / "weights" / "nino_no_posw.npz"))
 
 
 def need(path, what: str):
   """Returns ``path`` if it exists; otherwise skips (locally) or fails (under CI, where it must exist)."""
-  import os
-
   if os.path.exists(path):
     return path
   msg = f"{what} not found at {path}"

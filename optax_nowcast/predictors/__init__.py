@@ -1,6 +1,8 @@
 """Nowcasting predictors: each returns a :class:`Predictor` to pass to :func:`optax_nowcast.nowcast`."""
 
+from optax_nowcast.predictors import lfd
 from optax_nowcast.predictors.base import History, Predictor, PredictorState, no_state, per_coordinate
+from optax_nowcast.predictors.lfd import lfd2
 from optax_nowcast.predictors.linefit import (
     linefit,
     linefit_coefficients,
@@ -14,6 +16,8 @@ __all__ = [
     "NiNoGNN",
     "Predictor",
     "PredictorState",
+    "lfd",
+    "lfd2",
     "linefit",
     "linefit_coefficients",
     "linefit_plus",
