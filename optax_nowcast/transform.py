@@ -55,6 +55,11 @@ class NowcastState(NamedTuple):
     n_rejected: int32, jumps skipped because the prediction was not finite.
     last_jump_step: int32, step of the last applied jump, ``-1`` before the first.
     predictor_state: whatever the predictor keeps.
+    loss_ema: float32, running mean of the ``value`` (loss) passed to ``update`` (rollback only).
+    pre_jump_loss: float32, ``loss_ema`` when the last jump was made.
+    post_jump_loss: float32, sum of the losses seen since the last jump, within the rollback window.
+    n_rollbacks: int32, jumps undone because the loss rose.
+    horizon_scale: float32, factor on ``k`` (halved by each rollback by default).
   """
 
   count: jax.Array
@@ -66,6 +71,11 @@ class NowcastState(NamedTuple):
   n_rejected: jax.Array
   last_jump_step: jax.Array
   predictor_state: Any
+  loss_ema: jax.Array
+  pre_jump_loss: jax.Array
+  post_jump_loss: jax.Array
+  n_rollbacks: jax.Array
+  horizon_scale: jax.Array
 
 
 def _is_float(x) -> bool:
@@ -125,6 +135,9 @@ def nowcast(
     horizon: int | schedules_lib.HorizonSchedule | None = None,
     history_dtype: Any = None,
     max_jump_ratio: float | None = None,
+    rollback_factor: float | None = None,
+    rollback_window: int = 10,
+    rollback_shrink: float = 0.5,
 ) -> optax.GradientTransformationExtraArgs:
   """Periodically replaces the parameters by a predictor's nowcast of their future.
 
@@ -147,6 +160,15 @@ def nowcast(
       per interval (``||state_newest - state_oldest|| / (ctx - 1)`` over the history). ``None``
       (default) accepts every finite prediction. Rejected jumps (and non-finite predictions, always)
       leave the base optimizer's update in place and are counted in ``n_rejected``.
+    rollback_factor: undo a jump that made the loss worse (named as future work by NiNo++). Pass the
+      loss to ``update`` as ``value=loss`` (as for ``optax.contrib.reduce_on_plateau``). If the mean
+      loss of the ``rollback_window + 1`` steps after a jump exceeds ``rollback_factor`` times the
+      running mean of the loss before it, the parameters return to the pre-jump state (read from the
+      history: no extra copy), the horizon of later jumps is multiplied by ``rollback_shrink``, and
+      ``n_rollbacks`` counts it. ``None`` (default): no rollback. Needs
+      ``rollback_window < interval - 1``.
+    rollback_window: steps after a jump before the check (see ``rollback_factor``).
+    rollback_shrink: factor on the horizon after each rollback, in ``(0, 1]``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; extra keyword arguments to ``update`` are accepted
@@ -178,6 +200,17 @@ def nowcast(
   horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
   if max_jump_ratio is not None and (isinstance(max_jump_ratio, bool) or not max_jump_ratio > 0):
     raise ValueError(f"max_jump_ratio must be a positive number (e.g. 10.0) or None, got {max_jump_ratio!r}.")
+  if rollback_factor is not None:
+    if isinstance(rollback_factor, bool) or not rollback_factor > 0:
+      raise ValueError(f"rollback_factor must be a positive number (e.g. 1.5) or None, "
+                       f"got {rollback_factor!r}.")
+    rollback_window = check_int("rollback_window", rollback_window, 0,
+                                "rollback_window is the number of steps after a jump before the check.")
+    if rollback_window >= interval - 1:
+      raise ValueError(f"rollback_window ({rollback_window}) must be < interval - 1 ({interval - 1}): the "
+                       "pre-jump state is read back from the history before the next recording.")
+    if not 0 < rollback_shrink <= 1:
+      raise ValueError(f"rollback_shrink must be in (0, 1], got {rollback_shrink!r}.")
   if history_dtype is not None:
     try:
       history_dtype = jnp.dtype(history_dtype)
@@ -211,10 +244,18 @@ def nowcast(
         n_rejected=zero(),
         last_jump_step=jnp.full((), -1, jnp.int32),
         predictor_state=predictor.init(masked_params),
+        loss_ema=jnp.full((), jnp.nan, jnp.float32),
+        pre_jump_loss=jnp.full((), jnp.nan, jnp.float32),
+        post_jump_loss=jnp.zeros((), jnp.float32),
+        n_rollbacks=zero(),
+        horizon_scale=jnp.ones((), jnp.float32),
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del extra_args
+    if rollback_factor is not None and value is None:
+      raise ValueError("nowcast(rollback_factor=...) needs the loss: call tx.update(updates, state, params, "
+                       "value=loss).")
     if params is None:
       raise ValueError(
           "nowcast needs the current parameters to record their trajectory: call "
@@ -236,6 +277,8 @@ def nowcast(
       steps = slot_steps[order]
       times = (steps - steps[-1]).astype(jnp.float32) / interval
       k = horizon_schedule(jump_index)
+      if rollback_factor is not None:
+        k = jnp.maximum(1, jnp.round(k * state.horizon_scale)).astype(jnp.int32)
       prediction, new_pstate = predictor.predict(
           jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
       pred_leaves = jax.tree.leaves(prediction)
@@ -289,6 +332,28 @@ def nowcast(
       delta = jax.lax.dynamic_index_in_dim(h, next_slot, 0, keepdims=False)
       out_leaves[i] = jnp.where(applied, delta.astype(jnp.result_type(u)), u)
 
+    loss_ema, pre_jump, post_sum = state.loss_ema, state.pre_jump_loss, state.post_jump_loss
+    n_rollbacks, horizon_scale = state.n_rollbacks, state.horizon_scale
+    if rollback_factor is not None:
+      loss = jnp.asarray(value, jnp.float32)
+      since = step - state.last_jump_step - 1  # 0 at the first call after a jump
+      in_window = (state.last_jump_step >= 0) & (since >= 0) & (since <= rollback_window)
+      # The running mean tracks the loss outside the windows that follow jumps (including the jump call).
+      new_ema = jnp.where(jnp.isnan(loss_ema), loss, 0.9 * loss_ema + 0.1 * loss)
+      loss_ema = jnp.where(in_window, loss_ema, new_ema)
+      pre_jump = jnp.where(applied, loss_ema, pre_jump)
+      post_sum = jnp.where(in_window, post_sum + loss, 0.0)
+      check = in_window & (since == rollback_window)
+      roll = check & (post_sum / (rollback_window + 1) > rollback_factor * pre_jump)
+      # theta_J sits in the newest recorded slot until ctx more recordings (>= interval steps away).
+      newest = (next_slot - 1) % ctx
+      for h, i in zip(h_leaves, float_ix, strict=True):
+        theta_j = jax.lax.dynamic_index_in_dim(h, newest, 0, keepdims=False).astype(jnp.float32)
+        back = theta_j - jnp.asarray(p_leaves[i]).astype(jnp.float32)
+        out_leaves[i] = jnp.where(roll, back.astype(jnp.result_type(out_leaves[i])), out_leaves[i])
+      n_rollbacks = n_rollbacks + roll.astype(jnp.int32)
+      horizon_scale = jnp.where(roll, horizon_scale * rollback_shrink, horizon_scale)
+
     new_state = NowcastState(
         count=step + 1,
         history=jax.tree.unflatten(h_treedef, h_leaves),
@@ -299,6 +364,11 @@ def nowcast(
         n_rejected=state.n_rejected + rejected.astype(jnp.int32),
         last_jump_step=jnp.where(applied, step, state.last_jump_step),
         predictor_state=pstate,
+        loss_ema=loss_ema,
+        pre_jump_loss=pre_jump,
+        post_jump_loss=post_sum,
+        n_rollbacks=n_rollbacks,
+        horizon_scale=horizon_scale,
     )
     return jax.tree.unflatten(treedef, out_leaves), new_state
 

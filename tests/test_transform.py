@@ -249,3 +249,47 @@ def test_empty_and_scalar_leaves(constant_grad):
   # After 2 steps the jump extrapolates 2 intervals: 2 + 2 = 4.
   np.testing.assert_allclose(traj[3]["scalar"], 4.0)
   np.testing.assert_allclose(traj[3]["nested"][0], 4.0)
+
+
+def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2):
+  """SGD on w with a constant gradient; the loss passed to update is scripted per step."""
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(predictor, interval=4, ctx=2, horizon=2,
+                                               rollback_factor=factor, rollback_window=window))
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  traj = [params]
+  for c in range(12):
+    loss = losses_after_jump.get(c, 1.0)
+    updates, state = tx.update({"w": -jnp.ones(3)}, state, params, value=jnp.float32(loss))
+    params = optax.apply_updates(params, updates)
+    traj.append(params)
+  return traj, onc.find_nowcast_state(state)
+
+
+def test_rollback_undoes_a_jump_that_raises_the_loss():
+  crazy = marker_predictor(lambda h, t, k: h[-1] + 100.0)
+  # Records at 4, 8 (interval 4, ctx 2): the jump is the call with count 8 (theta_8 = 8).
+  traj, nc = _rollback_run(crazy, {9: 5.0, 10: 5.0, 11: 5.0})
+  assert int(nc.n_jumps) == 1 and float(traj[9]["w"][0]) == 108.0
+  # Calls 9, 10, 11 see losses 5 > 1.5 x 1: the call with count 11 returns to theta_8.
+  assert int(nc.n_rollbacks) == 1 and float(traj[12]["w"][0]) == 8.0
+  assert float(nc.horizon_scale) == 0.5
+
+
+def test_no_rollback_when_the_loss_stays_low():
+  crazy = marker_predictor(lambda h, t, k: h[-1] + 100.0)
+  traj, nc = _rollback_run(crazy, {9: 1.2, 10: 1.0, 11: 1.1})
+  assert int(nc.n_rollbacks) == 0 and float(traj[12]["w"][0]) == 111.0
+  assert float(nc.horizon_scale) == 1.0
+
+
+def test_rollback_arguments():
+  lf = onc.predictors.linefit()
+  with pytest.raises(ValueError, match="rollback_window .* must be < interval - 1"):
+    onc.nowcast(lf, interval=4, ctx=2, rollback_factor=1.5, rollback_window=3)
+  with pytest.raises(ValueError, match="rollback_factor must be a positive number"):
+    onc.nowcast(lf, interval=4, rollback_factor=0.0)
+  tx = onc.nowcast(lf, interval=4, ctx=2, rollback_factor=1.5, rollback_window=1)
+  state = tx.init({"w": jnp.zeros(2)})
+  with pytest.raises(ValueError, match="value=loss"):
+    tx.update({"w": jnp.zeros(2)}, state, {"w": jnp.zeros(2)})
