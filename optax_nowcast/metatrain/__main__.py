@@ -1,0 +1,47 @@
+"""``python -m optax_nowcast.metatrain collect --task FM-16 --seeds 0:20 [--lr-scales 0.5,1,2] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs
+
+
+def _seeds(text: str) -> list[int]:
+  if ":" in text:
+    a, b = text.split(":")
+    return list(range(int(a), int(b)))
+  return [int(s) for s in text.split(",")]
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(prog="python -m optax_nowcast.metatrain")
+  sub = parser.add_subparsers(dest="command", required=True)
+  c = sub.add_parser("collect", help="train a task many times, saving parameter states")
+  c.add_argument("--task", required=True)
+  c.add_argument("--seeds", default="0:4", help="a:b (range) or a,b,c")
+  c.add_argument("--lr-scales", default="1", help="learning-rate multipliers, comma-separated")
+  c.add_argument("--variants", default="[{}]",
+                 help='JSON list of TaskSpec overrides, e.g. [{"features": [8, 16, 16]}]')
+  c.add_argument("--steps", type=int, default=10_000)
+  c.add_argument("--interval", type=int, default=200)
+  c.add_argument("--vmap", type=int, default=4, help="runs trained together in one jitted scan")
+  c.add_argument("--out", default="trajectories")
+  c.add_argument("--data-dir", default=None)
+  c.add_argument("--quiet", action="store_true")
+  args = parser.parse_args(argv)
+  variants = [{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+              for d in json.loads(args.variants)]
+  runs = plan_runs(_seeds(args.seeds), [float(x) for x in args.lr_scales.split(",")], variants)
+  size = estimate_bytes(args.task, runs, args.steps, args.interval)
+  print(f"{len(runs)} runs of {args.task}, {args.steps} steps, a state every {args.interval}: "
+        f"{size / 2**20:.1f} MiB of float16 states in {args.out}/{args.task}/", flush=True)
+  res = collect(args.task, runs, steps=args.steps, interval=args.interval, out_dir=args.out,
+                data_dir=args.data_dir, vmap=args.vmap, quiet=args.quiet)
+  print(f"computed {len(res['computed'])} runs, skipped {len(res['skipped'])} finished ones")
+  return res
+
+
+if __name__ == "__main__":
+  main()

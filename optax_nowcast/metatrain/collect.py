@@ -1,0 +1,197 @@
+"""Trajectory collection: train a task many times and save its parameter states at a fixed spacing.
+
+Layout on disk, one folder per run (``<out>/<task>/<run_id>/``):
+
+* ``states.npy``: a ``(num_states, num_params)`` array (float16 by default) opened with ``np.load(...,
+  mmap_mode="r")`` so that training windows are read lazily; row ``i`` is the flat parameter vector after
+  ``steps[i]`` updates (row 0: the initial parameters);
+* ``index.json``: the task and its settings (overrides, learning rate, seed), the steps, and for every
+  parameter leaf its path, shape and offset in the flat vector; ``"complete": true`` once the run finished.
+
+Runs that share a model shape are trained together: ``vmap`` over runs inside one jitted ``lax.scan``
+(each run its own seed, minibatch order and learning rate through ``optax.inject_hyperparams``). A finished
+run is never recomputed, so an interrupted collection resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_nowcast.tasks import TASKS, make_task
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training run: a seed, a learning-rate multiplier and ``TaskSpec`` overrides (e.g. widths)."""
+
+  seed: int
+  lr_scale: float = 1.0
+  overrides: tuple[tuple[str, Any], ...] = ()
+
+  @property
+  def run_id(self) -> str:
+    tag = hashlib.sha1(json.dumps(self.overrides, sort_keys=True).encode()).hexdigest()[:8]
+    return f"s{self.seed}_lr{self.lr_scale:g}_{tag}"
+
+
+def plan_runs(seeds: Sequence[int], lr_scales: Sequence[float] = (1.0,),
+              variants: Sequence[dict[str, Any]] = ({},)) -> list[RunSpec]:
+  """The cartesian product of seeds, learning-rate multipliers and spec variants."""
+  return [RunSpec(s, float(lr), tuple(sorted(v.items())))
+          for v in variants for lr in lr_scales for s in seeds]
+
+
+def _leaf_index(params) -> list[dict[str, Any]]:
+  out, offset = [], 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    n = int(np.prod(np.shape(leaf)))
+    out.append({"path": "/".join(str(getattr(k, "key", k)) for k in path), "shape": list(np.shape(leaf)),
+                "offset": offset, "size": n})
+    offset += n
+  return out
+
+
+def estimate_bytes(task_name: str, runs: Sequence[RunSpec], steps: int, interval: int,
+                   dtype=np.float16) -> int:
+  total = 0
+  for r in runs:
+    spec = dataclasses.replace(TASKS[task_name], **dict(r.overrides))
+    task_params = _param_count(spec)
+    total += (steps // interval + 1) * task_params * np.dtype(dtype).itemsize
+  return total
+
+
+@functools.lru_cache(maxsize=64)
+def _param_count(spec) -> int:
+  from optax_nowcast.tasks.tasks import CNN, GPT, MLP  # shapes only: no data needed
+  if spec.kind == "vision":
+    chans = 1 if spec.dataset == "fashion_mnist" else 3
+    side = 28 if chans == 1 else 32
+    shapes = jax.eval_shape(CNN(spec.features).init, jax.random.PRNGKey(0), jnp.zeros((1, side, side, chans)))
+  elif spec.kind == "lm":
+    layers, dim, heads = spec.lm_shape
+    shapes = jax.eval_shape(GPT(65, spec.block_size, layers, dim, heads).init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, spec.block_size), jnp.int32))
+  else:
+    shapes = jax.eval_shape(MLP(spec.features).init, jax.random.PRNGKey(0), jnp.zeros((1, 64)))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: int, out_dir: str,
+            data_dir: str | None = None, vmap: int = 4, dtype=np.float16, quiet: bool = False) -> dict:
+  """Trains every run of ``runs`` for ``steps`` steps, saving states every ``interval`` steps.
+
+  Returns ``{"computed": [...run ids], "skipped": [...]}``.
+  """
+  if steps % interval:
+    raise ValueError(f"steps ({steps}) must be a multiple of interval ({interval}).")
+  try:
+    from tqdm.auto import tqdm
+  except ImportError:  # pragma: no cover
+    tqdm = None
+  todo, skipped = [], []
+  for r in runs:
+    idx = os.path.join(out_dir, task_name, r.run_id, "index.json")
+    if os.path.exists(idx):
+      with open(idx) as f:
+        meta = json.load(f)
+      if meta.get("complete") and meta["steps"][-1] == steps and meta["interval"] == interval:
+        skipped.append(r.run_id)
+        continue
+    todo.append(r)
+  groups: dict[tuple, list[RunSpec]] = {}
+  for r in todo:
+    groups.setdefault(r.overrides, []).append(r)
+  bar = tqdm(total=len(todo) * steps, unit="step", disable=quiet or not todo) if tqdm else None
+  computed = []
+  for overrides, group in groups.items():
+    task = make_task(task_name, data_dir, **dict(overrides), steps=steps)
+    for start in range(0, len(group), vmap):
+      chunk = group[start:start + vmap]
+      _train_group(task, chunk, steps, interval, out_dir, dtype, bar)
+      computed += [r.run_id for r in chunk]
+  if bar is not None:
+    bar.close()
+  return {"computed": computed, "skipped": skipped}
+
+
+def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_dir: str, dtype, bar):
+  spec = task.spec
+  base = optax.adamw if spec.weight_decay else optax.adam
+  kwargs = {"weight_decay": spec.weight_decay} if spec.weight_decay else {}
+  tx = optax.inject_hyperparams(base)(learning_rate=spec.learning_rate, **kwargs)
+  params = jax.vmap(task.init)(jnp.stack([jax.random.PRNGKey(r.seed) for r in group]))
+  opt_state = jax.vmap(tx.init)(params)
+  lrs = jnp.asarray([spec.learning_rate * r.lr_scale for r in group], jnp.float32)
+  opt_state.hyperparams["learning_rate"] = lrs
+
+  def one_run(p, o, idx):
+    def step(c, i):
+      p, o = c
+      g = jax.grad(task.loss)(p, i)
+      u, o = tx.update(g, o, p)
+      return (optax.apply_updates(p, u), o), None
+    (p, o), _ = jax.lax.scan(step, (p, o), idx)
+    return p, o
+
+  run_chunk = jax.jit(jax.vmap(one_run), donate_argnums=(0, 1))
+  flat = lambda p: np.concatenate([np.asarray(x, np.float32).reshape(len(group), -1)
+                                   for x in jax.tree.leaves(p)], axis=1)
+  leaves_meta = _leaf_index(jax.tree.map(lambda x: x[0], params))
+  n_states = steps // interval + 1
+  arrays, folders = [], []
+  for r in group:
+    folder = os.path.join(out_dir, task.name, r.run_id)
+    os.makedirs(folder, exist_ok=True)
+    n_params = leaves_meta[-1]["offset"] + leaves_meta[-1]["size"]
+    arrays.append(np.lib.format.open_memmap(os.path.join(folder, "states.npy"), mode="w+", dtype=dtype,
+                                            shape=(n_states, n_params)))
+    folders.append(folder)
+  rows = flat(params)
+  for a, row in zip(arrays, rows, strict=True):
+    a[0] = row
+  for s in range(0, steps, interval):
+    idx = jnp.asarray(np.stack([task.batch_indices(r.seed, s, interval) for r in group]))
+    params, opt_state = run_chunk(params, opt_state, idx)
+    rows = flat(params)
+    for a, row in zip(arrays, rows, strict=True):
+      a[s // interval + 1] = row
+    if bar is not None:
+      bar.update(interval * len(group))
+  for a, folder, r in zip(arrays, folders, group, strict=True):
+    a.flush()
+    meta = {"task": task.name, "spec": dataclasses.asdict(spec), "seed": r.seed, "lr_scale": r.lr_scale,
+            "learning_rate": float(spec.learning_rate * r.lr_scale), "overrides": dict(r.overrides),
+            "interval": interval, "steps": list(range(0, steps + 1, interval)), "dtype": np.dtype(dtype).name,
+            "leaves": leaves_meta, "complete": True,
+            "finite": bool(np.all(np.isfinite(np.asarray(a, np.float32))))}
+    with open(os.path.join(folder, "index.json"), "w") as f:
+      json.dump(meta, f)
+
+
+def load_run(folder: str) -> tuple[np.memmap, dict]:
+  """``(states memmap (num_states, num_params), index)`` of a collected run."""
+  with open(os.path.join(folder, "index.json")) as f:
+    meta = json.load(f)
+  return np.load(os.path.join(folder, "states.npy"), mmap_mode="r"), meta
+
+
+def unflatten(row: np.ndarray, meta: dict, like) -> Any:
+  """A flat state row back to a params tree shaped like ``like``."""
+  leaves = [jnp.asarray(row[m["offset"]: m["offset"] + m["size"]], jnp.float32).reshape(m["shape"])
+            for m in meta["leaves"]]
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+__all__ = ["RunSpec", "collect", "estimate_bytes", "load_run", "plan_runs", "unflatten"]
