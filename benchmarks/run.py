@@ -89,11 +89,24 @@ def _nino(task: Task, s: Settings) -> optax.GradientTransformation:
                                                    ctx=s.ctx, horizon=horizon))
 
 
+def _wnn_plus_official(task: Task, s: Settings) -> optax.GradientTransformation:
+  """WNN+ with the NiNo repository's nino_mlp checkpoint (next to nino_no_posw), k-decay from 40."""
+  nino_w = default_nino_weights()
+  weights = None if nino_w is None else os.path.join(os.path.dirname(nino_w), "nino_mlp.npz")
+  if weights is None or not os.path.exists(weights):
+    raise ValueError("method 'wnn+official' needs nino_mlp.npz next to the NiNo checkpoint "
+                     "(OPTAX_NOWCAST_NINO_WEIGHTS).")
+  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+  return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.wnn_plus(weights), interval=s.interval,
+                                                   ctx=s.ctx, horizon=horizon))
+
+
 METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "adam": lambda task, s: task.optimizer(),
     "linefit": _nowcast(onc.predictors.linefit),
     "linefit+": _nowcast(onc.predictors.linefit_plus),
     "nino": _nino,
+    "wnn+official": _wnn_plus_official,
     # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
     "wp1": lambda task, s: task.optimizer(),
     "wp2": lambda task, s: task.optimizer(),

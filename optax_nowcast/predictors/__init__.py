@@ -10,10 +10,13 @@ from optax_nowcast.predictors.linefit import (
     linefit_trajectory,
 )
 from optax_nowcast.predictors.nino import NiNoGNN, load_official_weights, nino
+from optax_nowcast.predictors.wnn import WNN, WNNPlus, wnn, wnn_plus
 
 __all__ = [
     "History",
     "NiNoGNN",
+    "WNN",
+    "WNNPlus",
     "Predictor",
     "PredictorState",
     "lfd",
@@ -26,4 +29,6 @@ __all__ = [
     "nino",
     "no_state",
     "per_coordinate",
+    "wnn",
+    "wnn_plus",
 ]

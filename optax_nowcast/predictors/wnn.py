@@ -1,0 +1,236 @@
+r"""WNN (Jang et al., ICML 2023) and WNN+ (the NiNo paper's per-parameter baseline), in Flax.
+
+**WNN+** runs one MLP on every parameter element, reading its ``ctx`` states scaled per tensor as in NiNo
+(:func:`~optax_nowcast.predictors.nino.scale_history`) and the element's edge type in the neural graph
+(dense, conv, bias, norm, embedding, attention q/k/v):
+
+.. math::
+
+  z = W_p \tilde w + b_p + E[\mathrm{type}], \quad
+  \Delta = f_6(\mathrm{SiLU}(f_4(\mathrm{SiLU}(f_2(\mathrm{SiLU}(f_0(z))))))) \in \mathbb{R}^K, \quad
+  \hat w = (\tilde w_{last} + \Delta_k)\,\sigma + \mu,
+
+a direct multi-step head over horizons ``1..K`` used with k-decay. ``wnn_plus(weights=...)`` reads the NiNo
+repository's ``nino_mlp`` checkpoints (``.pt`` or ``.npz``; hidden 128 or 32) or our own params.
+
+**WNN** (the published architecture, 9,425 parameters per model; three models for conv kernels, dense
+kernels and 1-D parameters): per coordinate, with the 5 states ``w_0..w_4``,
+``L = w - w_0``, ``s = 2 (max L - min L + 1e-8 + 1e-5)``, ``x = L / s``, ``d = x[1:] - x[:-1]``; two streams
+``Dense(64) -> act -> Dense(32) -> LeakyReLU(0.3)`` on ``x`` and on ``d``, where
+``act(h) = xi1(c) * exp(xi2(c) * h) + xi3(c)``, ``c = relu(Dense(8)(h))``; then ``tanh(Dense(1)([., .]))`` and
+``w_hat = w_4 + y s`` (a fixed jump of 5 intervals, the skip it was trained for).
+
+>>> import jax, jax.numpy as jnp
+>>> p = WNN().init(jax.random.PRNGKey(0), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
+>>> sum(x.size for x in jax.tree.leaves(p))
+9425
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_nowcast import graphs as graphs_lib
+from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.predictors.nino import scale_history
+
+# --------------------------------------------------------------------------------------------- WNN+
+
+
+class WNNPlus(nn.Module):
+  """The WNN+ MLP on ``(..., ctx)`` scaled states and ``(...)`` edge types: ``(..., K)`` deltas."""
+
+  hidden: int = 128
+  horizons: int = 40
+  edge_types: int = graphs_lib.NUM_EDGE_TYPES
+  layers: int = 3
+
+  def setup(self):
+    self.proj = nn.Dense(self.hidden, name="edge_proj")
+    self.embed = nn.Embed(self.edge_types, self.hidden, name="layer_embed")
+    self.mlp = [nn.Dense(self.hidden, name=f"fc{2 * i}") for i in range(self.layers)]
+    self.out = nn.Dense(self.horizons, name=f"fc{2 * self.layers}")
+
+  def features(self, x: jax.Array, edge_type: jax.Array) -> jax.Array:
+    h = self.proj(x) + self.embed(edge_type)
+    for layer in self.mlp:
+      h = nn.silu(layer(h))
+    return h
+
+  def __call__(self, x: jax.Array, edge_type: jax.Array, k: jax.Array | None = None) -> jax.Array:
+    h = self.features(x, edge_type)
+    if k is None:
+      return self.out(h)
+    if not self.out.has_variable("params", "kernel"):
+      self.out(h)  # create the head at init
+    p = self.out.variables["params"]
+    kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, self.horizons) - 1
+    return h @ jax.lax.dynamic_index_in_dim(p["kernel"], kk, 1, False) + p["bias"][kk]
+
+  def intermediates(self, x, edge_type):
+    z0 = self.proj(x) + self.embed(edge_type)
+    out, h = {"z0": z0}, z0
+    for i, layer in enumerate(self.mlp):
+      h = nn.silu(layer(h))
+      out[f"hidden_{i + 1}"] = h
+    out["dms_raw"] = self.out(h)
+    return out
+
+
+def load_official_wnn_plus(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, int]]:
+  """The NiNo repository's WNN+ checkpoint (``nino_mlp*.pt`` / ``.npz`` or a state dict) as our params."""
+  if isinstance(path, Mapping):
+    sd = {k: np.asarray(v) for k, v in path.items()}
+  elif str(path).endswith(".npz"):
+    with np.load(path) as z:
+      sd = {k: z[k] for k in z.files}
+  else:
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f"Reading {path} needs torch (pip install torch), or convert it to .npz.") from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+    sd = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+  if "edge_mlp.fc.0.weight" not in sd or "gnn.convs.0.edge_encoder.weight" in sd:
+    raise ValueError(f"{path} is not a WNN+ (nino_mlp) checkpoint; keys start {sorted(sd)[:5]}.")
+  layers = len([k for k in sd if k.startswith("edge_mlp.fc.") and k.endswith(".weight")]) - 1
+  config = {"hidden": int(sd["edge_proj.fc.0.weight"].shape[0]),
+            "horizons": int(sd[f"edge_mlp.fc.{2 * layers}.weight"].shape[0]),
+            "edge_types": int(sd["layer_embed.weight"].shape[0]), "layers": layers,
+            "ctx": int(sd["edge_proj.fc.0.weight"].shape[1])}
+  params = {"edge_proj": {"kernel": sd["edge_proj.fc.0.weight"].T, "bias": sd["edge_proj.fc.0.bias"]},
+            "layer_embed": {"embedding": sd["layer_embed.weight"]}}
+  for i in range(layers + 1):
+    params[f"fc{2 * i}"] = {"kernel": sd[f"edge_mlp.fc.{2 * i}.weight"].T,
+                            "bias": sd[f"edge_mlp.fc.{2 * i}.bias"]}
+  return {"params": jax.tree.map(jnp.asarray, params)}, config
+
+
+def element_edge_types(graph: graphs_lib.NeuralGraph) -> list[np.ndarray | None]:
+  """Per params leaf, the edge type of every element (from the neural graph)."""
+  return [None if p is None else graph.edge_type[p // graph.num_slots].astype(np.int32)
+          for p in graph.positions]
+
+
+def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
+             config: Mapping[str, Any] | None = None, order: Sequence[str] | None = None) -> Predictor:
+  """The WNN+ predictor (use it with ``horizon=schedules.k_decay(40, ...)`` as in NiNo).
+
+  Args:
+    weights: the NiNo repository's ``nino_mlp`` checkpoint; or
+    model_params, config: our own :class:`WNNPlus` params and its arguments (plus ``ctx``).
+    order: module order for the neural graph when names do not sort in forward order.
+  """
+  if (weights is None) == (model_params is None):
+    raise ValueError("Give exactly one of weights= (a nino_mlp checkpoint) or model_params= (ours).")
+  if weights is not None:
+    model_params, config = load_official_wnn_plus(weights)
+  elif config is None:
+    raise ValueError("model_params= needs config= (WNNPlus arguments plus 'ctx').")
+  config = dict(config)
+  ctx = int(config.pop("ctx", 5))
+  model = WNNPlus(**config)
+  cache: dict[tuple, list] = {}
+
+  def init(params):
+    g = graphs_lib.neural_graph(params, order)
+    cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = element_edge_types(g)
+    return ()
+
+  def predict(history, times, k, state):
+    del times
+    leaves, treedef = jax.tree.flatten(history)
+    key = tuple(np.shape(x)[1:] for x in leaves)
+    if key not in cache:
+      raise ValueError("wnn_plus: predict got a history whose parameters init never saw.")
+    types = cache[key]
+    if leaves[0].shape[0] != ctx:
+      raise ValueError(f"wnn_plus takes ctx={ctx} states, the history has {leaves[0].shape[0]}.")
+    scaled, mu, sigma = scale_history(leaves)
+    out = []
+    for h, x, m, s, t in zip(leaves, scaled, mu, sigma, types, strict=True):
+      xs = x.reshape(ctx, -1).T  # (n, ctx)
+      delta = model.apply(model_params, xs, jnp.asarray(t.reshape(-1)), k)
+      pred = (xs[:, -1] + delta) * s + m
+      out.append(pred.reshape(h.shape[1:]).astype(h.dtype))
+    return jax.tree.unflatten(treedef, out), state
+
+  return Predictor(init=init, predict=predict, name="wnn_plus", min_ctx=ctx)
+
+
+# ---------------------------------------------------------------------------------------------- WNN
+
+
+class _Stream(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(64)(x)
+    c = nn.relu(nn.Dense(8)(h))
+    xi1, xi2, xi3 = (nn.Dense(64, name=f"xi{i}")(c) for i in (1, 2, 3))
+    h = xi1 * jnp.exp(xi2 * h) + xi3
+    return nn.leaky_relu(nn.Dense(32)(h), 0.3)
+
+
+class WNN(nn.Module):
+  """Jang et al.'s weight nowcaster network: ``(x (..., 5), d (..., 4)) -> y (...)`` in ``(-1, 1)``."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, d: jax.Array) -> jax.Array:
+    h = jnp.concatenate([_Stream(name="states")(x), _Stream(name="diffs")(d)], axis=-1)
+    return jnp.tanh(nn.Dense(1)(h))[..., 0]
+
+
+def wnn_normalise(w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The authors' normalisation of ``(..., 5)`` trajectories: ``(x, d, scale)`` (module docstring)."""
+  w = w.astype(jnp.float32)
+  ell = w - w[..., :1]
+  scale = 2.0 * (ell.max(-1) - ell.min(-1) + 1e-8 + 1e-5)
+  x = ell / scale[..., None]
+  return x, x[..., 1:] - x[..., :-1], scale
+
+
+def wnn_denormalise(w_last: jax.Array, y: jax.Array, scale: jax.Array) -> jax.Array:
+  return w_last.astype(jnp.float32) + y * scale
+
+
+def wnn_kind(shape: Sequence[int]) -> str:
+  """Which of the three models a parameter uses: ``conv`` (4-D), ``dense`` (2-D or 3-D), ``bias`` (1-D)."""
+  return {4: "conv", 2: "dense", 3: "dense"}.get(len(shape), "bias")
+
+
+def wnn(params_by_kind: Mapping[str, Any]) -> Predictor:
+  """The WNN predictor from three sets of :class:`WNN` params (``conv``, ``dense``, ``bias``).
+
+  Use with ``ctx=5`` and ``horizon=5`` (WNN always jumps the 5 intervals it was trained for).
+  """
+  missing = {"conv", "dense", "bias"} - set(params_by_kind)
+  if missing:
+    raise ValueError(f"wnn needs params for the kinds {sorted(missing)} too (conv, dense, bias).")
+  model = WNN()
+
+  def predict(history, times, k, state):
+    del times, k
+
+    def leaf(h):
+      if h.shape[0] != 5:
+        raise ValueError(f"wnn takes ctx=5 states, got {h.shape[0]}.")
+      w = h.reshape(5, -1).T
+      x, d, scale = wnn_normalise(w)
+      y = model.apply(params_by_kind[wnn_kind(h.shape[1:])], x, d)
+      return wnn_denormalise(w[:, -1], y, scale).reshape(h.shape[1:]).astype(h.dtype)
+
+    return jax.tree.map(leaf, history), state
+
+  return Predictor(init=lambda p: (), predict=predict, name="wnn", min_ctx=5)
+
+
+__all__ = ["WNN", "WNNPlus", "element_edge_types", "load_official_wnn_plus", "wnn", "wnn_denormalise",
+           "wnn_kind", "wnn_normalise", "wnn_plus"]
