@@ -37,3 +37,32 @@ def test_collect_digits_vmapped_equals_plain_training(tmp_path):
     assert np.linalg.norm(np.asarray(a) - np.asarray(b)) < 1e-3 * np.linalg.norm(np.asarray(b))
   again = collect("digits", runs, steps=100, interval=20, out_dir=str(tmp_path), quiet=True)
   assert again["computed"] == [] and len(again["skipped"]) == 4
+
+
+def test_collect_train_load_nowcast_on_digits(tmp_path):
+  """The whole pipeline, small: collect digits runs, train WNN+, save, load, nowcast with it."""
+  from optax_nowcast import nowcast, schedules
+  from optax_nowcast.metatrain import TrainConfig, find_runs, load_predictor_params, train_wnn_plus
+  from optax_nowcast.predictors import wnn_plus
+
+  collect("digits", plan_runs(range(5)), steps=400, interval=20, out_dir=str(tmp_path / "traj"), vmap=5,
+          quiet=True)
+  runs = find_runs(str(tmp_path / "traj"))
+  assert len(runs) == 5
+  cfg = TrainConfig(horizons=5, hidden=32, steps=150, windows_per_batch=4, elements_per_window=512,
+                    learning_rate=3e-3)
+  res = train_wnn_plus(runs, cfg, out_dir=str(tmp_path / "weights"), log=lambda *_: None)
+  assert res["train_runs"] == 4 and res["val_runs"] == 1
+  assert res["val_loss"] < res["initial_val_loss"], (res["initial_val_loss"], res["val_loss"])
+  params, config = load_predictor_params(str(tmp_path / "weights" / "wnn_plus.msgpack"))
+  task = make_task("digits")
+  tx = optax.chain(task.optimizer(), nowcast(wnn_plus(model_params=params, config=config), interval=20, ctx=5,
+                                             horizon=schedules.constant_horizon(3)))
+  p = task.init(jax.random.PRNGKey(9))
+  s = tx.init(p)
+  step = jax.jit(lambda p, s, i: tx.update(jax.grad(task.loss)(p, i), s, p))
+  for t in range(120):
+    u, s = step(p, s, jnp.asarray(task.batch_indices(9, t, 1)[0]))
+    p = optax.apply_updates(p, u)
+  nc = s[1]
+  assert int(nc.n_jumps) == 1 and all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))

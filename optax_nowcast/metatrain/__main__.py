@@ -1,4 +1,8 @@
-"""``python -m optax_nowcast.metatrain collect --task FM-16 --seeds 0:20 [--lr-scales 0.5,1,2] ...``."""
+"""Command line of the meta-training pipeline.
+
+    python -m optax_nowcast.metatrain collect --task FM-16 --seeds 0:20 [--lr-scales 0.5,1,2] [--vmap 4]
+    python -m optax_nowcast.metatrain train --predictor wnn+ --runs trajectories --out trained
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,24 @@ def main(argv=None) -> dict:
   c.add_argument("--out", default="trajectories")
   c.add_argument("--data-dir", default=None)
   c.add_argument("--quiet", action="store_true")
+  t = sub.add_parser("train", help="train a predictor on collected trajectories")
+  t.add_argument("--predictor", default="wnn+", choices=["wnn+"])
+  t.add_argument("--runs", default="trajectories", help="the folder collect wrote")
+  t.add_argument("--tasks", default=None, help="comma-separated task names (default: all collected)")
+  t.add_argument("--steps", type=int, default=2000)
+  t.add_argument("--hidden", type=int, default=128)
+  t.add_argument("--horizons", type=int, default=40)
+  t.add_argument("--out", default="trained")
   args = parser.parse_args(argv)
+  if args.command == "train":
+    from optax_nowcast.metatrain.train import TrainConfig, find_runs, train_wnn_plus
+    runs = find_runs(args.runs, args.tasks.split(",") if args.tasks else None)
+    print(f"training {args.predictor} on {len(runs)} runs from {args.runs}", flush=True)
+    res = train_wnn_plus(runs, TrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons),
+                         out_dir=args.out, log=lambda m: print(m, flush=True))
+    print(f"validation L1 {res['initial_val_loss']:.4f} -> {res['val_loss']:.4f}; "
+          f"wrote {args.out}/wnn_plus.*")
+    return res
   variants = [{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
               for d in json.loads(args.variants)]
   runs = plan_runs(_seeds(args.seeds), [float(x) for x in args.lr_scales.split(",")], variants)

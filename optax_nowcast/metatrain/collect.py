@@ -72,20 +72,26 @@ def estimate_bytes(task_name: str, runs: Sequence[RunSpec], steps: int, interval
   return total
 
 
-@functools.lru_cache(maxsize=64)
-def _param_count(spec) -> int:
-  from optax_nowcast.tasks.tasks import CNN, GPT, MLP  # shapes only: no data needed
+def task_template(spec) -> Any:
+  """The params tree (shapes and dtypes only) of a task's model, from its ``TaskSpec`` (or its dict)."""
+  from optax_nowcast.tasks.tasks import CNN, GPT, MLP, TaskSpec  # shapes only: no data needed
+  if isinstance(spec, dict):
+    spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+  key = jax.random.PRNGKey(0)
   if spec.kind == "vision":
     chans = 1 if spec.dataset == "fashion_mnist" else 3
     side = 28 if chans == 1 else 32
-    shapes = jax.eval_shape(CNN(spec.features).init, jax.random.PRNGKey(0), jnp.zeros((1, side, side, chans)))
-  elif spec.kind == "lm":
+    return jax.eval_shape(CNN(spec.features).init, key, jnp.zeros((1, side, side, chans)))
+  if spec.kind == "lm":
     layers, dim, heads = spec.lm_shape
-    shapes = jax.eval_shape(GPT(65, spec.block_size, layers, dim, heads).init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, spec.block_size), jnp.int32))
-  else:
-    shapes = jax.eval_shape(MLP(spec.features).init, jax.random.PRNGKey(0), jnp.zeros((1, 64)))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+    return jax.eval_shape(GPT(65, spec.block_size, layers, dim, heads).init, key,
+                          jnp.zeros((1, spec.block_size), jnp.int32))
+  return jax.eval_shape(MLP(spec.features).init, key, jnp.zeros((1, 64)))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_count(spec) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(task_template(spec))))
 
 
 def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: int, out_dir: str,
@@ -194,4 +200,4 @@ def unflatten(row: np.ndarray, meta: dict, like) -> Any:
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-__all__ = ["RunSpec", "collect", "estimate_bytes", "load_run", "plan_runs", "unflatten"]
+__all__ = ["RunSpec", "collect", "estimate_bytes", "load_run", "plan_runs", "task_template", "unflatten"]

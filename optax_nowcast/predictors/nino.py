@@ -148,7 +148,7 @@ class NiNoGNN(nn.Module):
     if self.head != "mlp":
       return jax.lax.dynamic_index_in_dim(self.decode(e), kk, axis=2, keepdims=False)
     z = nn.silu(self.out0(e))
-    p = self.out2.variables["params"]
+    p = jax.tree.map(jnp.asarray, self.out2.variables["params"])
     w = jax.lax.dynamic_index_in_dim(p["kernel"].reshape(-1, self.slots, self.horizons), kk, 2, False)
     b = jax.lax.dynamic_index_in_dim(p["bias"].reshape(self.slots, self.horizons), kk, 1, False)
     return z @ w + b

@@ -72,7 +72,8 @@ class WNNPlus(nn.Module):
       self.out(h)  # create the head at init
     p = self.out.variables["params"]
     kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, self.horizons) - 1
-    return h @ jax.lax.dynamic_index_in_dim(p["kernel"], kk, 1, False) + p["bias"][kk]
+    kernel, bias = jnp.asarray(p["kernel"]), jnp.asarray(p["bias"])
+    return h @ jax.lax.dynamic_index_in_dim(kernel, kk, 1, False) + bias[kk]
 
   def intermediates(self, x, edge_type):
     z0 = self.proj(x) + self.embed(edge_type)
