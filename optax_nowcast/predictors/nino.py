@@ -193,6 +193,23 @@ def _official_name(ours: str) -> str:
   raise KeyError(ours)
 
 
+def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A PyTorch state dict as numpy arrays, from a ``.pt`` file (torch, ``weights_only=True``), an ``.npz``
+  conversion, or a mapping already in memory."""
+  if isinstance(path, Mapping):
+    return {k: np.asarray(v) for k, v in path.items()}
+  if str(path).endswith(".npz"):
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f"Reading {path} needs torch (pip install torch), or convert it to .npz.") from e
+  obj = torch.load(path, map_location="cpu", weights_only=True)
+  obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+  return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+
+
 def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, Any]]:
   """Reads the official NiNo checkpoint (``.pt`` or ``.npz``, or a state dict) into our Flax params.
 
@@ -200,19 +217,7 @@ def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[
   ``slots``, ``lpe`` inferred from the shapes. Only the graph model (``nino_no_posw``-style checkpoints) is
   read here; the WNN+ checkpoints (``nino_mlp``) have no graph and belong to ``predictors.wnn``.
   """
-  if isinstance(path, Mapping):
-    sd = {k: np.asarray(v) for k, v in path.items()}
-  elif str(path).endswith(".npz"):
-    with np.load(path) as z:
-      sd = {k: z[k] for k in z.files}
-  else:
-    try:
-      import torch
-    except ImportError as e:
-      raise ImportError(f"Reading {path} needs torch (pip install torch), or convert it to .npz.") from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
-    sd = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+  sd = read_state_dict(path)
   if "gnn.convs.0.edge_encoder.weight" not in sd:
     raise ValueError(f"{path} is not a NiNo graph checkpoint (no gnn.convs.0.edge_encoder.weight); keys "
                      f"start {sorted(sd)[:5]}.")

@@ -39,7 +39,7 @@ import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
 from optax_nowcast.predictors.base import Predictor
-from optax_nowcast.predictors.nino import scale_history
+from optax_nowcast.predictors.nino import read_state_dict, scale_history
 
 # --------------------------------------------------------------------------------------------- WNN+
 
@@ -87,19 +87,7 @@ class WNNPlus(nn.Module):
 
 def load_official_wnn_plus(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, int]]:
   """The NiNo repository's WNN+ checkpoint (``nino_mlp*.pt`` / ``.npz`` or a state dict) as our params."""
-  if isinstance(path, Mapping):
-    sd = {k: np.asarray(v) for k, v in path.items()}
-  elif str(path).endswith(".npz"):
-    with np.load(path) as z:
-      sd = {k: z[k] for k in z.files}
-  else:
-    try:
-      import torch
-    except ImportError as e:
-      raise ImportError(f"Reading {path} needs torch (pip install torch), or convert it to .npz.") from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
-    sd = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+  sd = read_state_dict(path)
   if "edge_mlp.fc.0.weight" not in sd or "gnn.convs.0.edge_encoder.weight" in sd:
     raise ValueError(f"{path} is not a WNN+ (nino_mlp) checkpoint; keys start {sorted(sd)[:5]}.")
   layers = len([k for k in sd if k.startswith("edge_mlp.fc.") and k.endswith(".weight")]) - 1
