@@ -136,3 +136,18 @@ def torch_flat_to_flax(flat, meta, template):
       t = t.T
     put(p["flax_path"], t)
   return {"params": tree}
+
+
+@pytest.fixture(scope="session")
+def fm16_end_to_end(reference_dir):
+  """The reference's 5 real FM/16 states as our params: (npz, graph json, template, stacked history)."""
+  import json
+
+  from optax_nowcast.tasks import CNN
+
+  z = np.load(reference_dir / "end_to_end" / "fm16_end_to_end.npz")
+  with open(reference_dir / "graph_construction" / "fm16_cnn.json") as f:
+    meta = json.load(f)
+  template = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  states = [torch_flat_to_flax(s, meta, template) for s in z["states"]]
+  return z, meta, template, jax.tree.map(lambda *xs: jnp.stack(xs), *states)

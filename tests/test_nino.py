@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -10,12 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import torch_flat_to_flax
 
 import optax_nowcast as onc
 from optax_nowcast._jraph import GraphsTuple
 from optax_nowcast.predictors.nino import NiNoGNN, load_official_weights, nino
-from optax_nowcast.tasks import CNN
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +50,6 @@ def test_gnn_layers_match_the_official_model(reference_dir, official, graph):
   for k in (1, 5, 40):
     pred = z["edge_attr"].reshape(-1, 9, 5)[:, :, 4] + np.asarray(dms)[:, :, k - 1]
     _close(pred, z[f"pred_k{k}"], f"{graph}/pred_k{k}")
-
-
-@pytest.fixture(scope="module")
-def fm16_end_to_end(reference_dir):
-  z = np.load(os.path.join(reference_dir, "end_to_end", "fm16_end_to_end.npz"))
-  with open(os.path.join(reference_dir, "graph_construction", "fm16_cnn.json")) as f:
-    meta = json.load(f)
-  template = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-  states = [torch_flat_to_flax(s, meta, template) for s in z["states"]]
-  history = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-  return z, meta, template, history
 
 
 def _to_flat(tree, meta, template):

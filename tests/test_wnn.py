@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -21,7 +20,6 @@ from optax_nowcast.predictors.wnn import (
     wnn_normalise,
     wnn_plus,
 )
-from optax_nowcast.tasks import CNN
 
 
 @pytest.mark.parametrize("which,prefix", [("nino_mlp", "h128"), ("nino_mlp_h32", "h32")])
@@ -45,13 +43,8 @@ def test_wnn_plus_matches_the_official_model(reference_dir, which, prefix, graph
 
 
 @pytest.mark.parametrize("k", [1, 5, 40])
-def test_wnn_plus_end_to_end_on_fm16(reference_dir, k):
-  z = np.load(os.path.join(reference_dir, "end_to_end", "fm16_end_to_end.npz"))
-  with open(os.path.join(reference_dir, "graph_construction", "fm16_cnn.json")) as f:
-    meta = json.load(f)
-  template = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-  states = [torch_flat_to_flax(s, meta, template) for s in z["states"]]
-  history = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+def test_wnn_plus_end_to_end_on_fm16(reference_dir, fm16_end_to_end, k):
+  z, meta, template, history = fm16_end_to_end
   pred = wnn_plus(os.path.join(reference_dir, "weights", "nino_mlp.npz"))
   pred.init(template)
   with jax.default_matmul_precision("highest"):

@@ -210,6 +210,17 @@ def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np
   return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
 
 
+def resolve_weights(weights, model_params, config, loader, config_help: str) -> tuple[Any, dict[str, Any]]:
+  """``(params, config)`` from an official checkpoint (``weights``) or from our own params and config."""
+  if (weights is None) == (model_params is None):
+    raise ValueError("Give exactly one of weights= (an official checkpoint) or model_params= (ours).")
+  if weights is not None:
+    return loader(weights)
+  if config is None:
+    raise ValueError(f"model_params= needs config= ({config_help}).")
+  return model_params, dict(config)
+
+
 def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, Any]]:
   """Reads the official NiNo checkpoint (``.pt`` or ``.npz``, or a state dict) into our Flax params.
 
@@ -292,13 +303,8 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   Returns:
     A :class:`Predictor`; its ``init`` builds the graph of the params it is given.
   """
-  if (weights is None) == (model_params is None):
-    raise ValueError("Give exactly one of weights= (the official checkpoint) or model_params= (ours).")
-  if weights is not None:
-    model_params, config = load_official_weights(weights)
-  elif config is None:
-    raise ValueError("model_params= needs config= (NiNoGNN arguments plus 'lpe').")
-  config = dict(config)
+  model_params, config = resolve_weights(weights, model_params, config, load_official_weights,
+                                         "NiNoGNN arguments plus 'lpe'")
   n_feat = int(config.pop("lpe", 8))
   if node_features not in ("lpe", "lpe+centrality"):
     raise ValueError(f"node_features must be 'lpe' or 'lpe+centrality', got {node_features!r}.")

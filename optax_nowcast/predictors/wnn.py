@@ -39,7 +39,7 @@ import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
 from optax_nowcast.predictors.base import Predictor
-from optax_nowcast.predictors.nino import read_state_dict, scale_history
+from optax_nowcast.predictors.nino import read_state_dict, resolve_weights, scale_history
 
 # --------------------------------------------------------------------------------------------- WNN+
 
@@ -118,13 +118,8 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
     model_params, config: our own :class:`WNNPlus` params and its arguments (plus ``ctx``).
     order: module order for the neural graph when names do not sort in forward order.
   """
-  if (weights is None) == (model_params is None):
-    raise ValueError("Give exactly one of weights= (a nino_mlp checkpoint) or model_params= (ours).")
-  if weights is not None:
-    model_params, config = load_official_wnn_plus(weights)
-  elif config is None:
-    raise ValueError("model_params= needs config= (WNNPlus arguments plus 'ctx').")
-  config = dict(config)
+  model_params, config = resolve_weights(weights, model_params, config, load_official_wnn_plus,
+                                         "WNNPlus arguments plus 'ctx'")
   ctx = int(config.pop("ctx", 5))
   model = WNNPlus(**config)
   cache: dict[tuple, list] = {}
