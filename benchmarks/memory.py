@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 
 import jax
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_nowcast as onc
-from benchmarks.run import REPO, default_data_dir, default_nino_weights
+from benchmarks.run import REPO, default_data_dir, default_nino_weights, write_results
 from optax_nowcast.tasks import make_task
 
 
@@ -79,11 +78,8 @@ def main(argv=None):
                  f"{r['state_bytes'] / base['state_bytes']:.2f}x | {r['step_temp_bytes'] / 2**20:.2f} | "
                  f"{r['step_temp_bytes'] / base['step_temp_bytes']:.2f}x |")
   table = "\n".join(lines)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "memory.json"), "w") as f:
-    json.dump({"task": args.task, "rows": rows, "backend": jax.default_backend()}, f, indent=1)
-  with open(os.path.join(args.out, "memory.md"), "w") as f:
-    f.write(table + "\n")
+  payload = {"task": args.task, "rows": rows, "backend": jax.default_backend()}
+  write_results(args.out, "memory", payload, table)
   print(table)
   return rows
 

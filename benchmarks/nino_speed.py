@@ -12,7 +12,6 @@ Writes ``benchmarks/results/nino_speed.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.run import REPO
+from benchmarks.run import REPO, write_results
 from optax_nowcast.predictors import nino
 from optax_nowcast.tasks import CNN, GPT
 
@@ -93,11 +92,8 @@ def main(argv=None):
                  f"{_x(r['speedup_vs_official_low'])} |")
   table = "\n".join(lines)
   if not args.quick:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "nino_speed.json"), "w") as f:
-      json.dump({"rows": rows, "backend": jax.default_backend(), "devices": str(jax.devices())}, f, indent=1)
-    with open(os.path.join(args.out, "nino_speed.md"), "w") as f:
-      f.write(table + "\n")
+    write_results(args.out, "nino_speed",
+                  {"rows": rows, "backend": jax.default_backend(), "devices": str(jax.devices())}, table)
   print(table)
   return rows
 

@@ -422,14 +422,19 @@ def report(suite: str, seeds: int, s: Settings, out: str) -> dict[str, Any]:
                      "methods": summarise_task(runs, _spec_for(name, s), s)}
     plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
   table = format_table(suite, summary, s)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, f"{suite}.json"), "w") as f:
-    json.dump({"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds, "summary": summary,
-               "backend": jax.default_backend(),
-               "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, f, indent=1)
-  with open(os.path.join(out, f"{suite}.md"), "w") as f:
-    f.write(table + "\n")
+  write_results(out, suite, {"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds,
+                             "summary": summary, "backend": jax.default_backend(),
+                             "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, table)
   return {"summary": summary, "table": table}
+
+
+def write_results(out: str, name: str, payload: dict[str, Any], table: str) -> None:
+  """Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (every benchmark's result files)."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f"{name}.json"), "w") as f:
+    json.dump(payload, f, indent=1)
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
+    f.write(table + "\n")
 
 
 def default_data_dir() -> str | None:

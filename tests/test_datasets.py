@@ -25,12 +25,17 @@ def cifar(data_dir):
   return datasets.load_cifar10(os.path.join(data_dir, "cifar10"))
 
 
+def _check_images(d, image_shape, n_train, n_test):
+  """Shapes, dtypes, the full 0..255 range and balanced classes of an ImageData."""
+  assert d.x_train.shape == (n_train, *image_shape) and d.x_test.shape == (n_test, *image_shape)
+  assert d.x_train.dtype == np.uint8 and d.y_train.dtype == np.int32 and d.y_test.dtype == np.int32
+  assert d.x_train.min() == 0 and d.x_train.max() == 255
+  np.testing.assert_array_equal(np.bincount(d.y_train), np.full(10, n_train // 10))
+  np.testing.assert_array_equal(np.bincount(d.y_test), np.full(10, n_test // 10))
+
+
 def test_fashion_mnist(fashion):
-  assert fashion.x_train.shape == (60000, 28, 28, 1) and fashion.x_test.shape == (10000, 28, 28, 1)
-  assert fashion.x_train.dtype == np.uint8 and fashion.y_train.dtype == np.int32
-  assert fashion.x_train.min() == 0 and fashion.x_train.max() == 255
-  np.testing.assert_array_equal(np.bincount(fashion.y_train), np.full(10, 6000))
-  np.testing.assert_array_equal(np.bincount(fashion.y_test), np.full(10, 1000))
+  _check_images(fashion, (28, 28, 1), 60000, 10000)
   # The published normalisation constants are those of this data.
   assert abs(fashion.x_train.mean() / 255 - fashion.mean[0]) < 1e-3
   assert abs(fashion.x_train.std() / 255 - fashion.std[0]) < 1e-3
@@ -43,11 +48,7 @@ def test_fashion_mnist_from_env_folder(fashion, monkeypatch, tmp_path):
 
 
 def test_cifar10(cifar):
-  assert cifar.x_train.shape == (50000, 32, 32, 3) and cifar.x_test.shape == (10000, 32, 32, 3)
-  assert cifar.x_train.dtype == np.uint8 and cifar.y_test.dtype == np.int32
-  assert cifar.x_train.min() == 0 and cifar.x_train.max() == 255
-  np.testing.assert_array_equal(np.bincount(cifar.y_train), np.full(10, 5000))
-  np.testing.assert_array_equal(np.bincount(cifar.y_test), np.full(10, 1000))
+  _check_images(cifar, (32, 32, 3), 50000, 10000)
   # Channel order: the per-channel means of CIFAR-10 are R .4914, G .4822, B .4465 (NHWC after the reshape).
   np.testing.assert_allclose(cifar.x_train.mean((0, 1, 2)) / 255, cifar.mean, atol=1e-3)
 
