@@ -101,12 +101,29 @@ def _wnn_plus_official(task: Task, s: Settings) -> optax.GradientTransformation:
                                                    ctx=s.ctx, horizon=horizon))
 
 
+def _wnn_plus(task: Task, s: Settings) -> optax.GradientTransformation:
+  """WNN+ with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40."""
+  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+  return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.wnn_plus(), interval=s.interval,
+                                                   ctx=s.ctx, horizon=horizon))
+
+
+def _lfd2(task: Task, s: Settings) -> optax.GradientTransformation:
+  """LFD-2 (shipped weights, n = 5 and m = 40 saved states): farcast from [w_0, w_n], k-decay from 40."""
+  predictor = onc.predictors.lfd2()
+  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+  return optax.chain(task.optimizer(), onc.farcast(predictor, n=s.ctx, unit=s.interval, horizon=horizon))
+
+
 METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "adam": lambda task, s: task.optimizer(),
     "linefit": _nowcast(onc.predictors.linefit),
     "linefit+": _nowcast(onc.predictors.linefit_plus),
     "nino": _nino,
     "wnn+official": _wnn_plus_official,
+    "wnn": _nowcast(onc.predictors.wnn),  # shipped weights; ctx 5, a fixed jump of 5 intervals
+    "wnn+": _wnn_plus,
+    "lfd2": _lfd2,
     # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
     "wp1": lambda task, s: task.optimizer(),
     "wp2": lambda task, s: task.optimizer(),

@@ -27,10 +27,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from optax_nowcast import schedules as schedules_lib
 from optax_nowcast._checks import check_int
 from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.transform import _resolve_horizon
 
 
 class FarcastState(NamedTuple):
@@ -47,23 +50,26 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def farcast(predictor: Predictor, *, n: int, horizon: int, unit: int = 1,
+def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.HorizonSchedule, unit: int = 1,
             history_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
   """Jumps every ``n * unit`` steps from ``[anchor, params]`` to ``k = horizon`` units ahead.
 
   Args:
     predictor: a two-state predictor, e.g. ``predictors.lfd.lfd2(params, spec)``.
     n: units between the anchor and the state the jump starts from (LFD-2's ``n``).
-    horizon: units to jump ahead (``1..m`` for LFD-2).
+    horizon: units to jump ahead (``1..m`` for LFD-2): an int, or a schedule over the jumps such as
+      ``schedules.k_decay(40, total_steps=...)`` (the period is ``n * unit`` steps).
     unit: optimizer steps per unit (1 for the paper's synthetic sequences).
     history_dtype: dtype of the anchor copy (e.g. ``jnp.bfloat16``); ``None`` keeps the params' dtypes.
   """
   if not isinstance(predictor, Predictor):
     raise ValueError(f"predictor must be an optax_nowcast Predictor, got {type(predictor).__name__}.")
   n = check_int("n", n, 1, "n is the number of units between the anchor and the jump.")
-  horizon = check_int("horizon", horizon, 1, "horizon is how many units ahead the jump lands.")
+  if isinstance(horizon, int | np.integer) and not isinstance(horizon, bool):
+    check_int("horizon", horizon, 1, "horizon is how many units ahead the jump lands.")
   unit = check_int("unit", unit, 1, "unit is the number of optimizer steps per unit of n and horizon.")
   period = n * unit
+  horizon_schedule = _resolve_horizon(horizon, n, schedules_lib.ConstantPeriod(period))
 
   def init_fn(params):
     def anchor_leaf(p):
@@ -96,7 +102,8 @@ def farcast(predictor: Predictor, *, n: int, horizon: int, unit: int = 1,
       hist = [jnp.stack([a, jnp.asarray(p_leaves[i]).astype(a.dtype)]) for a, i in zip(a_leaves, float_ix,
                                                                                        strict=True)]
       times = jnp.asarray([-float(n), 0.0], jnp.float32)
-      pred, pstate = predictor.predict(jax.tree.unflatten(a_treedef, hist), times, jnp.int32(horizon), pstate)
+      k = horizon_schedule(state.n_jumps + state.n_rejected)
+      pred, pstate = predictor.predict(jax.tree.unflatten(a_treedef, hist), times, k, pstate)
       pred = jax.tree.leaves(pred)
       ok = jnp.array(True)
       for x in pred:

@@ -376,9 +376,11 @@ def nowcast(
 
 
 def find_nowcast_state(opt_state: Any) -> NowcastState | None:
-  """The :class:`NowcastState` inside an optimizer state (a chain, ``MultiSteps``, ...), or None.
+  """The :class:`NowcastState` (or ``farcast``'s ``FarcastState``) inside an optimizer state (a chain,
+  ``MultiSteps``, ...), or None.
 
-  Handy for logging: ``find_nowcast_state(opt_state).n_jumps``.
+  Handy for logging: ``find_nowcast_state(opt_state).n_jumps`` (both states have ``n_jumps``,
+  ``n_rejected`` and ``last_jump_step``).
 
   >>> import jax.numpy as jnp, optax, optax_nowcast as onc
   >>> tx = optax.MultiSteps(optax.chain(optax.adam(1e-3),
@@ -386,8 +388,10 @@ def find_nowcast_state(opt_state: Any) -> NowcastState | None:
   >>> int(find_nowcast_state(tx.init({"w": jnp.zeros(3)})).n_jumps)
   0
   """
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, NowcastState))
-           if isinstance(x, NowcastState)]
+  def is_jump_state(x) -> bool:
+    return isinstance(x, NowcastState) or (isinstance(x, tuple) and type(x).__name__ == "FarcastState")
+
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_jump_state) if is_jump_state(x)]
   if len(found) > 1:
     raise ValueError(f"opt_state holds {len(found)} nowcast states; index the chain to pick one.")
   return found[0] if found else None

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from optax_nowcast.metatrain import collect, estimate_bytes, load_run, plan_runs, unflatten
+from optax_nowcast.predictors import wnn
 from optax_nowcast.tasks import make_task
 
 
@@ -39,15 +41,33 @@ def test_collect_digits_vmapped_equals_plain_training(tmp_path):
   assert again["computed"] == [] and len(again["skipped"]) == 4
 
 
-def test_collect_train_load_nowcast_on_digits(tmp_path):
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory):
+  """Five real digits runs of 400 steps, a state every 20 (21 states each)."""
+  root = tmp_path_factory.mktemp("traj")
+  collect("digits", plan_runs(range(5)), steps=400, interval=20, out_dir=str(root), vmap=5, quiet=True)
+  return root
+
+
+def _train_with(tx, steps=120, seed=9):
+  task = make_task("digits")
+  p = task.init(jax.random.PRNGKey(seed))
+  s = tx.init(p)
+  step = jax.jit(lambda p, s, i: tx.update(jax.grad(task.loss)(p, i), s, p))
+  for t in range(steps):
+    u, s = step(p, s, jnp.asarray(task.batch_indices(seed, t, 1)[0]))
+    p = optax.apply_updates(p, u)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+  return p, s
+
+
+def test_collect_train_load_nowcast_on_digits(digits_runs, tmp_path):
   """The whole pipeline, small: collect digits runs, train WNN+, save, load, nowcast with it."""
   from optax_nowcast import nowcast, schedules
   from optax_nowcast.metatrain import TrainConfig, find_runs, load_predictor_params, train_wnn_plus
   from optax_nowcast.predictors import wnn_plus
 
-  collect("digits", plan_runs(range(5)), steps=400, interval=20, out_dir=str(tmp_path / "traj"), vmap=5,
-          quiet=True)
-  runs = find_runs(str(tmp_path / "traj"))
+  runs = find_runs(str(digits_runs))
   assert len(runs) == 5
   cfg = TrainConfig(horizons=5, hidden=32, steps=150, windows_per_batch=4, elements_per_window=512,
                     learning_rate=3e-3)
@@ -58,11 +78,41 @@ def test_collect_train_load_nowcast_on_digits(tmp_path):
   task = make_task("digits")
   tx = optax.chain(task.optimizer(), nowcast(wnn_plus(model_params=params, config=config), interval=20, ctx=5,
                                              horizon=schedules.constant_horizon(3)))
-  p = task.init(jax.random.PRNGKey(9))
-  s = tx.init(p)
-  step = jax.jit(lambda p, s, i: tx.update(jax.grad(task.loss)(p, i), s, p))
-  for t in range(120):
-    u, s = step(p, s, jnp.asarray(task.batch_indices(9, t, 1)[0]))
-    p = optax.apply_updates(p, u)
-  nc = s[1]
-  assert int(nc.n_jumps) == 1 and all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+  _, s = _train_with(tx)
+  assert int(s[1].n_jumps) == 1
+  # The file itself is accepted too, and weights of another predictor are refused by name.
+  wnn_plus(str(tmp_path / "weights" / "wnn_plus.msgpack"))
+  with pytest.raises(ValueError, match="holds 'wnn_plus' weights, not 'wnn'"):
+    wnn(str(tmp_path / "weights" / "wnn_plus.msgpack"))
+
+
+def test_cli_trains_wnn_and_nowcast_uses_it(digits_runs, tmp_path):
+  from optax_nowcast import nowcast
+  from optax_nowcast.metatrain.__main__ import main
+
+  out = tmp_path / "weights"
+  res = main(["train", "--predictor", "wnn", "--runs", str(digits_runs), "--steps", "150",
+              "--elements", "512", "--out", str(out)])
+  assert res["val_loss"] < res["initial_val_loss"], (res["initial_val_loss"], res["val_loss"])
+  assert set(res["history"][-1]["val_loss_by_kind"]) == {"conv", "dense", "bias"}
+  assert res["history"][-1]["val_loss_by_kind"]["conv"] is None  # digits has no conv kernels
+  task = make_task("digits")
+  tx = optax.chain(task.optimizer(), nowcast(wnn(str(out / "wnn.msgpack")), interval=20, ctx=5, horizon=5))
+  _, s = _train_with(tx)
+  assert int(s[1].n_jumps) == 1
+
+
+def test_lfd2_trained_on_runs_beats_repeating_and_farcasts(digits_runs, tmp_path):
+  from optax_nowcast import farcast
+  from optax_nowcast.metatrain import TrainConfig, find_runs, train_lfd_on_runs
+  from optax_nowcast.predictors import lfd2
+
+  res = train_lfd_on_runs(find_runs(str(digits_runs)), TrainConfig(steps=600), n=5, m=10, coords=128,
+                          out_dir=str(tmp_path / "w"), log=lambda *_: None)
+  # initial_val_loss is the MAE of repeating w_n: the fitted map must beat it on held-out runs.
+  assert res["val_loss"] < 0.9 * res["initial_val_loss"], (res["initial_val_loss"], res["val_loss"])
+  task = make_task("digits")
+  tx = optax.chain(task.optimizer(), farcast(lfd2(str(tmp_path / "w" / "lfd2.msgpack")), n=5, unit=20,
+                                             horizon=10))
+  _, s = _train_with(tx, steps=130)
+  assert int(s[1].n_jumps) == 1 and int(s[1].last_jump_step) == 100

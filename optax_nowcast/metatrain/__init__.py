@@ -14,6 +14,8 @@ from optax_nowcast.metatrain.train import (
     find_runs,
     load_predictor_params,
     save_predictor,
+    train_lfd_on_runs,
+    train_wnn,
     train_wnn_plus,
 )
 
@@ -28,6 +30,8 @@ __all__ = [
     "plan_runs",
     "save_predictor",
     "task_template",
+    "train_lfd_on_runs",
+    "train_wnn",
     "train_wnn_plus",
     "unflatten",
 ]

@@ -2,6 +2,12 @@
 
     python -m optax_nowcast.metatrain collect --task FM-16 --seeds 0:20 [--lr-scales 0.5,1,2] [--vmap 4]
     python -m optax_nowcast.metatrain train --predictor wnn+ --runs trajectories --out trained
+    python -m optax_nowcast.metatrain train --predictor wnn --runs trajectories --out trained
+    python -m optax_nowcast.metatrain train --predictor lfd2 --n 5 --m 40 --runs trajectories --out trained
+
+    python -m optax_nowcast.metatrain pretrained   # the recipe of the shipped weights, end to end
+
+``--out optax_nowcast/pretrained`` replaces the weights shipped with the package (see its MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -35,22 +41,44 @@ def main(argv=None) -> dict:
   c.add_argument("--data-dir", default=None)
   c.add_argument("--quiet", action="store_true")
   t = sub.add_parser("train", help="train a predictor on collected trajectories")
-  t.add_argument("--predictor", default="wnn+", choices=["wnn+"])
+  t.add_argument("--predictor", default="wnn+", choices=["wnn+", "wnn", "lfd2", "lfn", "lfl", "lfs"])
   t.add_argument("--runs", default="trajectories", help="the folder collect wrote")
   t.add_argument("--tasks", default=None, help="comma-separated task names (default: all collected)")
   t.add_argument("--steps", type=int, default=2000)
   t.add_argument("--hidden", type=int, default=128)
   t.add_argument("--horizons", type=int, default=40)
+  t.add_argument("--elements", type=int, default=2048, help="coordinates sampled per window")
+  t.add_argument("--n", type=int, default=5, help="LFD: saved states between w_0 and w_n")
+  t.add_argument("--m", type=int, default=40, help="LFD: saved states predicted after w_n")
+  t.add_argument("--seed", type=int, default=0)
   t.add_argument("--out", default="trained")
+  pr = sub.add_parser("pretrained", help="rerun the recipe of the shipped weights (collect + train + card)")
+  pr.add_argument("--runs", default="trajectories")
+  pr.add_argument("--out", default="optax_nowcast/pretrained")
+  pr.add_argument("--data-dir", default=None)
+  pr.add_argument("--skip-collect", action="store_true", help="train on the runs already in --runs")
+  pr.add_argument("--only", default="wnn_plus,wnn,lfd2", help="which predictors to (re)train")
   args = parser.parse_args(argv)
+  if args.command == "pretrained":
+    from optax_nowcast.metatrain import pretrained
+    return pretrained.run(args.runs, args.out, args.data_dir, args.skip_collect, tuple(args.only.split(",")))
   if args.command == "train":
-    from optax_nowcast.metatrain.train import TrainConfig, find_runs, train_wnn_plus
-    runs = find_runs(args.runs, args.tasks.split(",") if args.tasks else None)
+    from optax_nowcast.metatrain import train as train_lib
+    runs = train_lib.find_runs(args.runs, args.tasks.split(",") if args.tasks else None)
     print(f"training {args.predictor} on {len(runs)} runs from {args.runs}", flush=True)
-    res = train_wnn_plus(runs, TrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons),
-                         out_dir=args.out, log=lambda m: print(m, flush=True))
+    cfg = train_lib.TrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons,
+                                elements_per_window=args.elements, seed=args.seed)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.predictor == "wnn+":
+      res, name = train_lib.train_wnn_plus(runs, cfg, out_dir=args.out, log=log), "wnn_plus"
+    elif args.predictor == "wnn":
+      res, name = train_lib.train_wnn(runs, cfg, out_dir=args.out, log=log), "wnn"
+    else:
+      res = train_lib.train_lfd_on_runs(runs, cfg, kind=args.predictor, n=args.n, m=args.m,
+                                        out_dir=args.out, log=log)
+      name = args.predictor
     print(f"validation L1 {res['initial_val_loss']:.4f} -> {res['val_loss']:.4f}; "
-          f"wrote {args.out}/wnn_plus.*")
+          f"wrote {args.out}/{name}.*")
     return res
   variants = [{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
               for d in json.loads(args.variants)]

@@ -33,6 +33,7 @@ the parameters (the anchor), plus the parameters themselves: 2 copies instead of
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -134,12 +135,22 @@ def train_lfd(spec: LFDSpec, train: np.ndarray, val: np.ndarray, *, beta: float 
   return TrainResult(best_params, best, s)
 
 
-def lfd2(params: Any, spec: LFDSpec) -> Predictor:
+def lfd2(params: Any = None, spec: LFDSpec | None = None) -> Predictor:
   """LFD-2 as a predictor for :func:`optax_nowcast.farcast` (or ``nowcast`` with ``ctx=2``).
 
   The history holds ``[w_0, w_n]`` (``times = [-n, 0]`` in the map's units); ``k`` in ``1..m`` picks the
-  output ``w_{n+k}``. Only LFD-2 (``kind="lfd2"``) fits in two states.
+  output ``w_{n+k}``. Only LFD-2 (``kind="lfd2"``) fits in two states. ``params`` is ``{"A", "b"}`` with
+  ``spec``, a ``.msgpack`` file from ``python -m optax_nowcast.metatrain train --predictor lfd2`` (the spec
+  comes from its ``.json``), or ``None`` for the weights shipped in ``optax_nowcast/pretrained`` (trained on
+  real-task trajectories saved every 200 steps: ``n = 5`` units, ``m = 40``; use ``unit=200``).
   """
+  if params is None or isinstance(params, str | os.PathLike):
+    from optax_nowcast import pretrained
+    params, cfg = pretrained.load("lfd2") if params is None else pretrained.load_file(params, expect="lfd2")
+    spec = lfd_spec(cfg["kind"], cfg["n"], cfg["m"])
+  if spec is None:
+    raise ValueError("lfd2(params, spec): spec= is needed with params given as arrays "
+                     "(lfd_spec('lfd2', n, m)).")
   if spec.kind != "lfd2":
     raise ValueError(f"only LFD-2 needs just [w_0, w_n]; {spec.kind} needs {len(spec.inputs)} states.")
   a = jnp.asarray(params["A"], jnp.float32)

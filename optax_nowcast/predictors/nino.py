@@ -210,11 +210,23 @@ def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np
   return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
 
 
-def resolve_weights(weights, model_params, config, loader, config_help: str) -> tuple[Any, dict[str, Any]]:
-  """``(params, config)`` from an official checkpoint (``weights``) or from our own params and config."""
-  if (weights is None) == (model_params is None):
-    raise ValueError("Give exactly one of weights= (an official checkpoint) or model_params= (ours).")
+def resolve_weights(weights, model_params, config, loader, config_help: str,
+                    default: str | None = None) -> tuple[Any, dict[str, Any]]:
+  """``(params, config)`` from ``weights`` (an official checkpoint, or a ``.msgpack`` file written by
+  ``optax_nowcast.metatrain``), from our own ``model_params`` and ``config``, or, with neither, from the
+  shipped predictor ``default`` (``optax_nowcast.pretrained``)."""
+  if weights is not None and model_params is not None:
+    raise ValueError("Give one of weights= (a checkpoint file) or model_params= (in memory), not both.")
+  if weights is None and model_params is None:
+    if default is None:
+      raise ValueError("Give weights= (an official checkpoint or a .msgpack file from "
+                       "optax_nowcast.metatrain) or model_params= with config=.")
+    from optax_nowcast import pretrained
+    return pretrained.load(default)
   if weights is not None:
+    if isinstance(weights, str | os.PathLike) and os.fspath(weights).endswith(".msgpack"):
+      from optax_nowcast import pretrained
+      return pretrained.load_file(weights, expect=default)
     return loader(weights)
   if config is None:
     raise ValueError(f"model_params= needs config= ({config_help}).")

@@ -113,13 +113,16 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
              config: Mapping[str, Any] | None = None, order: Sequence[str] | None = None) -> Predictor:
   """The WNN+ predictor (use it with ``horizon=schedules.k_decay(40, ...)`` as in NiNo).
 
+  With no argument it uses the weights shipped in ``optax_nowcast/pretrained`` (see its MODEL_CARD.md).
+
   Args:
-    weights: the NiNo repository's ``nino_mlp`` checkpoint; or
+    weights: a ``.msgpack`` file from ``python -m optax_nowcast.metatrain train --predictor wnn+``, or the
+      NiNo repository's ``nino_mlp`` checkpoint (``.pt``/``.npz``); or
     model_params, config: our own :class:`WNNPlus` params and its arguments (plus ``ctx``).
     order: module order for the neural graph when names do not sort in forward order.
   """
   model_params, config = resolve_weights(weights, model_params, config, load_official_wnn_plus,
-                                         "WNNPlus arguments plus 'ctx'")
+                                         "WNNPlus arguments plus 'ctx'", default="wnn_plus")
   ctx = int(config.pop("ctx", 5))
   model = WNNPlus(**config)
   cache: dict[tuple, list] = {}
@@ -190,11 +193,17 @@ def wnn_kind(shape: Sequence[int]) -> str:
   return {4: "conv", 2: "dense", 3: "dense"}.get(len(shape), "bias")
 
 
-def wnn(params_by_kind: Mapping[str, Any]) -> Predictor:
+def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None) -> Predictor:
   """The WNN predictor from three sets of :class:`WNN` params (``conv``, ``dense``, ``bias``).
 
+  ``params_by_kind`` is a dict of the three, a ``.msgpack`` file from ``python -m optax_nowcast.metatrain
+  train --predictor wnn``, or ``None`` for the weights shipped in ``optax_nowcast/pretrained``.
   Use with ``ctx=5`` and ``horizon=5`` (WNN always jumps the 5 intervals it was trained for).
   """
+  if params_by_kind is None or isinstance(params_by_kind, str | os.PathLike):
+    from optax_nowcast import pretrained
+    params_by_kind = (pretrained.load("wnn") if params_by_kind is None
+                      else pretrained.load_file(params_by_kind, expect="wnn"))[0]
   missing = {"conv", "dense", "bias"} - set(params_by_kind)
   if missing:
     raise ValueError(f"wnn needs params for the kinds {sorted(missing)} too (conv, dense, bias).")

@@ -1,0 +1,155 @@
+"""The recipe behind the weights in ``optax_nowcast/pretrained``, and the one command that reruns it.
+
+    python -m optax_nowcast.metatrain pretrained [--runs trajectories] [--out optax_nowcast/pretrained]
+
+collects the trajectories of :data:`RECIPE` (resumable: finished runs are kept), trains WNN+, WNN and
+LFD-2 on them with :data:`TRAIN` and writes the weights, their ``.json`` records and ``MODEL_CARD.md``.
+The held-out evaluation tasks (FM-32, C10-32, LM-3-64) are never collected here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs
+from optax_nowcast.metatrain.train import (
+    TrainConfig,
+    find_runs,
+    save_predictor,
+    train_lfd_on_runs,
+    train_wnn,
+    train_wnn_plus,
+)
+
+INTERVAL = 200  # NiNo's spacing of saved states; k counts these
+HELD_OUT = ("FM-32", "C10-32", "LM-3-64")
+# (task, seeds, learning-rate multipliers, steps): in-distribution tasks only.
+RECIPE: tuple[tuple[str, tuple[int, ...], tuple[float, ...], int], ...] = (
+    ("digits", (1000, 1001, 1002, 1003), (0.5, 1.0, 2.0), 4000),
+    ("FM-16", (1000, 1001), (0.5, 1.0, 2.0), 10_000),
+    ("LM-3-24", (1000,), (0.5, 1.0, 2.0), 10_000),
+    ("LM-2-32", (1000,), (0.5, 1.0, 2.0), 10_000),
+    ("C10-16", (1000,), (0.5, 1.0, 2.0), 10_000),
+)
+TRAIN = {
+    "wnn_plus": TrainConfig(steps=6000, hidden=128, horizons=40),
+    "wnn": TrainConfig(steps=6000),
+    "lfd2": TrainConfig(steps=6000),
+}
+LFD = {"n": 5, "m": 40, "coords": 512}
+
+
+def collect_recipe(runs_root: str, data_dir: str | None = None, quiet: bool = False) -> None:
+  for task, seeds, lrs, steps in RECIPE:
+    plan = plan_runs(seeds, lrs)
+    size = estimate_bytes(task, plan, steps, INTERVAL)
+    print(f"{task}: {len(plan)} runs x {steps} steps, {size / 2**20:.1f} MiB", flush=True)
+    collect(task, plan, steps=steps, interval=INTERVAL, out_dir=runs_root, data_dir=data_dir, vmap=len(lrs),
+            quiet=quiet)
+
+
+def _runs_summary(folders: list[str]) -> list[dict[str, Any]]:
+  by_task: dict[str, dict[str, Any]] = {}
+  for f in folders:
+    with open(os.path.join(f, "index.json")) as fh:
+      meta = json.load(fh)
+    d = by_task.setdefault(meta["task"], {"task": meta["task"], "runs": 0, "steps": meta["steps"][-1],
+                                          "states": len(meta["steps"]), "lr": set(), "params": 0})
+    d["runs"] += 1
+    d["lr"].add(meta["learning_rate"])
+    d["params"] = meta["leaves"][-1]["offset"] + meta["leaves"][-1]["size"]
+  return [{**d, "lr": sorted(d["lr"])} for d in by_task.values()]
+
+
+def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[str, Any]]) -> str:
+  """``MODEL_CARD.md`` from the training records (``<name>.json``) and the runs they were trained on."""
+  runs = _runs_summary(folders)
+  lines = ["# Pretrained predictors of optax_nowcast", "",
+           "Trained by this project on its own trajectories, with the command below. Weights: Flax msgpack "
+           "(`<name>.msgpack`); config and full training record: `<name>.json`. Loaded by default by "
+           "`predictors.wnn_plus()`, `predictors.wnn()` and `predictors.lfd2()`; "
+           "`optax_nowcast.pretrained.load(name)` returns `(params, config)`.", "",
+           "## Regenerate", "", "```bash",
+           "python -m optax_nowcast.metatrain pretrained --runs trajectories --out optax_nowcast/pretrained",
+           "```", "",
+           f"Collection is resumable; states are saved every {INTERVAL} steps in float16 "
+           f"(`k` = horizon in units of {INTERVAL} steps). Held out (never collected here, used to "
+           f"evaluate): {', '.join(HELD_OUT)}.", "",
+           "## Training data", "",
+           "| task | runs | steps per run | saved states | parameters | learning rates |",
+           "|---|---|---|---|---|---|"]
+  for r in runs:
+    lines.append(f"| {r['task']} | {r['runs']} | {r['steps']} | {r['states']} | {r['params']:,} | "
+                 f"{', '.join(f'{x:g}' for x in r['lr'])} |")
+  lines += ["", f"{sum(r['runs'] for r in runs)} trajectories in all; runs are split into training and "
+            "validation by trajectory (20 % validation).", "", "## Models", "",
+            "| name | parameters | what it predicts | training steps | validation loss (start -> end) | "
+            "train / val runs | training wall time |", "|---|---|---|---|---|---|---|"]
+  what = {"wnn_plus": "per-element MLP, NiNo scaling, horizons 1..40 (masked L1 on scaled deltas)",
+          "wnn": "Jang et al.'s 3 models (conv, dense, 1-D), 5 states -> 5 intervals ahead (L1, authors' "
+                 "normalisation)",
+          "lfd2": f"[w_t, w_(t+{LFD['n']})] -> next {LFD['m']} states (MAE in parameter units; start = "
+                  "repeating the last state)"}
+  for name, rec in records.items():
+    n_params = rec.get("n_params", "")
+    steps = rec.get("steps", rec.get("train_config", {}).get("steps"))
+    lines.append(f"| `{name}` | {n_params:,} | {what.get(name, '')} | {steps} | "
+                 f"{rec['initial_val_loss']:.4g} -> {rec['val_loss']:.4g} | {rec['train_runs']} / "
+                 f"{rec['val_runs']} | {rec['seconds']:.0f} s |")
+  lines += ["", f"Trained on {platform.machine()} CPU ({os.cpu_count()} cores), "
+            f"{time.strftime('%Y-%m-%d')}. WNN's per-kind validation L1 and every evaluation are in "
+            "`wnn.json`.", "", "## Intended use and limits", "",
+            "- Nowcasting Adam/AdamW training of small CNNs, MLPs and GPT-style transformers with states "
+            f"recorded every {INTERVAL} steps (`nowcast(..., interval=200, ctx=5)`; LFD-2 with "
+            f"`farcast(..., n={LFD['n']}, unit=200)`).",
+            "- Trained on few, small models: expect weaker jumps on very different architectures or "
+            "optimizers; `nowcast`'s `max_jump_ratio` and `rollback_factor` guard against bad jumps.",
+            "- Benchmark figures (steps to Adam's target) are in the README and `benchmarks/results/`."]
+  path = os.path.join(out_dir, "MODEL_CARD.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+def _n_params(params) -> int:
+  import jax
+  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect: bool = False,
+        only: tuple[str, ...] = ("wnn_plus", "wnn", "lfd2")) -> dict[str, dict[str, Any]]:
+  if not skip_collect:
+    collect_recipe(runs_root, data_dir)
+  tasks = [t for t, *_ in RECIPE]
+  folders = find_runs(runs_root, tasks)
+  log = lambda m: print(m, flush=True)  # noqa: E731
+  records: dict[str, dict[str, Any]] = {}
+  for name in only:
+    log(f"--- training {name} on {len(folders)} runs")
+    if name == "wnn_plus":
+      res = train_wnn_plus(folders, TRAIN[name], log=log)
+    elif name == "wnn":
+      res = train_wnn(folders, TRAIN[name], log=log)
+    else:
+      res = train_lfd_on_runs(folders, TRAIN[name], n=LFD["n"], m=LFD["m"], coords=LFD["coords"], log=log)
+    res["n_params"] = _n_params(res["params"]) if name != "wnn" else _n_params(res["params"]["dense"])
+    res["data"] = _runs_summary(folders)
+    save_predictor(out_dir, name, res)
+    records[name] = {k: v for k, v in res.items() if k != "params"}
+  # Keep the records of predictors not retrained this time in the card.
+  for name in ("wnn_plus", "wnn", "lfd2"):
+    p = os.path.join(out_dir, f"{name}.json")
+    if name not in records and os.path.exists(p):
+      with open(p) as f:
+        records[name] = json.load(f)
+  write_model_card(out_dir, folders, {k: records[k] for k in ("wnn_plus", "wnn", "lfd2") if k in records})
+  return records
+
+
+__all__ = ["HELD_OUT", "INTERVAL", "LFD", "RECIPE", "TRAIN", "collect_recipe", "run", "write_model_card"]
