@@ -289,9 +289,87 @@ pytrees and the wrapper works unchanged (`tests/test_weight_prediction.py` has t
 ]
 
 
+OWN = [
+    '''md:# Train your own predictor
+
+Learned predictors (WNN+, WNN, LFD-2, NiNo) learn how parameters move from *trajectories*: parameter states
+saved every `interval` steps of real training runs. `optax_nowcast.metatrain` collects them (several runs
+vmapped in one jitted scan, float16 memmaps on disk, resumable) and trains predictors on them. Here: collect
+digits-MLP runs, train WNN+ and LFD-2, save them, load them and nowcast a new run with them.
+
+The same from a shell:
+```
+python -m optax_nowcast.metatrain collect --task digits --seeds 0:8 --lr-scales 0.5,1,2 \\
+    --steps 2000 --interval 40
+python -m optax_nowcast.metatrain train --predictor wnn+ --runs trajectories --out trained
+```''',
+    INSTALL,
+    SETUP,
+    TRAIN_LOOP,
+    '''import tempfile
+
+from optax_nowcast import metatrain
+
+WORK = tempfile.mkdtemp()
+INTERVAL = 20 if SMALL else 40  # a state every INTERVAL steps
+STEPS = 400 if SMALL else 2000
+runs = metatrain.plan_runs(seeds=range(4 if SMALL else 8), lr_scales=[0.5, 1.0, 2.0])
+print(f"{len(runs)} runs, {metatrain.estimate_bytes('digits', runs, STEPS, INTERVAL) / 2**20:.1f} MiB")
+metatrain.collect("digits", runs, steps=STEPS, interval=INTERVAL, out_dir=WORK + "/traj", vmap=6)
+folders = metatrain.find_runs(WORK + "/traj")
+states, meta = metatrain.load_run(folders[0])
+print(states.shape, "states x parameters;", meta["steps"][:4], "...")''',
+    '''md:Train WNN+ (a per-parameter MLP that predicts horizons 1..K at once) and LFD-2 (a 2 x m linear map
+from the first and the latest state). The validation split is by trajectory.''',
+    '''K = 10
+cfg = metatrain.TrainConfig(horizons=K, hidden=64, steps=300 if SMALL else 2000, elements_per_window=1024)
+res = metatrain.train_wnn_plus(folders, cfg, out_dir=WORK + "/weights")
+lfd = metatrain.train_lfd_on_runs(folders, metatrain.TrainConfig(steps=1000), n=5, m=K, coords=256,
+                                  out_dir=WORK + "/weights")
+h = res["history"]
+plt.plot([r["step"] for r in h], [r["train_loss"] for r in h], label="train")
+plt.plot([r["step"] for r in h], [r["val_loss"] for r in h], label="validation")
+plt.xlabel("step")
+plt.ylabel("L1 on scaled deltas")
+plt.title("WNN+ meta-training")
+plt.legend()
+plt.show()''',
+    '''md:The weights are a Flax msgpack file plus a JSON record; pass the file to the predictor. Compare Adam
+with Adam + our WNN+, Adam + our LFD-2 (`farcast`: two stored copies instead of `ctx`) and Adam + the WNN+
+shipped with the package (trained on Fashion-MNIST, CIFAR-10, Shakespeare and digits runs).''',
+    '''task = make_task("digits")
+SEED = 99  # a seed none of the collected runs used
+EVAL_EVERY = INTERVAL
+own = onc.predictors.wnn_plus(WORK + "/weights/wnn_plus.msgpack")
+methods = {
+    "adam": task.optimizer(),
+    "adam + our WNN+": optax.chain(task.optimizer(), onc.nowcast(own, interval=INTERVAL, ctx=5, horizon=K)),
+    "adam + our LFD-2": optax.chain(task.optimizer(), onc.farcast(
+        onc.predictors.lfd2(WORK + "/weights/lfd2.msgpack"), n=5, unit=INTERVAL, horizon=K)),
+    "adam + shipped WNN+": optax.chain(task.optimizer(), onc.nowcast(
+        onc.predictors.wnn_plus(), interval=INTERVAL, ctx=5, horizon=K)),
+}
+curves = {name: train(task, tx, STEPS, EVAL_EVERY, seed=SEED)[0] for name, tx in methods.items()}
+target = np.convolve(curves["adam"], np.ones(3) / 3, mode="valid")[-1]
+base = steps_to(curves["adam"], EVAL_EVERY, target)
+print(f"| method | steps to Adam's final accuracy ({target:.4f}) | final accuracy |")
+print("|---|---|---|")
+for name, c in curves.items():
+    print(f"| {name} | {steps_to(c, EVAL_EVERY, target)} | {c[-1]:.4f} |")''',
+    '''steps = np.arange(1, STEPS // EVAL_EVERY + 1) * EVAL_EVERY
+for name, c in curves.items():
+    plt.plot(steps, c, label=name)
+plt.ylim(max(0.0, min(c[len(c) // 4:].min() for c in curves.values()) - 0.02), 1.0)
+plt.xlabel("step")
+plt.ylabel("validation accuracy")
+plt.legend()
+plt.show()''',
+]
+
+
 def main():
   for name, cells in [("01_quickstart", QUICKSTART), ("02_flax_nnx_training", NNX),
-                      ("04_weight_prediction", WP)]:
+                      ("03_train_your_own_predictor", OWN), ("04_weight_prediction", WP)]:
     nbf.write(notebook(cells), os.path.join(HERE, f"{name}.ipynb"))
     print("wrote", name)
 

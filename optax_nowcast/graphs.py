@@ -484,9 +484,112 @@ def eigenvector_centrality(graph: NeuralGraph, iters: int = 1000, tol: float = 1
   return (x / x.max()).astype(np.float32)
 
 
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SubGraphs:
+  """A neural graph cut into parts (e.g. one per top-level module), each padded to one size.
+
+  NiNo on very large models runs its graph network on one part at a time (``lax.map`` over the parts),
+  so its scratch memory is bounded by the largest part, not the whole model. A part holds the edges of its
+  parameters plus the auxiliary edges (self-loops, residual and head edges) between its nodes; each
+  parameter edge lies in exactly one part. Padding edges join a dummy node ``num_nodes`` that no real
+  node hears from.
+
+  Attributes:
+    names: the part names.
+    edges: ``(P, E_max)`` int32 index of each part edge in the full graph (0 on padding).
+    param_mask: ``(P, E_max)`` bool, True on the part's parameter edges (their predictions are kept).
+    real_mask: ``(P, E_max)`` bool, True on every real (non-padding) edge.
+    senders, receivers: ``(P, E_max)`` int32 node ids local to the part.
+    num_nodes: ``N_max + 1`` nodes per part (the last one is the dummy).
+    part_nodes: per part, the full-graph ids of its nodes (local id ``i`` is ``part_nodes[i]``).
+  """
+
+  names: tuple[str, ...]
+  edges: np.ndarray
+  param_mask: np.ndarray
+  real_mask: np.ndarray
+  senders: np.ndarray
+  receivers: np.ndarray
+  num_nodes: int
+  part_nodes: tuple[np.ndarray, ...]
+
+  def part_graph(self, i: int, graph: NeuralGraph) -> NeuralGraph:
+    """Part ``i`` alone as a :class:`NeuralGraph` (for its Laplacian PE or centrality)."""
+    m = self.real_mask[i]
+    e = self.edges[i][m]
+    return dataclasses.replace(
+        graph, num_nodes=len(self.part_nodes[i]), senders=self.senders[i][m], receivers=self.receivers[i][m],
+        edge_type=graph.edge_type[e], edge_const=graph.edge_const[e], positions=(),
+        pos_w=graph.pos_w[self.part_nodes[i]], blocks=())
+
+
+def module_parts(graph: NeuralGraph, params) -> list[tuple[str, np.ndarray]]:
+  """``(module name, parameter edge ids)`` per top-level module of ``params`` (the leaves' first path
+  component under ``params``), in the order the modules first appear among the edges."""
+  if hasattr(params, "to_pure_dict"):
+    params = params.to_pure_dict()
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
+  parts: dict[str, list[np.ndarray]] = {}
+  for (path, _), pos in zip(leaves_with_path, graph.positions, strict=True):
+    if pos is None:
+      continue
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    name = names[1] if names[0] == "params" and len(names) > 1 else names[0]
+    parts.setdefault(name, []).append(np.unique(pos.reshape(-1) // graph.num_slots))
+  out = [(n, np.unique(np.concatenate(e))) for n, e in parts.items()]
+  return sorted(out, key=lambda x: int(x[1].min()))
+
+
+def split_graph(graph: NeuralGraph, parts: Sequence[tuple[str, np.ndarray]]) -> SubGraphs:
+  """Cuts ``graph`` into ``parts`` (``(name, parameter edge ids)``, e.g. from :func:`module_parts`).
+
+  >>> import jax.numpy as jnp
+  >>> params = {"params": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
+  ...                      "Dense_1": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}}
+  >>> g = neural_graph(params)
+  >>> sub = split_graph(g, module_parts(g, params))
+  >>> sub.names, [len(n) for n in sub.part_nodes], int(sub.param_mask.sum()) == 3 * 4 + 4 + 4 * 2 + 2
+  (('Dense_0', 'Dense_1'), [8, 7], True)
+  """
+  owned = np.zeros(graph.num_edges, bool)
+  for _, e in parts:
+    if owned[e].any():
+      raise ValueError("split_graph: a parameter edge is in two parts; parts must be disjoint.")
+    owned[e] = True
+  aux = np.flatnonzero(~owned)  # self-loops, residual and head edges: no parameter of their own
+  built = []
+  for name, e in parts:
+    nodes = np.unique(np.concatenate([graph.senders[e], graph.receivers[e]]))
+    inside = np.isin(graph.senders[aux], nodes) & np.isin(graph.receivers[aux], nodes)
+    edges = np.concatenate([e, aux[inside]])
+    local = np.full(graph.num_nodes, -1, np.int64)
+    local[nodes] = np.arange(len(nodes))
+    built.append((name, edges, len(e), nodes, local[graph.senders[edges]], local[graph.receivers[edges]]))
+  e_max = max(len(b[1]) for b in built)
+  n_max = max(len(b[3]) for b in built)
+  p = len(built)
+  edges = np.zeros((p, e_max), np.int32)
+  senders = np.full((p, e_max), n_max, np.int32)
+  receivers = np.full((p, e_max), n_max, np.int32)
+  param_mask = np.zeros((p, e_max), bool)
+  real_mask = np.zeros((p, e_max), bool)
+  for i, (_, ed, n_param, _, snd, rcv) in enumerate(built):
+    edges[i, : len(ed)] = ed
+    senders[i, : len(ed)] = snd
+    receivers[i, : len(ed)] = rcv
+    param_mask[i, :n_param] = True
+    real_mask[i, : len(ed)] = True
+  return SubGraphs(names=tuple(b[0] for b in built), edges=edges, param_mask=param_mask, real_mask=real_mask,
+                   senders=senders, receivers=receivers, num_nodes=n_max + 1,
+                   part_nodes=tuple(b[3] for b in built))
+
 __all__ = [
     "NUM_EDGE_TYPES",
     "NeuralGraph",
+    "SubGraphs",
+    "module_parts",
+    "split_graph",
     "eigenvector_centrality",
     "laplacian_pe",
     "neural_graph",

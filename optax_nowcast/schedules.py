@@ -230,22 +230,38 @@ class KDecay(HorizonSchedule):
 
 
 def constant_period(period: int) -> ConstantPeriod:
-  """A jump every ``period`` steps."""
+  """A jump every ``period`` steps.
+
+  >>> constant_period(500).jump_steps(1600).tolist()
+  [500, 1000, 1500]
+  """
   return ConstantPeriod(period)
 
 
 def dynamic_period(min_period: int, max_period: int, total_steps: int,
                    power: float = 1.0) -> DynamicPeriod:
-  """NiNo++'s growing period; see :class:`DynamicPeriod` for the formula."""
+  """NiNo++'s growing period; see :class:`DynamicPeriod` for the formula.
+
+  >>> dynamic_period(200, 1000, total_steps=4000).jump_steps(4000).tolist()[:4]
+  [200, 440, 728, 1074]
+  """
   return DynamicPeriod(min_period, max_period, total_steps, power)
 
 
 def constant_horizon(k: int) -> ConstantHorizon:
-  """Predict ``k`` intervals ahead at every jump."""
+  """Predict ``k`` intervals ahead at every jump.
+
+  >>> int(constant_horizon(5)(3))
+  5
+  """
   return ConstantHorizon(k)
 
 
 def k_decay(max_k: int, *, n_jumps: int | None = None, total_steps: int | None = None,
             p: float = 2.0) -> KDecay:
-  """NiNo's decaying horizon; see :class:`KDecay` for the formula."""
+  """NiNo's decaying horizon; see :class:`KDecay` for the formula.
+
+  >>> k_decay(40, n_jumps=4).table().tolist()
+  [40, 21, 8, 1]
+  """
   return KDecay(max_k, n_jumps, total_steps, p)

@@ -41,7 +41,12 @@ __all__ = ["NowcastState", "find_nowcast_state", "nowcast"]
 
 
 class NowcastState(NamedTuple):
-  """State of :func:`nowcast`.
+  """State of :func:`nowcast` (find it in any chain with :func:`find_nowcast_state`).
+
+  >>> import jax.numpy as jnp, optax, optax_nowcast as onc
+  >>> state = onc.nowcast(onc.predictors.linefit(), interval=10, ctx=3).init({"w": jnp.zeros(4)})
+  >>> state.history["w"].shape, int(state.count), int(state.n_jumps)
+  ((3, 4), 0, 0)
 
   Attributes:
     count: int32, number of ``update`` calls so far (the step reached after the last update).
@@ -138,6 +143,7 @@ def nowcast(
     rollback_factor: float | None = None,
     rollback_window: int = 10,
     rollback_shrink: float = 0.5,
+    history_memory: str = "device",
 ) -> optax.GradientTransformationExtraArgs:
   """Periodically replaces the parameters by a predictor's nowcast of their future.
 
@@ -169,6 +175,11 @@ def nowcast(
       ``rollback_window < interval - 1``.
     rollback_window: steps after a jump before the check (see ``rollback_factor``).
     rollback_shrink: factor on the horizon after each rollback, in ``(0, 1]``.
+    history_memory: ``"device"`` (default) or ``"host"``: keep the ``ctx`` stored states in host memory
+      (``jax.memory.Space.Host``, pinned host memory on GPU/TPU), so the accelerator holds none of them.
+      States travel to the host when recorded and back only for a jump (and a rollback); the jump's
+      ``prediction - params`` is then held on the device until it is applied. Needs a backend with host
+      memory spaces (CPU, GPU and TPU in current JAX).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; extra keyword arguments to ``update`` are accepted
@@ -221,15 +232,27 @@ def nowcast(
       raise ValueError(f"history_dtype must be a float dtype such as jnp.bfloat16 or None, "
                        f"got {history_dtype}.")
 
+  if history_memory not in ("device", "host"):
+    raise ValueError(f"history_memory must be 'device' or 'host', got {history_memory!r}.")
+  host = history_memory == "host"
+  to_host = lambda x: jax.device_put(x, jax.memory.Space.Host)
+  to_device = lambda x: jax.device_put(x, jax.memory.Space.Device)
+
   def init_fn(params):
     if params is None:
       raise ValueError("nowcast.init needs the parameters (tx.init(params)).")
+    if host:
+      kinds = {m.kind for m in jax.devices()[0].addressable_memories()}
+      if "pinned_host" not in kinds:
+        raise ValueError(f"nowcast(history_memory='host') needs a backend with host memory; "
+                         f"{jax.default_backend()} has {sorted(kinds)}. Use history_memory='device'.")
 
     def hist_leaf(p):
       if not _is_float(p):
         return optax.MaskedNode()
       dtype = history_dtype if history_dtype is not None else jnp.result_type(p)
-      return jnp.zeros((ctx,) + jnp.shape(p), dtype, device=_history_sharding(p))
+      z = jnp.zeros((ctx,) + jnp.shape(p), dtype, device=_history_sharding(p))
+      return to_host(z) if host else z
 
     masked_params = jax.tree.map(lambda p: p if _is_float(p) else optax.MaskedNode(), params)
     # Every field gets its own buffer so that the state can be donated.
@@ -273,7 +296,7 @@ def nowcast(
 
     def jump(h_leaves, slot_steps, next_slot, pstate):
       order = (next_slot + jnp.arange(ctx)) % ctx  # oldest first
-      chrono = [jnp.take(h, order, axis=0) for h in h_leaves]
+      chrono = [jnp.take(to_device(h) if host else h, order, axis=0) for h in h_leaves]
       steps = slot_steps[order]
       times = (steps - steps[-1]).astype(jnp.float32) / interval
       k = horizon_schedule(jump_index)
@@ -293,43 +316,49 @@ def nowcast(
         move_sq = sum(jnp.sum(jnp.square(f32(c[-1]) - f32(c[0]))) for c in chrono)
         limit = max_jump_ratio * jnp.maximum(k, 1).astype(jnp.float32) / (ctx - 1)
         finite &= jnp.sqrt(jump_sq) <= limit * jnp.sqrt(move_sq)
+      deltas = [x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
+                for x, i in zip(pred_leaves, float_ix, strict=True)]
+      if host:  # the jump stays on the device until it is applied below
+        return list(h_leaves), finite, ~finite, new_pstate, deltas
       # The ring's oldest slot is stale after a jump: it carries the jump (prediction - params)
       # until the update below reads it, so a jump costs no extra parameter copy.
-      new_h = []
-      for h, x, i in zip(h_leaves, pred_leaves, float_ix, strict=True):
-        delta = x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
-        new_h.append(jax.lax.dynamic_update_index_in_dim(h, delta.astype(h.dtype), next_slot, 0))
-      return new_h, finite, ~finite, new_pstate
+      new_h = [jax.lax.dynamic_update_index_in_dim(h, d.astype(h.dtype), next_slot, 0)
+               for h, d in zip(h_leaves, deltas, strict=True)]
+      return new_h, finite, ~finite, new_pstate, []
+
+    def no_deltas():
+      return [jnp.zeros(jnp.shape(p_leaves[i]), jnp.float32) for i in float_ix] if host else []
 
     def no_jump(h_leaves, slot_steps, next_slot, pstate):
-      return list(h_leaves), jnp.array(False), jnp.array(False), pstate
+      return list(h_leaves), jnp.array(False), jnp.array(False), pstate, no_deltas()
 
     def record(h_leaves, slot_steps, next_slot, filled, pstate):
-      new_h = [jax.lax.dynamic_update_index_in_dim(h, jnp.asarray(p_leaves[i]).astype(h.dtype),
-                                                   next_slot, 0)
-               for h, i in zip(h_leaves, float_ix, strict=True)]
+      new_h = []
+      for h, i in zip(h_leaves, float_ix, strict=True):
+        x = jnp.asarray(p_leaves[i]).astype(h.dtype)
+        new_h.append(jax.lax.dynamic_update_index_in_dim(h, to_host(x) if host else x, next_slot, 0))
       slot_steps = slot_steps.at[next_slot].set(step)
       next_slot = (next_slot + 1) % ctx
       filled = jnp.minimum(filled + 1, ctx)
       is_jump = (to_jump == 0) & (filled >= ctx)
-      new_h, applied, rejected, pstate = jax.lax.cond(
+      new_h, applied, rejected, pstate, deltas = jax.lax.cond(
           is_jump, jump, no_jump, new_h, slot_steps, next_slot, pstate)
       filled = jnp.where(is_jump, 0, filled)
-      return new_h, slot_steps, next_slot, filled, pstate, applied, rejected
+      return new_h, slot_steps, next_slot, filled, pstate, applied, rejected, deltas
 
     def keep(h_leaves, slot_steps, next_slot, filled, pstate):
       return list(h_leaves), slot_steps, next_slot, filled, pstate, jnp.array(False), \
-          jnp.array(False)
+          jnp.array(False), no_deltas()
 
     # Non-recording steps only pay for this predicate and the fused `where` below.
-    h_leaves, slot_steps, next_slot, filled, pstate, applied, rejected = jax.lax.cond(
+    h_leaves, slot_steps, next_slot, filled, pstate, applied, rejected, deltas = jax.lax.cond(
         do_record, record, keep, h_leaves, state.slot_steps, state.next_slot, state.filled,
         state.predictor_state)
 
     out_leaves = list(u_leaves)
-    for h, i in zip(h_leaves, float_ix, strict=True):
+    for j, (h, i) in enumerate(zip(h_leaves, float_ix, strict=True)):
       u = u_leaves[i]
-      delta = jax.lax.dynamic_index_in_dim(h, next_slot, 0, keepdims=False)
+      delta = deltas[j] if host else jax.lax.dynamic_index_in_dim(h, next_slot, 0, keepdims=False)
       out_leaves[i] = jnp.where(applied, delta.astype(jnp.result_type(u)), u)
 
     loss_ema, pre_jump, post_sum = state.loss_ema, state.pre_jump_loss, state.post_jump_loss
@@ -347,10 +376,20 @@ def nowcast(
       roll = check & (post_sum / (rollback_window + 1) > rollback_factor * pre_jump)
       # theta_J sits in the newest recorded slot until ctx more recordings (>= interval steps away).
       newest = (next_slot - 1) % ctx
-      for h, i in zip(h_leaves, float_ix, strict=True):
-        theta_j = jax.lax.dynamic_index_in_dim(h, newest, 0, keepdims=False).astype(jnp.float32)
-        back = theta_j - jnp.asarray(p_leaves[i]).astype(jnp.float32)
-        out_leaves[i] = jnp.where(roll, back.astype(jnp.result_type(out_leaves[i])), out_leaves[i])
+
+      def roll_back(out):
+        out = list(out)
+        for h, i in zip(h_leaves, float_ix, strict=True):
+          theta_j = jax.lax.dynamic_index_in_dim(h, newest, 0, keepdims=False)
+          theta_j = (to_device(theta_j) if host else theta_j).astype(jnp.float32)
+          back = theta_j - jnp.asarray(p_leaves[i]).astype(jnp.float32)
+          out[i] = jnp.where(roll, back.astype(jnp.result_type(out[i])), out[i])
+        return out
+
+      if host:  # read the host copy only when a rollback happens
+        out_leaves = jax.lax.cond(roll, roll_back, list, out_leaves)
+      else:
+        out_leaves = roll_back(out_leaves)
       n_rollbacks = n_rollbacks + roll.astype(jnp.int32)
       horizon_scale = jnp.where(roll, horizon_scale * rollback_shrink, horizon_scale)
 

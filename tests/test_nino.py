@@ -113,3 +113,37 @@ def test_recurrent_heads_give_every_horizon(head):
   out = model.apply(params, g)
   assert out.shape == (4, 9, 6) and np.all(np.isfinite(out))
   assert not np.allclose(out[..., 0], out[..., -1])  # the horizons differ
+
+
+def test_subgraphs_equal_nino_on_each_module_alone(official, fm16_end_to_end):
+  """NiNo by module subgraphs: each module's prediction is NiNo's on that module as a model of its own,
+  and every parameter is predicted exactly once."""
+  from optax_nowcast import graphs
+
+  _, _, template, history = fm16_end_to_end
+  g = graphs.neural_graph(template)
+  sub = graphs.split_graph(g, graphs.module_parts(g, template))
+  assert sub.names == ("Conv_0", "Conv_1", "Conv_2", "Dense_0")
+  ids = sub.edges[sub.param_mask]
+  n_param_edges = len(np.unique(np.concatenate([p.reshape(-1) // g.num_slots for p in g.positions])))
+  assert len(ids) == len(np.unique(ids)) == n_param_edges
+  k = jnp.int32(7)
+  by_parts, _ = jax.jit(lambda h: _predict(nino(official, subgraphs="module"), template, h, k))(history)
+  for name in sub.names:
+    alone_t = {"params": {name: template["params"][name]}}
+    alone_h = {"params": {name: history["params"][name]}}
+    alone, _ = _predict(nino(official), alone_t, alone_h, k)
+    for a, b in zip(jax.tree.leaves(alone["params"][name]), jax.tree.leaves(by_parts["params"][name]),
+                    strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  whole, _ = _predict(nino(official), template, history, k)
+  diff = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(by_parts),
+                                                          strict=True)]
+  assert max(diff) > 0  # messages no longer cross module boundaries: a different (local) prediction
+  with pytest.raises(ValueError, match="subgraphs must be None or 'module'"):
+    nino(official, subgraphs="layer")
+
+
+def _predict(predictor, template, history, k):
+  state = predictor.init(template)
+  return predictor.predict(history, jnp.arange(-4, 1, dtype=jnp.float32), k, state)

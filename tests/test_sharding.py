@@ -11,7 +11,7 @@ import pytest
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "sharded_nowcast.py")
 
 
-@pytest.mark.parametrize("layout", ["data_parallel", "fsdp"])
+@pytest.mark.parametrize("layout", ["data_parallel", "fsdp", "fsdp_host"])
 def test_sharded_run_equals_unsharded_and_keeps_layout(layout):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, SCRIPT, layout], capture_output=True, text=True, env=env, timeout=600)

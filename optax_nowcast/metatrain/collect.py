@@ -47,7 +47,13 @@ class RunSpec:
 
 def plan_runs(seeds: Sequence[int], lr_scales: Sequence[float] = (1.0,),
               variants: Sequence[dict[str, Any]] = ({},)) -> list[RunSpec]:
-  """The cartesian product of seeds, learning-rate multipliers and spec variants."""
+  """The cartesian product of seeds, learning-rate multipliers and spec variants.
+
+  >>> [r.run_id for r in plan_runs([0, 1], lr_scales=[0.5, 2.0])]
+  ['s0_lr0.5_97d170e1', 's1_lr0.5_97d170e1', 's0_lr2_97d170e1', 's1_lr2_97d170e1']
+  >>> plan_runs([0], variants=[{"features": (8, 16, 16)}])[0].overrides
+  (('features', (8, 16, 16)),)
+  """
   return [RunSpec(s, float(lr), tuple(sorted(v.items())))
           for v in variants for lr in lr_scales for s in seeds]
 
@@ -64,6 +70,11 @@ def _leaf_index(params) -> list[dict[str, Any]]:
 
 def estimate_bytes(task_name: str, runs: Sequence[RunSpec], steps: int, interval: int,
                    dtype=np.float16) -> int:
+  """Bytes of the states ``collect`` would write (printed before a collection starts).
+
+  >>> estimate_bytes("FM-16", plan_runs([0, 1]), steps=10_000, interval=200) / 2**20  # MiB
+  2.797...
+  """
   total = 0
   for r in runs:
     spec = dataclasses.replace(TASKS[task_name], **dict(r.overrides))
@@ -73,7 +84,12 @@ def estimate_bytes(task_name: str, runs: Sequence[RunSpec], steps: int, interval
 
 
 def task_template(spec) -> Any:
-  """The params tree (shapes and dtypes only) of a task's model, from its ``TaskSpec`` (or its dict)."""
+  """The params tree (shapes and dtypes only) of a task's model, from its ``TaskSpec`` (or its dict).
+
+  >>> from optax_nowcast.tasks import TASKS
+  >>> task_template(TASKS["FM-16"])["params"]["Conv_0"]["kernel"].shape
+  (3, 3, 1, 16)
+  """
   from optax_nowcast.tasks.tasks import CNN, GPT, MLP, TaskSpec  # shapes only: no data needed
   if isinstance(spec, dict):
     spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
@@ -98,7 +114,7 @@ def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: in
             data_dir: str | None = None, vmap: int = 4, dtype=np.float16, quiet: bool = False) -> dict:
   """Trains every run of ``runs`` for ``steps`` steps, saving states every ``interval`` steps.
 
-  Returns ``{"computed": [...run ids], "skipped": [...]}``.
+  Returns ``{"computed": [...run ids], "skipped": [...]}``. Example: :mod:`optax_nowcast.metatrain`.
   """
   if steps % interval:
     raise ValueError(f"steps ({steps}) must be a multiple of interval ({interval}).")
@@ -187,7 +203,8 @@ def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_
 
 
 def load_run(folder: str) -> tuple[np.memmap, dict]:
-  """``(states memmap (num_states, num_params), index)`` of a collected run."""
+  """``(states memmap (num_states, num_params), index)`` of a collected run (see
+  :mod:`optax_nowcast.metatrain` for an example)."""
   with open(os.path.join(folder, "index.json")) as f:
     meta = json.load(f)
   return np.load(os.path.join(folder, "states.npy"), mmap_mode="r"), meta

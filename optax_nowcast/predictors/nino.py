@@ -298,7 +298,8 @@ def make_graphs_tuple(graph: graphs_lib.NeuralGraph, edge_x: jax.Array, node_fea
 
 def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
          config: Mapping[str, Any] | None = None, node_features: str = "lpe", lpe_seed: int = 0,
-         lpe: np.ndarray | None = None, order: Sequence[str] | None = None) -> Predictor:
+         lpe: np.ndarray | None = None, order: Sequence[str] | None = None,
+         subgraphs: str | None = None) -> Predictor:
   """The NiNo predictor.
 
   Args:
@@ -311,34 +312,87 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     lpe: a fixed node-feature matrix to use instead (e.g. the reference's, for parity checks).
     order: the top-level module names in forward order, if their names do not sort that way
       (see ``graphs.neural_graph``).
+    subgraphs: ``None`` (one graph, as NiNo) or ``"module"``: the graph network runs on one top-level
+      module's subgraph at a time (``graphs.split_graph``; node features computed per subgraph), so the
+      jump's scratch memory is bounded by the largest module instead of the model. Messages do not cross
+      module boundaries, so predictions differ from the whole-graph ones where modules meet.
 
   Returns:
     A :class:`Predictor`; its ``init`` builds the graph of the params it is given.
+
+  Example (an untrained :class:`NiNoGNN`; pass ``weights=`` the official ``nino_no_posw`` checkpoint for
+  real use):
+
+  >>> import jax, jax.numpy as jnp, optax, optax_nowcast as onc
+  >>> from optax_nowcast import graphs
+  >>> params = {"params": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)},
+  ...                      "Dense_1": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}}
+  >>> g = graphs.neural_graph(params)
+  >>> gnn = NiNoGNN(hidden=16, horizons=10)
+  >>> x = jnp.zeros((g.num_edges, gnn.slots * gnn.ctx))
+  >>> weights = gnn.init(jax.random.PRNGKey(0), make_graphs_tuple(g, x, jnp.zeros((g.num_nodes, 8))))
+  >>> predictor = nino(model_params=weights, config={"hidden": 16, "horizons": 10, "lpe": 8})
+  >>> tx = optax.chain(optax.adam(1e-2), onc.nowcast(predictor, interval=2, ctx=5, horizon=3))
+  >>> state = tx.init(params)
+  >>> for _ in range(11):  # states after 2, 4, ..., 10 steps; the 11th update is the jump
+  ...   updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+  ...   params = optax.apply_updates(params, updates)
+  >>> int(onc.find_nowcast_state(state).n_jumps)
+  1
   """
   model_params, config = resolve_weights(weights, model_params, config, load_official_weights,
                                          "NiNoGNN arguments plus 'lpe'")
   n_feat = int(config.pop("lpe", 8))
   if node_features not in ("lpe", "lpe+centrality"):
     raise ValueError(f"node_features must be 'lpe' or 'lpe+centrality', got {node_features!r}.")
+  if subgraphs not in (None, "module"):
+    raise ValueError(f"subgraphs must be None or 'module', got {subgraphs!r}.")
+  if subgraphs is not None and lpe is not None:
+    raise ValueError("lpe= fixes the node features of one whole graph; it cannot be used with subgraphs=.")
   model = NiNoGNN(**config)
   ctx = model.ctx
-  cache: dict[Any, tuple[graphs_lib.NeuralGraph, np.ndarray]] = {}
+  cache: dict[Any, tuple[Any, Any]] = {}
+
+  def features(g):
+    if node_features == "lpe":
+      return graphs_lib.laplacian_pe(g, n_feat, seed=lpe_seed)
+    return np.concatenate([graphs_lib.laplacian_pe(g, n_feat - 1, seed=lpe_seed),
+                           graphs_lib.eigenvector_centrality(g)[:, None]], axis=1)
 
   def init(params):
     g = graphs_lib.neural_graph(params, order)
-    if lpe is not None:
-      feat = np.asarray(lpe, np.float32)
-    elif node_features == "lpe":
-      feat = graphs_lib.laplacian_pe(g, n_feat, seed=lpe_seed)
+    if subgraphs == "module":
+      sub = graphs_lib.split_graph(g, graphs_lib.module_parts(g, params))
+      feat = np.zeros((len(sub.names), sub.num_nodes, n_feat), np.float32)
+      for i in range(len(sub.names)):
+        feat[i, : len(sub.part_nodes[i])] = features(sub.part_graph(i, g))
+      extra = (sub, feat)
     else:
-      feat = np.concatenate([graphs_lib.laplacian_pe(g, n_feat - 1, seed=lpe_seed),
-                             graphs_lib.eigenvector_centrality(g)[:, None]], axis=1)
-    if feat.shape != (g.num_nodes, n_feat):
-      raise ValueError(f"node features have shape {feat.shape}, the model needs ({g.num_nodes}, {n_feat}).")
+      feat = np.asarray(lpe, np.float32) if lpe is not None else features(g)
+      if feat.shape != (g.num_nodes, n_feat):
+        raise ValueError(f"node features have shape {feat.shape}, the model needs ({g.num_nodes}, {n_feat}).")
+      extra = (None, feat)
     # Keyed by the leaf shapes: wrappers (nnx.Optimizer) may hand init and update differently
     # boxed trees with the same leaves in the same order.
-    cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = (g, feat)
+    cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = (g, extra)
     return ()
+
+  def run_parts(sub: graphs_lib.SubGraphs, full_types: np.ndarray, feat: np.ndarray, x: jax.Array,
+                k) -> jax.Array:
+    """The graph network on each part in turn (``lax.map``); ``(E, slots)`` deltas of the whole graph."""
+    def one(part):
+      edges, real, snd, rcv, types, nodes = part
+      gt = GraphsTuple(nodes=nodes, edges={"x": x[edges] * real[:, None].astype(x.dtype), "type": types},
+                       senders=snd, receivers=rcv, n_node=jnp.asarray([sub.num_nodes]),
+                       n_edge=jnp.asarray([edges.shape[0]]), globals=None)
+      return model.apply(model_params, gt, k)
+
+    types = np.where(sub.real_mask, full_types[sub.edges], 0).astype(np.int32)
+    parts = tuple(jnp.asarray(a) for a in (sub.edges, sub.real_mask, sub.senders, sub.receivers, types, feat))
+    deltas = jax.lax.map(one, parts)  # (P, E_max, slots)
+    out = jnp.zeros((x.shape[0], deltas.shape[-1]), deltas.dtype)
+    pi, ei = np.nonzero(sub.param_mask)
+    return out.at[sub.edges[pi, ei]].set(deltas[pi, ei])
 
   def predict(history, times, k, state):
     del times  # NiNo assumes states at a regular interval
@@ -347,13 +401,16 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     if key not in cache:
       raise ValueError("nino: predict got a history whose parameters init never saw; call tx.init(params) "
                        "with the same params structure.")
-    g, feat = cache[key]
+    g, (sub, feat) = cache[key]
     if leaves[0].shape[0] != ctx:
       raise ValueError(f"nino: the model takes ctx={ctx} states, the history has {leaves[0].shape[0]}; "
                        f"use nowcast(..., ctx={ctx}).")
     scaled, mu, sigma = scale_history(leaves)
     x = g.gather(scaled, width=model.slots * ctx)
-    delta = model.apply(model_params, make_graphs_tuple(g, x, feat), k)  # (E, slots)
+    if sub is None:
+      delta = model.apply(model_params, make_graphs_tuple(g, x, feat), k)  # (E, slots)
+    else:
+      delta = run_parts(sub, g.edge_type, feat, x, k)
     last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
     pred_scaled = g.scatter(last + delta)
     out = [(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, leaves, strict=True)]

@@ -26,6 +26,8 @@ def main(layout: str) -> None:
             "w2": jnp.asarray(rng.normal(size=(32, 8)) * 0.1, jnp.float32)}
   x = jnp.asarray(rng.normal(size=(128, 64)), jnp.float32)
   y = jnp.asarray(rng.normal(size=(128, 8)), jnp.float32)
+  memory = "host" if layout.endswith("_host") else "device"  # history in host memory: same layout
+  layout = layout.removesuffix("_host")
   if layout == "fsdp":  # every parameter sharded along its first axis; data replicated
     specs = {"w1": P("x", None), "b1": P("x"), "w2": P("x", None)}
     data_spec = P()
@@ -37,7 +39,8 @@ def main(layout: str) -> None:
   def loss(p, x, y):
     return jnp.mean((jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] - y) ** 2)
 
-  tx = optax.chain(optax.adam(1e-2), onc.nowcast(onc.predictors.linefit(), interval=3, ctx=3, horizon=2))
+  tx = optax.chain(optax.adam(1e-2), onc.nowcast(onc.predictors.linefit(), interval=3, ctx=3, horizon=2,
+                                                                history_memory=memory))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(p, s, x, y):
@@ -55,8 +58,9 @@ def main(layout: str) -> None:
   s0 = tx.init(sp)
   hist0 = onc.find_nowcast_state(s0).history
   for k in params:  # the history inherits the parameter's layout, ctx axis unsharded
-    want = NamedSharding(mesh, P(None, *specs[k]))
+    want = NamedSharding(mesh, P(None, *specs[k]), memory_kind="pinned_host" if memory == "host" else None)
     assert hist0[k].sharding.is_equivalent_to(want, hist0[k].ndim), (k, hist0[k].sharding)
+    assert (hist0[k].sharding.memory_kind == "pinned_host") == (memory == "host"), hist0[k].sharding
   xd = jax.device_put(x, NamedSharding(mesh, data_spec))
   yd = jax.device_put(y, NamedSharding(mesh, data_spec))
   p, s = run(sp, xd, yd)
@@ -66,12 +70,13 @@ def main(layout: str) -> None:
     # Equal up to float reduction order (sharded matmuls sum in another order; Adam amplifies it).
     np.testing.assert_allclose(np.asarray(p[k]), np.asarray(ref_p[k]), rtol=1e-4, atol=5e-5)
     h = nc.history[k]
+    assert (h.sharding.memory_kind == "pinned_host") == (memory == "host"), (k, h.sharding)
     if layout == "fsdp":
       assert not h.sharding.is_fully_replicated, (k, h.sharding)
       assert not p[k].sharding.is_fully_replicated, (k, p[k].sharding)
       shard_shape = h.sharding.shard_shape(h.shape)
       assert shard_shape[1] == h.shape[1] // 8, (k, shard_shape)  # each device holds 1/8 of the history
-  print("OK", layout)
+  print("OK", layout + ("_host" if memory == "host" else ""))
 
 
 if __name__ == "__main__":
