@@ -82,8 +82,8 @@ def main(argv=None):
   base = rows["adam"]
   lines = [f"Task {args.task} ({base['params']:,} parameters), batch {task.spec.batch_size}; "
            f"backend {jax.default_backend()}.", "",
-           "| configuration | state bytes / param | of which on the device | state vs Adam | step scratch (MB) "
-           "| scratch vs Adam |",
+           "| configuration | state bytes / param | of which on the device | state vs Adam "
+           "| step scratch (MB) | scratch vs Adam |",
            "|---|---|---|---|---|---|"]
   for name, r in rows.items():
     lines.append(f"| {name} | {r['state_bytes_per_param']:.1f} | {r['device_state_bytes_per_param']:.1f} | "
