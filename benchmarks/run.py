@@ -142,8 +142,24 @@ def _spec_for(name: str, s: Settings):
   return dataclasses.replace(TASKS[name], **_overrides(s))
 
 
+# Methods whose numbers depend on a weights file: its hash joins the fingerprint, so retrained weights
+# recompute their runs instead of reusing old ones.
+WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "lfd2": "lfd2"}
+
+
+def _weights_hash(method: str) -> str | None:
+  if method not in WEIGHTS_OF:
+    return None
+  from optax_nowcast import pretrained
+  with open(pretrained.path(WEIGHTS_OF[method]), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
-  blob = json.dumps([dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)], sort_keys=True)
+  parts = [dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)]
+  if method in WEIGHTS_OF:
+    parts.append(_weights_hash(method))
+  blob = json.dumps(parts, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

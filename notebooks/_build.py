@@ -313,7 +313,7 @@ from optax_nowcast import metatrain
 WORK = tempfile.mkdtemp()
 INTERVAL = 20 if SMALL else 40  # a state every INTERVAL steps
 STEPS = 400 if SMALL else 2000
-runs = metatrain.plan_runs(seeds=range(4 if SMALL else 8), lr_scales=[0.5, 1.0, 2.0])
+runs = metatrain.plan_runs(seeds=range(2 if SMALL else 8), lr_scales=[0.5, 1.0, 2.0])
 print(f"{len(runs)} runs, {metatrain.estimate_bytes('digits', runs, STEPS, INTERVAL) / 2**20:.1f} MiB")
 metatrain.collect("digits", runs, steps=STEPS, interval=INTERVAL, out_dir=WORK + "/traj", vmap=6)
 folders = metatrain.find_runs(WORK + "/traj")
@@ -322,10 +322,10 @@ print(states.shape, "states x parameters;", meta["steps"][:4], "...")''',
     '''md:Train WNN+ (a per-parameter MLP that predicts horizons 1..K at once) and LFD-2 (a 2 x m linear map
 from the first and the latest state). The validation split is by trajectory.''',
     '''K = 10
-cfg = metatrain.TrainConfig(horizons=K, hidden=64, steps=300 if SMALL else 2000, elements_per_window=1024)
+cfg = metatrain.TrainConfig(horizons=K, hidden=64, steps=200 if SMALL else 2000, elements_per_window=1024)
 res = metatrain.train_wnn_plus(folders, cfg, out_dir=WORK + "/weights")
-lfd = metatrain.train_lfd_on_runs(folders, metatrain.TrainConfig(steps=1000), n=5, m=K, coords=256,
-                                  out_dir=WORK + "/weights")
+lfd = metatrain.train_lfd_on_runs(folders, metatrain.TrainConfig(steps=300 if SMALL else 2000), n=5, m=K,
+                                  coords=256, out_dir=WORK + "/weights")
 h = res["history"]
 plt.plot([r["step"] for r in h], [r["train_loss"] for r in h], label="train")
 plt.plot([r["step"] for r in h], [r["val_loss"] for r in h], label="validation")

@@ -38,8 +38,8 @@ RECIPE: tuple[tuple[str, tuple[int, ...], tuple[float, ...], int], ...] = (
     ("C10-16", (1000,), (0.5, 1.0, 2.0), 10_000),
 )
 TRAIN = {
-    "wnn_plus": TrainConfig(steps=6000, hidden=128, horizons=40),
-    "wnn": TrainConfig(steps=6000),
+    "wnn_plus": TrainConfig(steps=4000, hidden=128, horizons=40, elements_per_window=512),
+    "wnn": TrainConfig(steps=4000, elements_per_window=512),
     "lfd2": TrainConfig(steps=6000),
 }
 LFD = {"n": 5, "m": 40, "coords": 512}
