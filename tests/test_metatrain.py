@@ -116,3 +116,26 @@ def test_lfd2_trained_on_runs_beats_repeating_and_farcasts(digits_runs, tmp_path
                                              horizon=10))
   _, s = _train_with(tx, steps=130)
   assert int(s[1].n_jumps) == 1 and int(s[1].last_jump_step) == 100
+
+
+def test_nino_meta_training_lowers_the_loss_and_the_weights_nowcast(digits_runs, tmp_path):
+  from optax_nowcast import nowcast
+  from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino
+  from optax_nowcast.metatrain.train_nino import GraphRun, graph_window
+  from optax_nowcast.predictors import nino
+
+  runs = find_runs(str(digits_runs))
+  cfg = NiNoTrainConfig(hidden=16, layers=2, horizons=4, steps=40, windows_per_batch=2, learning_rate=1e-2)
+  # A window on the neural graph: every parameter element is one (edge, slot) target, nothing else is.
+  r = GraphRun(runs[0], cfg)
+  x, y, m, hm = graph_window(r, 3, cfg, slots=9)
+  assert x.shape == (r.graph.num_edges, 45) and y.shape == (r.graph.num_edges, 9, 4)
+  assert int(m.sum()) == r.states.shape[1] and hm.tolist() == [1, 1, 1, 1]
+  res = train_nino(runs, cfg, out_dir=str(tmp_path / "w"), log=lambda *_: None)
+  assert res["train_runs"] == 4 and res["val_runs"] == 1
+  assert res["val_loss"] < res["initial_val_loss"], (res["initial_val_loss"], res["val_loss"])
+  task = make_task("digits")
+  tx = optax.chain(task.optimizer(), nowcast(nino(str(tmp_path / "w" / "nino.msgpack")), interval=20, ctx=5,
+                                             horizon=2))
+  _, s = _train_with(tx)
+  assert int(s[1].n_jumps) == 1

@@ -40,8 +40,11 @@ from optax_nowcast.metatrain.train import (
     train_wnn,
     train_wnn_plus,
 )
+from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
 
 __all__ = [
+    "NiNoTrainConfig",
+    "train_nino",
     "RunSpec",
     "TrainConfig",
     "collect",

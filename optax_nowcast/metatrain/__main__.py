@@ -3,6 +3,7 @@
     python -m optax_nowcast.metatrain collect --task FM-16 --seeds 0:20 [--lr-scales 0.5,1,2] [--vmap 4]
     python -m optax_nowcast.metatrain train --predictor wnn+ --runs trajectories --out trained
     python -m optax_nowcast.metatrain train --predictor wnn --runs trajectories --out trained
+    python -m optax_nowcast.metatrain train --predictor nino --runs trajectories --out trained
     python -m optax_nowcast.metatrain train --predictor lfd2 --n 5 --m 40 --runs trajectories --out trained
 
     python -m optax_nowcast.metatrain pretrained   # the recipe of the shipped weights, end to end
@@ -41,7 +42,7 @@ def main(argv=None) -> dict:
   c.add_argument("--data-dir", default=None)
   c.add_argument("--quiet", action="store_true")
   t = sub.add_parser("train", help="train a predictor on collected trajectories")
-  t.add_argument("--predictor", default="wnn+", choices=["wnn+", "wnn", "lfd2", "lfn", "lfl", "lfs"])
+  t.add_argument("--predictor", default="wnn+", choices=["wnn+", "wnn", "nino", "lfd2", "lfn", "lfl", "lfs"])
   t.add_argument("--runs", default="trajectories", help="the folder collect wrote")
   t.add_argument("--tasks", default=None, help="comma-separated task names (default: all collected)")
   t.add_argument("--steps", type=int, default=2000)
@@ -73,6 +74,10 @@ def main(argv=None) -> dict:
       res, name = train_lib.train_wnn_plus(runs, cfg, out_dir=args.out, log=log), "wnn_plus"
     elif args.predictor == "wnn":
       res, name = train_lib.train_wnn(runs, cfg, out_dir=args.out, log=log), "wnn"
+    elif args.predictor == "nino":
+      from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
+      ncfg = NiNoTrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons, seed=args.seed)
+      res, name = train_nino(runs, ncfg, out_dir=args.out, log=log), "nino"
     else:
       res = train_lib.train_lfd_on_runs(runs, cfg, kind=args.predictor, n=args.n, m=args.m,
                                         out_dir=args.out, log=log)

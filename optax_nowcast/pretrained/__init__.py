@@ -49,9 +49,18 @@ def _template(name: str, cfg: dict[str, Any]) -> Any:
   if name == "wnn":
     one = WNN().init(jax.random.PRNGKey(0), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
     return {k: one for k in ("conv", "dense", "bias")}
+  if name == "nino":
+    from optax_nowcast import graphs
+    from optax_nowcast.predictors.nino import NiNoGNN, make_graphs_tuple
+    model = NiNoGNN(**{k: v for k, v in cfg.items() if k != "lpe"})
+    tiny = {"params": {"Dense_0": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}}
+    g = graphs.neural_graph(tiny)
+    x = jnp.zeros((g.num_edges, model.slots * model.ctx))
+    return model.init(jax.random.PRNGKey(0), make_graphs_tuple(g, x, jnp.zeros((g.num_nodes, cfg["lpe"]))))
   if name in ("lfd2", "lfn", "lfl", "lfs"):
     return lfd_lib.init_lfd(lfd_lib.lfd_spec(cfg["kind"], cfg["n"], cfg["m"]))
-  raise ValueError(f"unknown predictor {name!r} in the weights' .json (wnn_plus, wnn, lfd2, lfn, lfl, lfs).")
+  raise ValueError(f"unknown predictor {name!r} in the weights' .json (wnn_plus, wnn, nino, lfd2, lfn, lfl, "
+                   "lfs).")
 
 
 def read_meta(weights_path: str | os.PathLike) -> dict[str, Any]:
