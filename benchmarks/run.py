@@ -221,7 +221,8 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
       "final_full_val_metric": float(full["metric"]), "final_full_val_loss": float(full["loss"]),
       "jump_steps": jumps, "n_jumps": 0 if nc is None else int(nc.n_jumps),
       "n_rejected": 0 if nc is None else int(nc.n_rejected),
-      "finite": bool(np.all(np.isfinite(metric))), "backend": jax.default_backend(),
+      "finite": bool(np.all(np.isfinite(np.concatenate([metric, val_loss, train_loss])))),
+      "backend": jax.default_backend(),
   }
 
 
@@ -275,6 +276,8 @@ def summarise_task(runs: dict[str, list[dict]], spec, s: Settings) -> dict[str, 
           "final_val_metric": float(moving_average(r["val_metric"], s.smooth)[-1]),
           "final_full_val_metric": r["final_full_val_metric"], "train_time_s": r["train_time_s"][-1],
           "n_jumps": r["n_jumps"], "n_rejected": r["n_rejected"],
+          "finite": bool(np.all(np.isfinite(np.concatenate([r["val_metric"], r["val_loss"],
+                                                             r["train_loss"]])))),
       })
     med = {k: _median([row[k] for row in rows]) for k in
            ("steps_to_target", "reduction_pct", "time_to_target_s", "time_reduction_pct",
@@ -319,6 +322,12 @@ def format_table(suite: str, summary: dict, s: Settings) -> str:
           f"{_fmt(med['reduction_pct'], '.1f')} % | {_fmt(med['time_to_target_s'], '.1f')} | "
           f"{_fmt(med['time_reduction_pct'], '.1f')} % | {_fmt(med['final_val_metric'], vfmt)} | "
           f"{_fmt(med['final_full_val_metric'], vfmt)} | {paper} |")
+  rows = [r for t in summary.values() for m in t["methods"].values() for r in m["per_seed"]]
+  jumps = sum(r["n_jumps"] for r in rows)
+  bad = sum(not r.get("finite", True) for r in rows)
+  rejected = sum(r["n_rejected"] for r in rows)
+  lines += ["", f"{len(rows)} runs, {jumps} jumps, {rejected} rejected predictions; runs with a "
+            f"non-finite training loss, validation loss or metric: {bad}."]
   return "\n".join(lines)
 
 
