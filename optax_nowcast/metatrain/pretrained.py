@@ -19,23 +19,24 @@ import numpy as np
 
 from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs
 from optax_nowcast.metatrain.train import (
-    TrainConfig,
-    find_runs,
-    save_predictor,
-    train_lfd_on_runs,
-    train_wnn,
-    train_wnn_plus,
+  TrainConfig,
+  find_runs,
+  save_predictor,
+  train_lfd_on_runs,
+  train_wnn,
+  train_wnn_plus,
 )
+from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
 
 INTERVAL = 200  # NiNo's spacing of saved states; k counts these
 HELD_OUT = ("FM-32", "C10-32", "LM-3-64")
-# (task, seeds, learning-rate multipliers, steps): in-distribution tasks only.
-RECIPE: tuple[tuple[str, tuple[int, ...], tuple[float, ...], int], ...] = (
-    ("digits", (1000, 1001, 1002, 1003), (0.5, 1.0, 2.0), 4000),
-    ("FM-16", (1000, 1001), (0.5, 1.0, 2.0), 10_000),
-    ("LM-3-24", (1000,), (0.5, 1.0, 2.0), 10_000),
-    ("LM-2-32", (1000,), (0.5, 1.0, 2.0), 10_000),
-    ("C10-16", (1000,), (0.5, 1.0, 2.0), 10_000),
+# (task, seeds, learning-rate multipliers, steps, runs vmapped together): in-distribution tasks only.
+RECIPE: tuple[tuple[str, tuple[int, ...], tuple[float, ...], int, int], ...] = (
+    ("digits", (1000, 1001, 1002, 1003), (0.5, 1.0, 2.0), 4000, 12),
+    ("FM-16", (1000, 1001), (0.5, 1.0, 2.0), 10_000, 3),
+    ("LM-3-24", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
+    ("LM-2-32", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
+    ("C10-16", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
 )
 TRAIN = {
     "wnn_plus": TrainConfig(steps=4000, hidden=128, horizons=40, elements_per_window=512),
@@ -43,14 +44,16 @@ TRAIN = {
     "lfd2": TrainConfig(steps=6000),
 }
 LFD = {"n": 5, "m": 40, "coords": 512}
+NINO = NiNoTrainConfig(steps=1000, windows_per_batch=4)
+NAMES = ("wnn_plus", "wnn", "lfd2", "nino")
 
 
 def collect_recipe(runs_root: str, data_dir: str | None = None, quiet: bool = False) -> None:
-  for task, seeds, lrs, steps in RECIPE:
+  for task, seeds, lrs, steps, vmap in RECIPE:
     plan = plan_runs(seeds, lrs)
     size = estimate_bytes(task, plan, steps, INTERVAL)
     print(f"{task}: {len(plan)} runs x {steps} steps, {size / 2**20:.1f} MiB", flush=True)
-    collect(task, plan, steps=steps, interval=INTERVAL, out_dir=runs_root, data_dir=data_dir, vmap=len(lrs),
+    collect(task, plan, steps=steps, interval=INTERVAL, out_dir=runs_root, data_dir=data_dir, vmap=vmap,
             quiet=quiet)
 
 
@@ -76,8 +79,13 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
            "`predictors.wnn_plus()`, `predictors.wnn()` and `predictors.lfd2()`; "
            "`optax_nowcast.pretrained.load(name)` returns `(params, config)`.", "",
            "## Regenerate", "", "```bash",
-           "python -m optax_nowcast.metatrain pretrained --runs trajectories --out optax_nowcast/pretrained",
+           "OPTAX_NOWCAST_DATA_DIR=../shared/data \\",
+           "  python -m optax_nowcast.metatrain pretrained --runs trajectories \\",
+           "  --out optax_nowcast/pretrained",
            "```", "",
+           "The data is found where the loaders look (Fashion-MNIST from the Debian package "
+           "`dataset-fashion-mnist`; `cifar10/` and `tiny_shakespeare/` under `OPTAX_NOWCAST_DATA_DIR` or "
+           "`--data-dir`).", "",
            f"Collection is resumable; states are saved every {INTERVAL} steps in float16 "
            f"(`k` = horizon in units of {INTERVAL} steps). Held out (never collected here, used to "
            f"evaluate): {', '.join(HELD_OUT)}.", "",
@@ -95,7 +103,8 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
           "wnn": "Jang et al.'s 3 models (conv, dense, 1-D), 5 states -> 5 intervals ahead (L1, authors' "
                  "normalisation)",
           "lfd2": f"[w_t, w_(t+{LFD['n']})] -> next {LFD['m']} states (MAE in parameter units; start = "
-                  "repeating the last state)"}
+                  "repeating the last state)",
+          "nino": "NiNo's graph network on whole neural graphs, horizons 1..40 (masked L1 on scaled deltas)"}
   for name, rec in records.items():
     n_params = rec.get("n_params", "")
     steps = rec.get("steps", rec.get("train_config", {}).get("steps"))
@@ -136,6 +145,8 @@ def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect:
       res = train_wnn_plus(folders, TRAIN[name], log=log)
     elif name == "wnn":
       res = train_wnn(folders, TRAIN[name], log=log)
+    elif name == "nino":
+      res = train_nino(folders, NINO, log=log)
     else:
       res = train_lfd_on_runs(folders, TRAIN[name], n=LFD["n"], m=LFD["m"], coords=LFD["coords"], log=log)
     res["n_params"] = _n_params(res["params"]) if name != "wnn" else _n_params(res["params"]["dense"])
@@ -143,13 +154,14 @@ def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect:
     save_predictor(out_dir, name, res)
     records[name] = {k: v for k, v in res.items() if k != "params"}
   # Keep the records of predictors not retrained this time in the card.
-  for name in ("wnn_plus", "wnn", "lfd2"):
+  for name in NAMES:
     p = os.path.join(out_dir, f"{name}.json")
     if name not in records and os.path.exists(p):
       with open(p) as f:
         records[name] = json.load(f)
-  write_model_card(out_dir, folders, {k: records[k] for k in ("wnn_plus", "wnn", "lfd2") if k in records})
+  write_model_card(out_dir, folders, {k: records[k] for k in NAMES if k in records})
   return records
 
 
-__all__ = ["HELD_OUT", "INTERVAL", "LFD", "RECIPE", "TRAIN", "collect_recipe", "run", "write_model_card"]
+__all__ = ["HELD_OUT", "INTERVAL", "LFD", "NAMES", "NINO", "RECIPE", "TRAIN", "collect_recipe", "run",
+           "write_model_card"]
