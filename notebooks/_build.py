@@ -134,7 +134,8 @@ NNX = [
     '''md:# A Flax NNX training script with nowcasting
 
 A full NNX training loop: `nnx.Optimizer` holding `optax.chain(adam, nowcast(predictor))`, a jitted train
-step with the model and optimizer donated, and a steps-to-target table for every predictor available here.
+step with the model and optimizer donated, and a steps-to-target table for every predictor available here
+(linefit, linefit+, and WNN, WNN+ and LFD-2 with the weights shipped in the package).
 NiNo needs the official checkpoint (`nino_no_posw.pt` or its `.npz`): set `OPTAX_NOWCAST_NINO_WEIGHTS`.''',
     INSTALL,
     '''import os
@@ -225,6 +226,11 @@ methods = {
     "adam": optax.adam(lr),
     "linefit": with_nowcast(onc.predictors.linefit(), horizon=5),
     "linefit+": with_nowcast(onc.predictors.linefit_plus(), horizon=5),
+    # Learned predictors with the weights shipped in the package (optax_nowcast/pretrained).
+    "wnn": with_nowcast(onc.predictors.wnn(), horizon=5),
+    "wnn+": with_nowcast(onc.predictors.wnn_plus(), horizon=onc.schedules.k_decay(40, total_steps=STEPS)),
+    "lfd2 (farcast: 2 copies)": optax.chain(optax.adam(lr), onc.farcast(
+        onc.predictors.lfd2(), n=5, unit=INTERVAL, horizon=onc.schedules.k_decay(40, total_steps=STEPS))),
 }
 weights = os.environ.get("OPTAX_NOWCAST_NINO_WEIGHTS")
 if weights and os.path.exists(weights):
