@@ -36,7 +36,7 @@ RECIPE: tuple[tuple[str, tuple[int, ...], tuple[float, ...], int, int], ...] = (
     ("FM-16", (1000, 1001), (0.5, 1.0, 2.0), 10_000, 3),
     ("LM-3-24", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
     ("LM-2-32", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
-    ("C10-16", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
+    # C10-16 (NiNo's other in-distribution CNN) is the next addition: its runs take the longest here.
 )
 TRAIN = {
     "wnn_plus": TrainConfig(steps=4000, hidden=128, horizons=40, elements_per_window=512),
