@@ -85,6 +85,16 @@ def find_runs(root: str, tasks: Sequence[str] | None = None) -> list[str]:
   return out
 
 
+def tensor_scaling(window: np.ndarray, group: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+  """NiNo's per-tensor mean and std (ddof 1) over a window ``(ctx, P)``, broadcast to every element:
+  ``group[i]`` is the params leaf of flat element ``i``. Returns ``(mu, sigma)``, each ``(P,)``."""
+  counts = np.bincount(group, minlength=num_groups) * window.shape[0]
+  mu = np.bincount(group, window.sum(0), num_groups) / counts
+  sq = ((window - mu[group]) ** 2).sum(0)
+  var = np.bincount(group, sq, num_groups) / np.maximum(counts - 1, 1)
+  return mu[group], np.sqrt(var)[group]
+
+
 def sample_window(traj: Trajectory, rng: np.random.Generator, cfg: TrainConfig, eps: float = 1e-6):
   """One window: inputs (n, ctx), targets (n, K), mask (K,), edge types (n,) for n sampled elements."""
   t_max = traj.states.shape[0] - cfg.ctx - 1
@@ -92,13 +102,8 @@ def sample_window(traj: Trajectory, rng: np.random.Generator, cfg: TrainConfig, 
   window = np.asarray(traj.states[t: t + cfg.ctx], np.float32)  # (ctx, P)
   idx = rng.choice(window.shape[1], min(cfg.elements_per_window, window.shape[1]), replace=False)
   future = traj.states[t + cfg.ctx: t + cfg.ctx + cfg.horizons][:, idx].astype(np.float32)  # (<=K, n)
-  # Per-tensor mean and std (ddof 1) over the window's states and elements.
-  counts = np.bincount(traj.group, minlength=traj.num_groups) * cfg.ctx
-  mu = np.bincount(traj.group, window.sum(0), traj.num_groups) / counts
-  sq = ((window - mu[traj.group]) ** 2).sum(0)
-  var = np.bincount(traj.group, sq, traj.num_groups) / np.maximum(counts - 1, 1)
-  sigma = np.sqrt(var)[traj.group]
-  x = ((window[:, idx] - mu[traj.group][idx]) / (sigma[idx] + eps)).T
+  mu, sigma = tensor_scaling(window, traj.group, traj.num_groups)
+  x = ((window[:, idx] - mu[idx]) / (sigma[idx] + eps)).T
   y = np.zeros((len(idx), cfg.horizons), np.float32)
   y[:, : len(future)] = ((future - window[-1, idx]) / (sigma[idx] + eps)).T
   mask = (np.arange(cfg.horizons) < len(future)).astype(np.float32)

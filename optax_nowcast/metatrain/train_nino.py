@@ -28,6 +28,7 @@ import optax
 
 from optax_nowcast import graphs as graphs_lib
 from optax_nowcast.metatrain.collect import load_run, task_template
+from optax_nowcast.metatrain.train import save_predictor, tensor_scaling
 from optax_nowcast.predictors.nino import NiNoGNN, make_graphs_tuple
 
 
@@ -71,11 +72,8 @@ def graph_window(run: GraphRun, t: int, cfg: NiNoTrainConfig, slots: int, eps: f
   g, ctx, kk = run.graph, cfg.ctx, cfg.horizons
   window = np.asarray(run.states[t: t + ctx], np.float32)
   future = np.asarray(run.states[t + ctx: t + ctx + kk], np.float32)
-  counts = np.bincount(run.group, minlength=run.num_groups) * ctx
-  mu = np.bincount(run.group, window.sum(0), run.num_groups) / counts
-  sq = ((window - mu[run.group]) ** 2).sum(0)
-  sigma = np.sqrt(np.bincount(run.group, sq, run.num_groups) / np.maximum(counts - 1, 1))[run.group]
-  scaled = (window - mu[run.group]) / (sigma + eps)  # (ctx, P)
+  mu, sigma = tensor_scaling(window, run.group, run.num_groups)
+  scaled = (window - mu) / (sigma + eps)  # (ctx, P)
   s = g.num_slots
   flat = np.zeros((g.num_edges * s, ctx), np.float32)
   const = np.flatnonzero(g.edge_const)
@@ -180,7 +178,6 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
             "train_runs": sum(len(v) for v in train.values()), "val_runs": sum(len(v) for v in val.values()),
             "seconds": time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg)}
   if out_dir is not None:
-    from optax_nowcast.metatrain.train import save_predictor
     save_predictor(out_dir, "nino", result)
   return result
 
