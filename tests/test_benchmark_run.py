@@ -67,6 +67,27 @@ def test_resumes_without_recomputing(suite):
   assert third["computed"] == 2
 
 
+def test_weight_prediction_table_pairs_each_seed_with_adam(tmp_path):
+  out = str(tmp_path)
+  res = bench.run_suite("test", ["digits"], ["adam", "wp2"], 2, SMALL, out, quiet=True)
+  (row,) = res["weight_prediction"]
+  runs = {}
+  for m in ("adam", "wp2"):
+    runs[m] = []
+    for k in (0, 1):
+      with open(os.path.join(out, "runs", "test", "digits", m, f"seed{k}.json")) as f:
+        runs[m].append(json.load(f))
+  deltas = [w["final_full_val_metric"] - a["final_full_val_metric"]
+            for w, a in zip(runs["wp2"], runs["adam"], strict=True)]
+  assert row["method"] == "wp2" and row["steps"] == 2 and row["n_seeds"] == 2
+  np.testing.assert_allclose(row["delta_metric_per_seed"], deltas)
+  np.testing.assert_allclose(row["delta_metric_mean"], np.mean(deltas))
+  assert row["better_seeds"] == sum(d > 0 for d in deltas)  # accuracy: higher is better
+  assert runs["wp2"][0]["train_loss"][0] != runs["adam"][0]["train_loss"][0]  # gradients at other weights
+  with open(os.path.join(out, "test_weight_prediction.md")) as f:
+    assert "| digits | wp2 | 2 |" in f.read()
+
+
 def test_bad_arguments(tmp_path):
   with pytest.raises(ValueError, match="Unknown method 'bogus'"):
     bench.run_suite("t", ["digits"], ["adam", "bogus"], 1, SMALL, str(tmp_path))
