@@ -368,8 +368,8 @@ def format_weight_prediction_table(rows: list[dict[str, Any]]) -> str:
   lines = [
       "AdamW weight prediction (Guan 2023): gradients at the weights predicted `s` steps ahead; "
       "`linefit+wp2` is nowcasting with linefit (not linefit+) on top of s = 2. Final metrics on the "
-      "whole validation split; change = method - Adam on the same seed, mean over seeds (accuracy in points, perplexity in "
-      "units).",
+      "whole validation split; change = method - Adam on the same seed, mean over seeds (accuracy in "
+      "points, perplexity in units).",
       "",
       "| task | method | s | steps to Adam's final (per seed; Adam's) | reduction | final val (full) | "
       "Adam's | change, mean (per seed) | seeds better than Adam | val loss change |",
