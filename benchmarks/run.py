@@ -275,7 +275,8 @@ def summarise_task(runs: dict[str, list[dict]], spec, s: Settings) -> dict[str, 
           "steps_to_paper_target": sp,
           "paper_reduction_pct": 100 * (1 - sp / spb) if sp and spb else None,
           "final_val_metric": float(moving_average(r["val_metric"], s.smooth)[-1]),
-          "final_full_val_metric": r["final_full_val_metric"], "train_time_s": r["train_time_s"][-1],
+          "final_full_val_metric": r["final_full_val_metric"],
+          "final_full_val_loss": r["final_full_val_loss"], "train_time_s": r["train_time_s"][-1],
           "n_jumps": r["n_jumps"], "n_rejected": r["n_rejected"],
           "finite": bool(np.all(np.isfinite(np.concatenate([r["val_metric"], r["val_loss"],
                                                              r["train_loss"]])))),
@@ -332,7 +333,7 @@ def format_table(suite: str, summary: dict, s: Settings) -> str:
   return "\n".join(lines)
 
 
-def weight_prediction_rows(summary: dict, runs: dict[str, dict[str, list[dict]]]) -> list[dict[str, Any]]:
+def weight_prediction_rows(summary: dict) -> list[dict[str, Any]]:
   """Per task and weight-prediction method: steps reduction and the paired change of the final metrics.
 
   The final metric and loss are each run's whole-validation-split values at its last step; the change is
@@ -341,20 +342,21 @@ def weight_prediction_rows(summary: dict, runs: dict[str, dict[str, list[dict]]]
   """
   rows = []
   for task, t in summary.items():
-    base = {r["seed"]: r for r in runs[task].get("adam", [])}
+    adam = t["methods"]["adam"]
+    base = {r["seed"]: r for r in adam["per_seed"]}
     for method, m in t["methods"].items():
       if method not in WP_STEPS:
         continue
-      pairs = [(r, base[r["seed"]]) for r in runs[task][method] if r["seed"] in base]
+      pairs = [(r, base[r["seed"]]) for r in m["per_seed"] if r["seed"] in base]
       d_metric = [r["final_full_val_metric"] - b["final_full_val_metric"] for r, b in pairs]
       d_loss = [r["final_full_val_loss"] - b["final_full_val_loss"] for r, b in pairs]
       rows.append({
           "task": task, "method": method, "steps": WP_STEPS[method], "n_seeds": len(pairs),
           "reduction_pct": m["median"]["reduction_pct"],
           "per_seed_steps": [r["steps_to_target"] for r in m["per_seed"]],
-          "adam_steps": [r["steps_to_target"] for r in t["methods"]["adam"]["per_seed"]],
+          "adam_steps": [r["steps_to_target"] for r in adam["per_seed"]],
           "final_full_val_metric": m["median"]["final_full_val_metric"],
-          "adam_final_full_val_metric": t["methods"]["adam"]["median"]["final_full_val_metric"],
+          "adam_final_full_val_metric": adam["median"]["final_full_val_metric"],
           "delta_metric_mean": float(np.mean(d_metric)) if pairs else None,
           "delta_metric_per_seed": d_metric,
           "delta_loss_mean": float(np.mean(d_loss)) if pairs else None,
@@ -527,7 +529,7 @@ def report(suite: str, seeds: int, s: Settings, out: str) -> dict[str, Any]:
   write_results(out, suite, {"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds,
                              "summary": summary, "backend": jax.default_backend(),
                              "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, table)
-  wp = weight_prediction_rows(summary, found)
+  wp = weight_prediction_rows(summary)
   if wp:
     write_results(out, f"{suite}_weight_prediction", {"suite": suite, "rows": wp},
                   format_weight_prediction_table(wp))
