@@ -139,3 +139,50 @@ def test_nino_meta_training_lowers_the_loss_and_the_weights_nowcast(digits_runs,
                                              horizon=2))
   _, s = _train_with(tx)
   assert int(s[1].n_jumps) == 1
+
+
+def test_nino_training_resumes_from_its_checkpoint_to_the_same_weights(digits_runs, tmp_path):
+  """A job stopped by its time budget and run again ends with the weights of an uninterrupted run."""
+  from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino
+
+  runs = find_runs(str(digits_runs))[:3]
+  cfg = NiNoTrainConfig(hidden=8, layers=1, horizons=3, steps=6, windows_per_batch=1, checkpoint_every=2)
+  whole = train_nino(runs, cfg, out_dir=str(tmp_path / "a"), log=lambda *_: None)
+  assert whole["finished"] and whole["step"] == 6
+  part = train_nino(runs, cfg, out_dir=str(tmp_path / "b"), log=lambda *_: None, time_budget_s=0.0)
+  assert not part["finished"] and part["step"] == 1
+  assert (tmp_path / "b" / "nino.ckpt.msgpack").exists() and not (tmp_path / "b" / "nino.msgpack").exists()
+  lines = []
+  resumed = train_nino(runs, cfg, out_dir=str(tmp_path / "b"), log=lines.append)
+  assert lines[0].startswith("resuming from step 1/6") and resumed["finished"]
+  for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"]), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed["history"] == whole["history"]
+  with pytest.raises(ValueError, match="checkpoint of another config"):
+    train_nino(runs, NiNoTrainConfig(hidden=8, layers=1, horizons=3, steps=7, windows_per_batch=1),
+               out_dir=str(tmp_path / "b"), log=lambda *_: None)
+
+
+def test_nino_plus_plus_options_train_and_reload(digits_runs, tmp_path):
+  """A GRU head on LPE + centrality: the saved config rebuilds the same model, which then jumps."""
+  from optax_nowcast import nowcast
+  from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino
+  from optax_nowcast.metatrain.train_nino import GraphRun
+  from optax_nowcast.predictors import nino
+
+  with pytest.raises(ValueError, match="head must be"):
+    NiNoTrainConfig(head="transformer")
+  runs = find_runs(str(digits_runs))[:3]
+  cfg = NiNoTrainConfig(hidden=8, layers=1, horizons=3, steps=3, windows_per_batch=1, head="gru",
+                        node_features="lpe+centrality")
+  feat = GraphRun(runs[0], cfg).feat
+  assert feat.shape[1] == 8 and np.all(feat[:, -1] >= 0)  # the last column is the (non-negative) centrality
+  res = train_nino(runs, cfg, out_dir=str(tmp_path), log=lambda *_: None)
+  assert res["config"]["head"] == "gru" and res["config"]["node_features"] == "lpe+centrality"
+  path = str(tmp_path / "nino.msgpack")
+  with pytest.raises(ValueError, match="trained with 'lpe\\+centrality'"):
+    nino(path, node_features="lpe")
+  task = make_task("digits")
+  tx = optax.chain(task.optimizer(), nowcast(nino(path), interval=20, ctx=5, horizon=2))
+  _, s = _train_with(tx)
+  assert int(s[1].n_jumps) == 1

@@ -3,7 +3,8 @@
     python -m optax_nowcast.metatrain collect --task FM-16 --seeds 0:20 [--lr-scales 0.5,1,2] [--vmap 4]
     python -m optax_nowcast.metatrain train --predictor wnn+ --runs trajectories --out trained
     python -m optax_nowcast.metatrain train --predictor wnn --runs trajectories --out trained
-    python -m optax_nowcast.metatrain train --predictor nino --runs trajectories --out trained
+    python -m optax_nowcast.metatrain train --predictor nino --runs trajectories --out trained \
+        [--head gru] [--node-features lpe+centrality] [--budget-minutes 60]   # rerun to resume
     python -m optax_nowcast.metatrain train --predictor lfd2 --n 5 --m 40 --runs trajectories --out trained
 
     python -m optax_nowcast.metatrain pretrained   # the recipe of the shipped weights, end to end
@@ -53,6 +54,13 @@ def main(argv=None) -> dict:
   t.add_argument("--m", type=int, default=40, help="LFD: saved states predicted after w_n")
   t.add_argument("--seed", type=int, default=0)
   t.add_argument("--out", default="trained")
+  t.add_argument("--head", default="mlp", choices=["mlp", "lstm", "gru"],
+                 help="NiNo: the head (NiNo++: lstm/gru)")
+  t.add_argument("--node-features", default="lpe", choices=["lpe", "lpe+centrality"],
+                 help="NiNo: node features")
+  t.add_argument("--budget-minutes", type=float, default=None,
+                 help="NiNo: stop after this much training, checkpoint in --out; run again to resume")
+  t.add_argument("--fresh", action="store_true", help="NiNo: ignore a checkpoint in --out and start over")
   pr = sub.add_parser("pretrained", help="rerun the recipe of the shipped weights (collect + train + card)")
   pr.add_argument("--runs", default="trajectories")
   pr.add_argument("--out", default="optax_nowcast/pretrained")
@@ -76,8 +84,14 @@ def main(argv=None) -> dict:
       res, name = train_lib.train_wnn(runs, cfg, out_dir=args.out, log=log), "wnn"
     elif args.predictor == "nino":
       from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
-      ncfg = NiNoTrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons, seed=args.seed)
-      res, name = train_nino(runs, ncfg, out_dir=args.out, log=log), "nino"
+      ncfg = NiNoTrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons, seed=args.seed,
+                             head=args.head, node_features=args.node_features)
+      budget = None if args.budget_minutes is None else 60 * args.budget_minutes
+      res, name = train_nino(runs, ncfg, out_dir=args.out, log=log, resume=not args.fresh,
+                             time_budget_s=budget), "nino"
+      if not res["finished"]:
+        print(f"stopped at step {res['step']}/{ncfg.steps}; the checkpoint is in {args.out}/nino.ckpt.*")
+        return res
     else:
       res = train_lib.train_lfd_on_runs(runs, cfg, kind=args.predictor, n=args.n, m=args.m,
                                         out_dir=args.out, log=log)

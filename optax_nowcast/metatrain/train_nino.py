@@ -9,6 +9,16 @@ Node features are the graph's Laplacian PE with a random sign per eigenvector at
 augmentation). A step averages ``windows_per_batch`` windows of runs of one task (so every task compiles
 once); tasks are drawn at random. AdamW with cosine decay and gradient clipping.
 
+NiNo++ options: ``head="lstm"``/``"gru"`` (a recurrent head over the horizons) and
+``node_features="lpe+centrality"`` (``lpe - 1`` eigenvectors and the eigenvector centrality); both are saved
+in the predictor's config, so ``predictors.nino(<file>.msgpack)`` rebuilds the same model.
+
+Long jobs: with ``out_dir``, the state of training (params, optimizer state, the sampler's random state and
+the log) is written to ``<out_dir>/nino.ckpt.msgpack`` every ``checkpoint_every`` steps and when
+``time_budget_s`` runs out; calling :func:`train_nino` again with the same config resumes from it and gives
+the same weights as an uninterrupted run. A checkpoint of a different config is an error (``resume=False``
+starts over).
+
 >>> cfg = NiNoTrainConfig()
 >>> (cfg.hidden, cfg.layers, cfg.horizons, cfg.ctx)
 (128, 3, 40, 5)
@@ -17,10 +27,13 @@ once); tasks are drawn at random. AdamW with cosine decay and gradient clipping.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +59,19 @@ class NiNoTrainConfig:
   windows_per_batch: int = 4
   val_fraction: float = 0.2
   seed: int = 0
+  head: str = "mlp"  # "mlp" (NiNo's DMS head), "lstm" or "gru" (NiNo++)
+  node_features: str = "lpe"  # "lpe" or "lpe+centrality" (NiNo++)
+  checkpoint_every: int = 100
+
+  def __post_init__(self):
+    if self.head not in ("mlp", "lstm", "gru"):
+      raise ValueError(f"NiNoTrainConfig: head must be 'mlp', 'lstm' or 'gru', got {self.head!r}.")
+    if self.node_features not in ("lpe", "lpe+centrality"):
+      raise ValueError("NiNoTrainConfig: node_features must be 'lpe' or 'lpe+centrality', got "
+                       f"{self.node_features!r}.")
+    for name in ("ctx", "horizons", "lpe", "steps", "windows_per_batch", "checkpoint_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"NiNoTrainConfig: {name} must be >= 1, got {getattr(self, name)}.")
 
 
 class GraphRun:
@@ -57,7 +83,7 @@ class GraphRun:
     self.task = self.meta["task"]
     template = task_template(self.meta["spec"])
     self.graph = graphs_lib.neural_graph(template)
-    self.feat = graphs_lib.laplacian_pe(self.graph, cfg.lpe)
+    self.feat = node_features(self.graph, cfg)
     pos = [p for p in self.graph.positions if p is not None]
     self.flat_pos = np.concatenate([p.reshape(-1) for p in pos]).astype(np.int64)
     if self.flat_pos.shape[0] != self.states.shape[1]:
@@ -65,6 +91,31 @@ class GraphRun:
                        f"{self.flat_pos.shape[0]}.")
     self.group = np.concatenate([np.full(m["size"], i, np.int32) for i, m in enumerate(self.meta["leaves"])])
     self.num_groups = len(self.meta["leaves"])
+
+
+def node_features(graph: graphs_lib.NeuralGraph, cfg: NiNoTrainConfig) -> np.ndarray:
+  """``(N, lpe)`` node features: the Laplacian PE, or (NiNo++) ``lpe - 1`` eigenvectors and centrality."""
+  if cfg.node_features == "lpe":
+    return graphs_lib.laplacian_pe(graph, cfg.lpe)
+  return np.concatenate([graphs_lib.laplacian_pe(graph, cfg.lpe - 1),
+                         graphs_lib.eigenvector_centrality(graph)[:, None]], axis=1).astype(np.float32)
+
+
+def _checkpoint_paths(out_dir: str) -> tuple[str, str]:
+  return os.path.join(out_dir, "nino.ckpt.msgpack"), os.path.join(out_dir, "nino.ckpt.json")
+
+
+def _save_checkpoint(out_dir: str, step: int, params, opt_state, rng: np.random.Generator, history: list,
+                     seconds: float, initial: float, cfg: NiNoTrainConfig) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  blob, meta = _checkpoint_paths(out_dir)
+  for path, data in ((blob, flax.serialization.to_bytes({"params": params, "opt_state": opt_state})),
+                     (meta, json.dumps({"step": step, "rng": rng.bit_generator.state, "history": history,
+                                        "seconds": seconds, "initial_val_loss": initial,
+                                        "train_config": dataclasses.asdict(cfg)}).encode())):
+    with open(path + ".tmp", "wb") as f:  # written whole, then renamed: a kill never leaves half a file
+      f.write(data)
+    os.replace(path + ".tmp", path)
 
 
 def graph_window(run: GraphRun, t: int, cfg: NiNoTrainConfig, slots: int, eps: float = 1e-6):
@@ -93,8 +144,13 @@ def graph_window(run: GraphRun, t: int, cfg: NiNoTrainConfig, slots: int, eps: f
 
 
 def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | None = None,
-               log=print) -> dict[str, Any]:
-  """Trains :class:`NiNoGNN` on the runs; returns ``{"params", "config", "val_loss", ...}``."""
+               log=print, *, resume: bool = True, time_budget_s: float | None = None) -> dict[str, Any]:
+  """Trains :class:`NiNoGNN` on the runs; returns ``{"params", "config", "val_loss", ...}``.
+
+  With ``out_dir``, resumes from ``<out_dir>/nino.ckpt.*`` when ``resume`` (see the module docstring).
+  ``time_budget_s``: stop after this much training time, checkpoint and return with ``"finished": False``
+  (the weights are written only when all ``cfg.steps`` are done).
+  """
   rng = np.random.default_rng(cfg.seed)
   runs = [GraphRun(f, cfg) for f in run_folders]
   by_task: dict[str, list[GraphRun]] = {}
@@ -109,7 +165,7 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   usable = [t for t in train if any(r.states.shape[0] > cfg.ctx for r in train[t])]
   if not usable:
     raise ValueError("no training trajectories with more than ctx saved states.")
-  model = NiNoGNN(hidden=cfg.hidden, layers=cfg.layers, ctx=cfg.ctx, horizons=cfg.horizons)
+  model = NiNoGNN(hidden=cfg.hidden, layers=cfg.layers, ctx=cfg.ctx, horizons=cfg.horizons, head=cfg.head)
   slots = model.slots
   r0 = train[usable[0]][0]
   x0, *_ = graph_window(r0, 0, cfg, slots)
@@ -160,26 +216,50 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
       return float("nan")
     return float(np.mean([get_step(t)[1](p, b) for t, b in val_batches]))
 
+  start, history, before, initial = 0, [], 0.0, None
+  if out_dir is not None and resume and os.path.exists(_checkpoint_paths(out_dir)[1]):
+    blob, meta_path = _checkpoint_paths(out_dir)
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta["train_config"] != dataclasses.asdict(cfg):
+      raise ValueError(f"{meta_path} is a checkpoint of another config ({meta['train_config']}); use the "
+                       "same config to resume, another out_dir, or resume=False (--fresh) to start over.")
+    with open(blob, "rb") as f:
+      restored = flax.serialization.from_bytes({"params": params, "opt_state": opt_state}, f.read())
+    params, opt_state = restored["params"], restored["opt_state"]
+    rng.bit_generator.state = meta["rng"]
+    start, history, before, initial = meta["step"], meta["history"], meta["seconds"], meta["initial_val_loss"]
+    log(f"resuming from step {start}/{cfg.steps} ({meta_path})")
   t0 = time.perf_counter()
-  initial = val_loss(params)
-  history = []
-  for s in range(1, cfg.steps + 1):
+  if initial is None:
+    initial = val_loss(params)
+  finished, s = True, start
+  for s in range(start + 1, cfg.steps + 1):
     task = usable[int(rng.integers(len(usable)))]
     params, opt_state, loss = get_step(task)[0](params, opt_state, batch(train[task], rng))
     if s % max(1, cfg.steps // 10) == 0 or s == cfg.steps:
       v = val_loss(params)
       history.append({"step": s, "train_loss": float(loss), "val_loss": v, "task": task})
       log(f"step {s}/{cfg.steps}: train L1 {float(loss):.4f} ({task}), val L1 {v:.4f} "
-          f"({time.perf_counter() - t0:.0f} s)")
+          f"({before + time.perf_counter() - t0:.0f} s)")
+    out_of_time = time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s and s < cfg.steps
+    if out_dir is not None and (s % cfg.checkpoint_every == 0 or out_of_time):
+      _save_checkpoint(out_dir, s, params, opt_state, rng, history, before + time.perf_counter() - t0,
+                       initial, cfg)
+    if out_of_time:
+      finished = False
+      log(f"time budget spent at step {s}/{cfg.steps}; run again to resume")
+      break
   result = {"params": params,
             "config": {"hidden": cfg.hidden, "layers": cfg.layers, "ctx": cfg.ctx, "horizons": cfg.horizons,
-                       "lpe": cfg.lpe},
-            "initial_val_loss": initial, "val_loss": history[-1]["val_loss"], "history": history,
+                       "lpe": cfg.lpe, "head": cfg.head, "node_features": cfg.node_features},
+            "initial_val_loss": initial, "val_loss": history[-1]["val_loss"] if history else float("nan"),
+            "history": history, "finished": finished, "step": s,
             "train_runs": sum(len(v) for v in train.values()), "val_runs": sum(len(v) for v in val.values()),
-            "seconds": time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg)}
-  if out_dir is not None:
+            "seconds": before + time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg)}
+  if out_dir is not None and finished:
     save_predictor(out_dir, "nino", result)
   return result
 
 
-__all__ = ["GraphRun", "NiNoTrainConfig", "graph_window", "train_nino"]
+__all__ = ["GraphRun", "NiNoTrainConfig", "graph_window", "node_features", "train_nino"]

@@ -297,7 +297,7 @@ def make_graphs_tuple(graph: graphs_lib.NeuralGraph, edge_x: jax.Array, node_fea
 
 
 def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
-         config: Mapping[str, Any] | None = None, node_features: str = "lpe", lpe_seed: int = 0,
+         config: Mapping[str, Any] | None = None, node_features: str | None = None, lpe_seed: int = 0,
          lpe: np.ndarray | None = None, order: Sequence[str] | None = None,
          subgraphs: str | None = None) -> Predictor:
   """The NiNo predictor.
@@ -307,7 +307,8 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     model_params: our own Flax params for :class:`NiNoGNN` (e.g. from ``optax_nowcast.metatrain``), with
       ``config`` its constructor arguments plus ``lpe`` (node feature width). Give this or ``weights``.
     node_features: ``"lpe"`` (NiNo) or ``"lpe+centrality"`` (NiNo++: LPE with ``lpe - 1`` eigenvectors and
-      eigenvector centrality as the last column).
+      eigenvector centrality as the last column). Default: the one the weights were trained with (their
+      config's ``node_features``), else ``"lpe"``.
     lpe_seed: seed of the sparse eigensolver's start vector (graphs of 100+ nodes).
     lpe: a fixed node-feature matrix to use instead (e.g. the reference's, for parity checks).
     order: the top-level module names in forward order, if their names do not sort that way
@@ -343,6 +344,12 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   model_params, config = resolve_weights(weights, model_params, config, load_official_weights,
                                          "NiNoGNN arguments plus 'lpe'")
   n_feat = int(config.pop("lpe", 8))
+  trained_with = config.pop("node_features", None)
+  if node_features is None:
+    node_features = trained_with or "lpe"
+  elif trained_with is not None and node_features != trained_with:
+    raise ValueError(f"node_features={node_features!r}, but these weights were trained with "
+                     f"{trained_with!r}; leave node_features unset to use theirs.")
   if node_features not in ("lpe", "lpe+centrality"):
     raise ValueError(f"node_features must be 'lpe' or 'lpe+centrality', got {node_features!r}.")
   if subgraphs not in (None, "module"):

@@ -52,7 +52,7 @@ def _template(name: str, cfg: dict[str, Any]) -> Any:
   if name == "nino":
     from optax_nowcast import graphs
     from optax_nowcast.predictors.nino import NiNoGNN, make_graphs_tuple
-    model = NiNoGNN(**{k: v for k, v in cfg.items() if k != "lpe"})
+    model = NiNoGNN(**{k: v for k, v in cfg.items() if k not in ("lpe", "node_features")})
     tiny = {"params": {"Dense_0": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}}
     g = graphs.neural_graph(tiny)
     x = jnp.zeros((g.num_edges, model.slots * model.ctx))
