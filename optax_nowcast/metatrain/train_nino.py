@@ -42,7 +42,7 @@ import optax
 from optax_nowcast import graphs as graphs_lib
 from optax_nowcast.metatrain.collect import load_run, task_template
 from optax_nowcast.metatrain.train import save_predictor, tensor_scaling
-from optax_nowcast.predictors.nino import NiNoGNN, make_graphs_tuple
+from optax_nowcast.predictors.nino import NiNoGNN, graph_node_features, make_graphs_tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class GraphRun:
     self.task = self.meta["task"]
     template = task_template(self.meta["spec"])
     self.graph = graphs_lib.neural_graph(template)
-    self.feat = node_features(self.graph, cfg)
+    self.feat = graph_node_features(self.graph, cfg.lpe, cfg.node_features)
     pos = [p for p in self.graph.positions if p is not None]
     self.flat_pos = np.concatenate([p.reshape(-1) for p in pos]).astype(np.int64)
     if self.flat_pos.shape[0] != self.states.shape[1]:
@@ -91,14 +91,6 @@ class GraphRun:
                        f"{self.flat_pos.shape[0]}.")
     self.group = np.concatenate([np.full(m["size"], i, np.int32) for i, m in enumerate(self.meta["leaves"])])
     self.num_groups = len(self.meta["leaves"])
-
-
-def node_features(graph: graphs_lib.NeuralGraph, cfg: NiNoTrainConfig) -> np.ndarray:
-  """``(N, lpe)`` node features: the Laplacian PE, or (NiNo++) ``lpe - 1`` eigenvectors and centrality."""
-  if cfg.node_features == "lpe":
-    return graphs_lib.laplacian_pe(graph, cfg.lpe)
-  return np.concatenate([graphs_lib.laplacian_pe(graph, cfg.lpe - 1),
-                         graphs_lib.eigenvector_centrality(graph)[:, None]], axis=1).astype(np.float32)
 
 
 def _checkpoint_paths(out_dir: str) -> tuple[str, str]:
@@ -262,4 +254,4 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   return result
 
 
-__all__ = ["GraphRun", "NiNoTrainConfig", "graph_window", "node_features", "train_nino"]
+__all__ = ["GraphRun", "NiNoTrainConfig", "graph_window", "train_nino"]

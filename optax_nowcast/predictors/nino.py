@@ -296,6 +296,16 @@ def make_graphs_tuple(graph: graphs_lib.NeuralGraph, edge_x: jax.Array, node_fea
                      globals=None)
 
 
+def graph_node_features(g: graphs_lib.NeuralGraph, width: int, kind: str = "lpe",
+                        seed: int = 0) -> np.ndarray:
+  """``(N, width)`` node features: the Laplacian PE (``"lpe"``), or (NiNo++, ``"lpe+centrality"``)
+  ``width - 1`` eigenvectors and the eigenvector centrality as the last column."""
+  if kind == "lpe":
+    return graphs_lib.laplacian_pe(g, width, seed=seed)
+  return np.concatenate([graphs_lib.laplacian_pe(g, width - 1, seed=seed),
+                         graphs_lib.eigenvector_centrality(g)[:, None]], axis=1).astype(np.float32)
+
+
 def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
          config: Mapping[str, Any] | None = None, node_features: str | None = None, lpe_seed: int = 0,
          lpe: np.ndarray | None = None, order: Sequence[str] | None = None,
@@ -361,10 +371,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   cache: dict[Any, tuple[Any, Any]] = {}
 
   def features(g):
-    if node_features == "lpe":
-      return graphs_lib.laplacian_pe(g, n_feat, seed=lpe_seed)
-    return np.concatenate([graphs_lib.laplacian_pe(g, n_feat - 1, seed=lpe_seed),
-                           graphs_lib.eigenvector_centrality(g)[:, None]], axis=1)
+    return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
 
   def init(params):
     g = graphs_lib.neural_graph(params, order)
