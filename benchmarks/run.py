@@ -109,6 +109,24 @@ def _wnn_plus(task: Task, s: Settings) -> optax.GradientTransformation:
                                                    ctx=s.ctx, horizon=horizon))
 
 
+def _nino_ours(dynamic: bool = False, rollback: bool = False):
+  """NiNo with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40.
+
+  ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
+  ``rollback``: undo a jump whose next 11 steps' mean loss exceeds 1.5x the running loss before it (the
+  horizon then halves).
+  """
+  def build(task: Task, s: Settings) -> optax.GradientTransformation:
+    base = s.ctx * s.interval
+    period = (onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic
+              else None)
+    horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+    kw = {"rollback_factor": 1.5, "rollback_window": 10} if rollback else {}
+    return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.nino(), interval=s.interval,
+                                                     ctx=s.ctx, period=period, horizon=horizon, **kw))
+  return build
+
+
 def _lfd2(task: Task, s: Settings) -> optax.GradientTransformation:
   """LFD-2 (shipped weights, n = 5 and m = 40 saved states): farcast from [w_0, w_n], k-decay from 40."""
   predictor = onc.predictors.lfd2()
@@ -125,6 +143,9 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "wnn": _nowcast(onc.predictors.wnn),  # shipped weights; ctx 5, a fixed jump of 5 intervals
     "wnn+": _wnn_plus,
     "lfd2": _lfd2,
+    "nino-ours": _nino_ours(),
+    "nino-ours+dp": _nino_ours(dynamic=True),
+    "nino-ours+rb": _nino_ours(rollback=True),
     # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
     "wp1": lambda task, s: task.optimizer(),
     "wp2": lambda task, s: task.optimizer(),
@@ -145,7 +166,8 @@ def _spec_for(name: str, s: Settings):
 
 # Methods whose numbers depend on a weights file: its hash joins the fingerprint, so retrained weights
 # recompute their runs instead of reusing old ones.
-WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "lfd2": "lfd2"}
+WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "lfd2": "lfd2", "nino-ours": "nino", "nino-ours+dp": "nino",
+              "nino-ours+rb": "nino"}
 
 
 def _weights_hash(method: str) -> str | None:
@@ -169,7 +191,7 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
   steps, every = task.spec.steps, s.eval_every
   if steps % every:
     raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({every}).")
-  tx = METHODS[method](task, s)
+  tx = optax.with_extra_args_support(METHODS[method](task, s))
   params = task.init(jax.random.PRNGKey(seed))
   carry = (params, tx.init(params))
 
@@ -182,7 +204,7 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
   def step(c, idx):
     p, o = c
     loss, g = vg(p, o, idx)
-    u, o = tx.update(g, o, p)
+    u, o = tx.update(g, o, p, value=loss)  # the loss, for nowcast's rollback
     return (optax.apply_updates(p, u), o), loss
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -222,6 +244,7 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
       "final_full_val_metric": float(full["metric"]), "final_full_val_loss": float(full["loss"]),
       "jump_steps": jumps, "n_jumps": 0 if nc is None else int(nc.n_jumps),
       "n_rejected": 0 if nc is None else int(nc.n_rejected),
+      "n_rollbacks": 0 if nc is None else int(nc.n_rollbacks),
       "finite": bool(np.all(np.isfinite(np.concatenate([metric, val_loss, train_loss])))),
       "backend": jax.default_backend(),
   }
@@ -277,7 +300,7 @@ def summarise_task(runs: dict[str, list[dict]], spec, s: Settings) -> dict[str, 
           "final_val_metric": float(moving_average(r["val_metric"], s.smooth)[-1]),
           "final_full_val_metric": r["final_full_val_metric"],
           "final_full_val_loss": r["final_full_val_loss"], "train_time_s": r["train_time_s"][-1],
-          "n_jumps": r["n_jumps"], "n_rejected": r["n_rejected"],
+          "n_jumps": r["n_jumps"], "n_rejected": r["n_rejected"], "n_rollbacks": r.get("n_rollbacks", 0),
           "finite": bool(np.all(np.isfinite(np.concatenate([r["val_metric"], r["val_loss"],
                                                              r["train_loss"]])))),
       })

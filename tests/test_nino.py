@@ -91,8 +91,6 @@ def test_nino_in_nowcast_jumps_to_its_prediction(fm16_end_to_end, official):
 
 
 def test_nino_argument_errors(official):
-  with pytest.raises(ValueError, match="Give weights="):
-    nino()
   with pytest.raises(ValueError, match="not both"):
     nino(official, model_params={})
   with pytest.raises(ValueError, match="node_features must be"):

@@ -15,7 +15,8 @@ import optax_nowcast as onc
 from optax_nowcast import pretrained
 from optax_nowcast.tasks import CNN
 
-NAMES = ("wnn_plus", "wnn", "lfd2")
+NAMES = ("wnn_plus", "wnn", "lfd2", "nino")
+MAX_BYTES = {"nino": 4_000_000}  # the graph network; the per-element models stay under 1 MB
 
 
 def test_every_shipped_model_loads_and_is_on_the_model_card():
@@ -26,7 +27,7 @@ def test_every_shipped_model_loads_and_is_on_the_model_card():
   for name in NAMES:
     params, config = pretrained.load(name)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
-    assert os.path.getsize(pretrained.path(name)) < 1_000_000  # small committed files
+    assert os.path.getsize(pretrained.path(name)) < MAX_BYTES.get(name, 1_000_000)  # small committed files
     meta = pretrained.read_meta(pretrained.path(name))
     assert meta["predictor"] == name and meta["config"] == config
     assert meta["val_loss"] < meta["initial_val_loss"], (name, meta["initial_val_loss"], meta["val_loss"])
@@ -52,10 +53,11 @@ def _trend_history(ctx=5):
   return template, jax.tree.unflatten(treedef, [jnp.asarray(h) for h in hist])
 
 
-@pytest.mark.parametrize("name", ["wnn_plus", "wnn"])
+@pytest.mark.parametrize("name", ["wnn_plus", "wnn", "nino"])
 def test_default_predictors_carry_a_steady_trend_forward(name):
   template, history = _trend_history()
-  pred_fn = {"wnn_plus": onc.predictors.wnn_plus, "wnn": onc.predictors.wnn}[name]()
+  pred_fn = {"wnn_plus": onc.predictors.wnn_plus, "wnn": onc.predictors.wnn,
+             "nino": onc.predictors.nino}[name]()
   state = pred_fn.init(template)
   times = jnp.arange(-4, 1, dtype=jnp.float32)
   pred, _ = jax.jit(pred_fn.predict)(history, times, jnp.int32(5), state)

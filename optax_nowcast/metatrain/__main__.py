@@ -4,7 +4,7 @@
     python -m optax_nowcast.metatrain train --predictor wnn+ --runs trajectories --out trained
     python -m optax_nowcast.metatrain train --predictor wnn --runs trajectories --out trained
     python -m optax_nowcast.metatrain train --predictor nino --runs trajectories --out trained \
-        [--head gru] [--node-features lpe+centrality] [--budget-minutes 60]   # rerun to resume
+        [--head gru] [--lpe 5] [--node-features lpe+centrality] [--budget-minutes 60]   # rerun to resume
     python -m optax_nowcast.metatrain train --predictor lfd2 --n 5 --m 40 --runs trajectories --out trained
 
     python -m optax_nowcast.metatrain pretrained   # the recipe of the shipped weights, end to end
@@ -58,6 +58,8 @@ def main(argv=None) -> dict:
                  help="NiNo: the head (NiNo++: lstm/gru)")
   t.add_argument("--node-features", default="lpe", choices=["lpe", "lpe+centrality"],
                  help="NiNo: node features")
+  t.add_argument("--lpe", type=int, default=8,
+                 help="NiNo: node feature width: Laplacian eigenvectors (8 in NiNo, 5 in NiNo++)")
   t.add_argument("--budget-minutes", type=float, default=None,
                  help="NiNo: stop after this much training, checkpoint in --out; run again to resume")
   t.add_argument("--fresh", action="store_true", help="NiNo: ignore a checkpoint in --out and start over")
@@ -85,7 +87,7 @@ def main(argv=None) -> dict:
     elif args.predictor == "nino":
       from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
       ncfg = NiNoTrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons, seed=args.seed,
-                             head=args.head, node_features=args.node_features)
+                             head=args.head, node_features=args.node_features, lpe=args.lpe)
       budget = None if args.budget_minutes is None else 60 * args.budget_minutes
       res, name = train_nino(runs, ncfg, out_dir=args.out, log=log, resume=not args.fresh,
                              time_budget_s=budget), "nino"

@@ -44,7 +44,7 @@ TRAIN = {
     "lfd2": TrainConfig(steps=6000),
 }
 LFD = {"n": 5, "m": 40, "coords": 512}
-NINO = NiNoTrainConfig(steps=1000, windows_per_batch=4)
+NINO = NiNoTrainConfig(steps=2000, windows_per_batch=4)  # = `train --predictor nino --steps 2000`
 NAMES = ("wnn_plus", "wnn", "lfd2", "nino")
 
 
@@ -76,7 +76,7 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
   lines = ["# Pretrained predictors of optax_nowcast", "",
            "Trained by this project on its own trajectories, with the command below. Weights: Flax msgpack "
            "(`<name>.msgpack`); config and full training record: `<name>.json`. Loaded by default by "
-           "`predictors.wnn_plus()`, `predictors.wnn()` and `predictors.lfd2()`; "
+           "`predictors.wnn_plus()`, `predictors.wnn()`, `predictors.lfd2()` and `predictors.nino()`; "
            "`optax_nowcast.pretrained.load(name)` returns `(params, config)`.", "",
            "## Regenerate", "", "```bash",
            "OPTAX_NOWCAST_DATA_DIR=../shared/data \\",
@@ -89,6 +89,14 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
            f"Collection is resumable; states are saved every {INTERVAL} steps in float16 "
            f"(`k` = horizon in units of {INTERVAL} steps). Held out (never collected here, used to "
            f"evaluate): {', '.join(HELD_OUT)}.", "",
+           "The command above retrains WNN+, WNN and LFD-2. NiNo is the slow one (about an hour on one "
+           "CPU core); it trains on the same runs with:", "", "```bash",
+           "python -m optax_nowcast.metatrain pretrained --runs trajectories \\",
+           "  --out optax_nowcast/pretrained --skip-collect --only nino",
+           "```", "",
+           "or, with checkpoints and a time budget per call (run it again to resume), "
+           "`python -m optax_nowcast.metatrain train --predictor nino --runs trajectories --out DIR "
+           "--steps 2000 --budget-minutes 50`, then copy `DIR/nino.*` here.", "",
            "## Training data", "",
            "| task | runs | steps per run | saved states | parameters | learning rates |",
            "|---|---|---|---|---|---|"]

@@ -248,8 +248,11 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
             "initial_val_loss": initial, "val_loss": history[-1]["val_loss"] if history else float("nan"),
             "history": history, "finished": finished, "step": s,
             "train_runs": sum(len(v) for v in train.values()), "val_runs": sum(len(v) for v in val.values()),
-            "seconds": before + time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg)}
+            "seconds": before + time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg),
+            "n_params": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
   if out_dir is not None and finished:
+    from optax_nowcast.metatrain.pretrained import _runs_summary  # the model card's data table
+    result["data"] = _runs_summary(list(run_folders))
     save_predictor(out_dir, "nino", result)
   return result
 

@@ -313,7 +313,10 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   """The NiNo predictor.
 
   Args:
-    weights: the official checkpoint (``.pt``/``.npz`` path or a state dict).
+    weights: the official checkpoint (``.pt``/``.npz`` path or a state dict), or a ``.msgpack`` file
+      written by ``python -m optax_nowcast.metatrain train --predictor nino``. With neither this nor
+      ``model_params``: the NiNo trained by this project and shipped in ``optax_nowcast/pretrained``
+      (see its ``MODEL_CARD.md``).
     model_params: our own Flax params for :class:`NiNoGNN` (e.g. from ``optax_nowcast.metatrain``), with
       ``config`` its constructor arguments plus ``lpe`` (node feature width). Give this or ``weights``.
     node_features: ``"lpe"`` (NiNo) or ``"lpe+centrality"`` (NiNo++: LPE with ``lpe - 1`` eigenvectors and
@@ -352,7 +355,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   1
   """
   model_params, config = resolve_weights(weights, model_params, config, load_official_weights,
-                                         "NiNoGNN arguments plus 'lpe'")
+                                         "NiNoGNN arguments plus 'lpe'", default="nino")
   n_feat = int(config.pop("lpe", 8))
   trained_with = config.pop("node_features", None)
   if node_features is None:

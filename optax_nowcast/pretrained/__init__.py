@@ -7,7 +7,7 @@ weights a user trains with ``python -m optax_nowcast.metatrain train --out DIR``
 
 >>> from optax_nowcast import pretrained
 >>> sorted(pretrained.available())
-['lfd2', 'wnn', 'wnn_plus']
+['lfd2', 'nino', 'wnn', 'wnn_plus']
 >>> params, config = pretrained.load("lfd2")
 >>> params["A"].shape == (2, config["m"])
 True
