@@ -11,7 +11,8 @@ import re
 
 from benchmarks.run import REPO
 
-TABLES = {"full-table": "full.md", "wp-table": "full_weight_prediction.md", "memory-table": "memory.md"}
+TABLES = {"full-matrix": "full_matrix.md", "full-table": "full.md", "wp-table": "full_weight_prediction.md",
+          "memory-table": "memory.md"}
 
 
 def main() -> None:

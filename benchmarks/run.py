@@ -388,6 +388,39 @@ def weight_prediction_rows(summary: dict) -> list[dict[str, Any]]:
   return rows
 
 
+HELD_OUT = ("FM-32", "C10-32", "LM-3-64")  # never in the trajectories our predictors were trained on
+
+
+def format_matrix(suite: str, summary: dict) -> str:
+  """One line per task, one column per nowcasting method: the median step reduction (at a glance).
+
+  A cell reads ``33.6`` (all seeds reached Adam's final value), ``(2/3) 35.9`` (the median of the seeds
+  that did, when some never did) or is empty (not run). Weight-prediction-only methods (``wp*``) and Adam
+  are left out; held-out tasks (no predictor was trained on them) are marked with ``*``.
+  """
+  methods = [m for m in METHODS if m != "adam" and not m.startswith("wp")
+             and any(m in t["methods"] for t in summary.values())]
+  lines = [f"Suite `{suite}`: median reduction of Adam's steps to Adam's own final value, in % "
+           "(`(r/n) x`: only r of n seeds reached it, x is their median); `*` a held-out task; `nino` is the "
+           "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback.", "",
+           "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+  for task, t in summary.items():
+    cells = []
+    for m in methods:
+      res = t["methods"].get(m)
+      if res is None:
+        cells.append("")
+        continue
+      med, rows = res["median"], res["per_seed"]
+      if med["reached_target"] == med["n_seeds"]:
+        cells.append(_fmt(med["reduction_pct"], ".1f"))
+      else:
+        got = [r["reduction_pct"] for r in rows if r["reduction_pct"] is not None]
+        cells.append(f"({med['reached_target']}/{med['n_seeds']}) {_fmt(_median(got), '.1f')}")
+    lines.append(f"| {task}{'*' if task in HELD_OUT else ''} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def format_weight_prediction_table(rows: list[dict[str, Any]]) -> str:
   """Markdown for :func:`weight_prediction_rows`."""
   lines = [
@@ -552,6 +585,8 @@ def report(suite: str, seeds: int, s: Settings, out: str) -> dict[str, Any]:
   write_results(out, suite, {"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds,
                              "summary": summary, "backend": jax.default_backend(),
                              "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, table)
+  with open(os.path.join(out, f"{suite}_matrix.md"), "w") as f:
+    f.write(format_matrix(suite, summary) + "\n")
   wp = weight_prediction_rows(summary)
   if wp:
     write_results(out, f"{suite}_weight_prediction", {"suite": suite, "rows": wp},

@@ -44,6 +44,25 @@ def test_suite_writes_results(suite):
   adam = res["summary"]["digits"]["methods"]["adam"]
   assert all(row["reduction_pct"] == 0.0 for row in adam["per_seed"])
   assert adam["median"]["n_seeds"] == 2 and "| digits | linefit+ | 2 |" in res["table"]
+  with open(os.path.join(out, "test_matrix.md")) as f:
+    matrix = f.read()
+  assert "| task | linefit | linefit+ |" in matrix  # the methods run, in METHODS order, no Adam
+
+
+def test_matrix_marks_seeds_that_never_reach_the_target():
+  def res(reductions):
+    rows = [{"reduction_pct": r} for r in reductions]
+    reached = sum(r is not None for r in reductions)
+    med = float(np.median([r for r in reductions if r is not None])) if reached == len(rows) else None
+    return {"per_seed": rows, "median": {"reduction_pct": med, "reached_target": reached,
+                                         "n_seeds": len(rows)}}
+  summary = {"FM-32": {"methods": {"adam": res([0.0, 0.0, 0.0]), "linefit": res([10.0, 30.0, 20.0]),
+                                   "wnn+": res([40.0, None, 30.0])}},
+             "digits": {"methods": {"adam": res([0.0] * 3), "linefit": res([-5.0, 5.0, 1.0])}}}
+  lines = bench.format_matrix("s", summary).splitlines()
+  assert lines[2] == "| task | linefit | wnn+ |"
+  assert lines[4] == "| FM-32* | 20.0 | (2/3) 35.0 |"  # held out; median of the seeds that reached it
+  assert lines[5] == "| digits | 1.0 |  |"  # wnn+ not run on digits
 
 
 def test_same_minibatches_for_every_method_of_a_seed(suite):
