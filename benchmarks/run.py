@@ -127,6 +127,38 @@ def _nino_ours(dynamic: bool = False, rollback: bool = False):
   return build
 
 
+# NiNo++ options (Knyazev 2025, NiNo++), each a NiNo trained by our pipeline with that one option changed
+# from the shipped one: method name -> (weights file under ``benchmarks/weights``, the `train` flags).
+NINO_VARIANTS = {
+    "nino++c": ("nino_c6", "--node-features lpe+centrality --lpe 6"),  # 5 eigenvectors + centrality
+    "nino++gru": ("nino_gru", "--head gru"),
+    "nino++lstm": ("nino_lstm", "--head lstm"),
+    "nino++lpe5": ("nino_lpe5", "--lpe 5"),
+}
+
+
+def nino_variant_path(method: str) -> str:
+  """The weights file of a NiNo++ variant method; a clear error, with the command that makes it, if absent."""
+  name, flags = NINO_VARIANTS[method]
+  folder = os.environ.get("OPTAX_NOWCAST_NINO_VARIANTS", os.path.join(REPO, "benchmarks", "weights"))
+  path = os.path.join(folder, f"{name}.msgpack")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"method {method!r} needs {path}: train it with `python -m optax_nowcast.metatrain train --predictor "
+        f"nino --steps 2000 {flags} --out DIR` and copy DIR/nino.msgpack and DIR/nino.json there as "
+        f"{name}.msgpack and {name}.json (or set OPTAX_NOWCAST_NINO_VARIANTS to their folder).")
+  return path
+
+
+def _nino_variant(method: str):
+  """NiNo with a NiNo++ variant's weights, as ``nino-ours`` otherwise (k-decay from 40)."""
+  def build(task: Task, s: Settings) -> optax.GradientTransformation:
+    horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+    return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.nino(nino_variant_path(method)),
+                                                     interval=s.interval, ctx=s.ctx, horizon=horizon))
+  return build
+
+
 def _lfd2(task: Task, s: Settings) -> optax.GradientTransformation:
   """LFD-2 (shipped weights, n = 5 and m = 40 saved states): farcast from [w_0, w_n], k-decay from 40."""
   predictor = onc.predictors.lfd2()
@@ -146,6 +178,7 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "nino-ours": _nino_ours(),
     "nino-ours+dp": _nino_ours(dynamic=True),
     "nino-ours+rb": _nino_ours(rollback=True),
+    **{m: _nino_variant(m) for m in NINO_VARIANTS},
     # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
     "wp1": lambda task, s: task.optimizer(),
     "wp2": lambda task, s: task.optimizer(),
@@ -171,16 +204,20 @@ WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "lfd2": "lfd2", "nino-ours": "ni
 
 
 def _weights_hash(method: str) -> str | None:
-  if method not in WEIGHTS_OF:
+  if method in NINO_VARIANTS:
+    path = nino_variant_path(method)
+  elif method in WEIGHTS_OF:
+    from optax_nowcast import pretrained
+    path = pretrained.path(WEIGHTS_OF[method])
+  else:
     return None
-  from optax_nowcast import pretrained
-  with open(pretrained.path(WEIGHTS_OF[method]), "rb") as f:
+  with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
   parts = [dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)]
-  if method in WEIGHTS_OF:
+  if method in WEIGHTS_OF or method in NINO_VARIANTS:
     parts.append(_weights_hash(method))
   blob = json.dumps(parts, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -402,7 +439,8 @@ def format_matrix(suite: str, summary: dict) -> str:
              and any(m in t["methods"] for t in summary.values())]
   lines = [f"Suite `{suite}`: median reduction of Adam's steps to Adam's own final value, in % "
            "(`(r/n) x`: only r of n seeds reached it, x is their median); `*` a held-out task; `nino` is the "
-           "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback.", "",
+           "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback, "
+           "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`).", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
   for task, t in summary.items():
     cells = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -126,3 +127,26 @@ def test_quick_cli_on_real_data(tmp_path, data_dir):
   assert fm["linefit"]["per_seed"][0]["n_jumps"] == 2
   lm = res["summary"]["LM-3-24"]["methods"]
   assert lm["adam"]["median"]["final_val_metric"] < 20  # perplexity, from ~65 at init
+
+
+def test_nino_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
+  """A NiNo++ variant reads ``<folder>/<name>.msgpack``; missing, the error gives the command that trains it;
+  its runs are keyed by the file's hash, so retrained weights are not mixed with old runs."""
+  import shutil
+
+  from optax_nowcast import pretrained
+
+  monkeypatch.setenv("OPTAX_NOWCAST_NINO_VARIANTS", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="--head gru"):
+    bench.nino_variant_path("nino++gru")
+  for ext in ("msgpack", "json"):  # stand-in: the shipped NiNo under the variant's file name
+    shutil.copy(pretrained.path("nino")[: -len("msgpack")] + ext, tmp_path / f"nino_gru.{ext}")
+  s = dataclasses.replace(SMALL, ctx=5)
+  spec = bench._spec_for("digits", s)
+  before = bench._fingerprint(spec, "nino++gru", 0, s)
+  res = bench.run_suite("t", ["digits"], ["adam", "nino++gru"], 1, s, str(tmp_path / "out"), quiet=True)
+  run = res["summary"]["digits"]["methods"]["nino++gru"]["per_seed"][0]
+  assert run["n_jumps"] == 2  # a jump every interval * ctx = 20 steps of 60
+  with open(tmp_path / "nino_gru.msgpack", "ab") as f:
+    f.write(b"\0")
+  assert bench._fingerprint(spec, "nino++gru", 0, s) != before
