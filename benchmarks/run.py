@@ -109,24 +109,6 @@ def _wnn_plus(task: Task, s: Settings) -> optax.GradientTransformation:
                                                    ctx=s.ctx, horizon=horizon))
 
 
-def _nino_ours(dynamic: bool = False, rollback: bool = False):
-  """NiNo with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40.
-
-  ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
-  ``rollback``: undo a jump whose next 11 steps' mean loss exceeds 1.5x the running loss before it (the
-  horizon then halves).
-  """
-  def build(task: Task, s: Settings) -> optax.GradientTransformation:
-    base = s.ctx * s.interval
-    period = (onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic
-              else None)
-    horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-    kw = {"rollback_factor": 1.5, "rollback_window": 10} if rollback else {}
-    return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.nino(), interval=s.interval,
-                                                     ctx=s.ctx, period=period, horizon=horizon, **kw))
-  return build
-
-
 # NiNo++ options (Knyazev 2025, NiNo++), each a NiNo trained by our pipeline with that one option changed
 # from the shipped one: method name -> (weights file under ``benchmarks/weights``, the `train` flags).
 NINO_VARIANTS = {
@@ -150,12 +132,23 @@ def nino_variant_path(method: str) -> str:
   return path
 
 
-def _nino_variant(method: str):
-  """NiNo with a NiNo++ variant's weights, as ``nino-ours`` otherwise (k-decay from 40)."""
+def _nino_ours(dynamic: bool = False, rollback: bool = False, variant: str | None = None):
+  """NiNo with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40.
+
+  ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
+  ``rollback``: undo a jump whose next 11 steps' mean loss exceeds 1.5x the running loss before it (the
+  horizon then halves).
+  ``variant``: a ``NINO_VARIANTS`` method name: that variant's weights instead of the shipped ones.
+  """
   def build(task: Task, s: Settings) -> optax.GradientTransformation:
+    base = s.ctx * s.interval
+    period = (onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic
+              else None)
     horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-    return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.nino(nino_variant_path(method)),
-                                                     interval=s.interval, ctx=s.ctx, horizon=horizon))
+    kw = {"rollback_factor": 1.5, "rollback_window": 10} if rollback else {}
+    predictor = onc.predictors.nino(None if variant is None else nino_variant_path(variant))
+    return optax.chain(task.optimizer(), onc.nowcast(predictor, interval=s.interval, ctx=s.ctx,
+                                                     period=period, horizon=horizon, **kw))
   return build
 
 
@@ -178,7 +171,7 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "nino-ours": _nino_ours(),
     "nino-ours+dp": _nino_ours(dynamic=True),
     "nino-ours+rb": _nino_ours(rollback=True),
-    **{m: _nino_variant(m) for m in NINO_VARIANTS},
+    **{m: _nino_ours(variant=m) for m in NINO_VARIANTS},
     # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
     "wp1": lambda task, s: task.optimizer(),
     "wp2": lambda task, s: task.optimizer(),

@@ -101,12 +101,18 @@ def test_nino_argument_errors(official):
     load_official_weights({"edge_proj.fc.0.weight": np.zeros((128, 5))})
 
 
+def _tiny_graph() -> GraphsTuple:
+  """3 nodes, 4 edges, ctx 5 x 9 slots of edge input."""
+  edges = {"x": jnp.ones((4, 45)), "type": jnp.array([1, 2, 13, 13])}
+  return GraphsTuple(nodes=jnp.ones((3, 8)), edges=edges,
+                     senders=jnp.array([0, 1, 0, 2]), receivers=jnp.array([2, 2, 0, 2]), n_node=None,
+                     n_edge=None, globals=None)
+
+
 @pytest.mark.parametrize("head", ["lstm", "gru"])
 def test_recurrent_heads_give_every_horizon(head):
   model = NiNoGNN(hidden=16, layers=2, horizons=6, head=head)
-  g = GraphsTuple(nodes=jnp.ones((3, 8)), edges={"x": jnp.ones((4, 45)), "type": jnp.array([1, 2, 13, 13])},
-                  senders=jnp.array([0, 1, 0, 2]), receivers=jnp.array([2, 2, 0, 2]), n_node=None,
-                  n_edge=None, globals=None)
+  g = _tiny_graph()
   params = model.init(jax.random.PRNGKey(0), g)
   out = model.apply(params, g)
   assert out.shape == (4, 9, 6) and np.all(np.isfinite(out))
@@ -122,9 +128,7 @@ def test_recurrent_head_is_the_cell_unrolled_over_the_horizons(head):
   from optax_nowcast.predictors.nino import RNNStep, make_graphs_tuple
 
   model = NiNoGNN(hidden=16, layers=2, horizons=5, head=head)
-  g = GraphsTuple(nodes=jnp.ones((3, 8)), edges={"x": jnp.ones((4, 45)), "type": jnp.array([1, 2, 13, 13])},
-                  senders=jnp.array([0, 1, 0, 2]), receivers=jnp.array([2, 2, 0, 2]), n_node=None,
-                  n_edge=None, globals=None)
+  g = _tiny_graph()
   params = model.init(jax.random.PRNGKey(0), g)
   e = jax.random.normal(jax.random.PRNGKey(1), (4, 16))
   out = model.apply(params, e, method=lambda m, e: m.decode(e))
