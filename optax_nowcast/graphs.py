@@ -430,8 +430,9 @@ def laplacian_pe(graph: NeuralGraph, n_eig: int = 8, dense_below: int = 100, see
   Eigenvectors of the symmetric-normalised Laplacian ``I - D^-1/2 A D^-1/2`` of the unweighted, undirected
   graph without self-loops (parallel edges merged), sorted by eigenvalue; the trivial first one is dropped
   and the next ``n_eig`` kept (zero-padded for tiny graphs). Dense ``eigh`` below ``dense_below`` nodes,
-  sparse ``eigsh`` above (with a fixed start vector, so it is deterministic). Signs are made deterministic
-  (largest-magnitude entry positive); NiNo flips them at random in training, so any sign is valid input.
+  sparse ``eigsh`` above (with a fixed start vector, so it is deterministic, and twice the pairs needed, so
+  a repeated eigenvalue is not skipped). Signs are made deterministic (largest-magnitude entry positive);
+  NiNo flips them at random in training, so any sign is valid input.
   """
   n = graph.num_nodes
   mask = graph.senders != graph.receivers
@@ -454,8 +455,10 @@ def laplacian_pe(graph: NeuralGraph, n_eig: int = 8, dense_below: int = 100, see
     dinv = sp.diags(np.where(deg > 0, deg ** -0.5, 0.0))
     lap = sp.eye(n) - dinv @ adj @ dinv
     v0 = np.random.default_rng(seed).standard_normal(n)
-    vals, vecs = sla.eigsh(lap, k=min(n_eig + 1, n - 1), which="SA", v0=v0, tol=1e-8)
-    vecs = vecs[:, np.argsort(vals)][:, 1:]
+    # Lanczos can return one copy of a repeated eigenvalue and skip the other (the transformers' graphs
+    # have many): ask for twice as many pairs as needed and keep the smallest.
+    vals, vecs = sla.eigsh(lap, k=min(2 * (n_eig + 1), n - 1), which="SA", v0=v0, tol=1e-8)
+    vecs = vecs[:, np.argsort(vals)][:, 1: n_eig + 1]
   idx = np.argmax(np.abs(vecs), axis=0)
   vecs = vecs * np.sign(vecs[idx, np.arange(vecs.shape[1])])[None, :]
   out = np.zeros((n, n_eig), np.float32)
