@@ -3,6 +3,7 @@
     python -m benchmarks.run                 # full suite: 7 tasks x {adam, linefit, linefit+} x 3 seeds
     python -m benchmarks.run --quick         # CI smoke run: FM-16 and LM-3-24, 300 steps, 1 seed
     python -m benchmarks.run --tasks FM-16 --methods adam,linefit --seeds 2
+    python -m benchmarks.run --tasks FM-32 --methods adam,nino --seeds 3 --only-seeds 2  # one seed per core
 
 For every task, method and seed it trains with the task's base optimizer (``optax_nowcast.tasks``), alone or
 chained with ``nowcast``, on the same minibatch sequence per seed. Every ``eval_every`` steps it evaluates
@@ -519,8 +520,13 @@ def plot_task(task: str, runs: dict[str, list[dict]], path: str) -> str | None:
 
 
 def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: Settings, out: str,
-              data_dir: str | None = None, force: bool = False, quiet: bool = False) -> dict[str, Any]:
-  """Runs (or resumes) a suite and writes its JSON, table and plots. Returns the summary and counts."""
+              data_dir: str | None = None, force: bool = False, quiet: bool = False,
+              only_seeds: list[int] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) a suite and writes its JSON, table and plots. Returns the summary and counts.
+
+  ``only_seeds`` computes just those of seeds ``0..seeds-1`` (finished runs of the others are still
+  reported), so that one suite can be split across processes, one per core.
+  """
   try:
     from tqdm.auto import tqdm
   except ImportError:  # pragma: no cover
@@ -530,6 +536,8 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
       raise ValueError(f"Unknown method {m!r}; choose from {sorted(METHODS)}.")
   if "adam" not in methods:
     raise ValueError("methods must include 'adam': it defines the target and the reductions.")
+  if only_seeds is not None and not set(only_seeds) <= set(range(seeds)):
+    raise ValueError(f"only_seeds {sorted(only_seeds)} must lie in 0..{seeds - 1}: raise seeds or drop them.")
   todo, loaded, computed = [], {}, 0
   for name in tasks:
     if name not in TASKS:
@@ -547,6 +555,8 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
           if r.get("fingerprint") == fp:
             loaded[(name, method, seed)] = r
             continue
+        if only_seeds is not None and seed not in only_seeds:
+          continue
         todo.append((name, method, seed, path, fp))
   total = sum(_spec_for(n, s).steps for n, *_ in todo)
   bar = tqdm(total=total, unit="step", disable=quiet or not todo) if tqdm else None
@@ -656,6 +666,8 @@ def main(argv=None) -> dict[str, Any]:
                       help="folder with fashion-mnist/, cifar10/, tiny_shakespeare/")
   parser.add_argument("--nino-weights", default=None, help="the official NiNo checkpoint, for --methods nino")
   parser.add_argument("--force", action="store_true", help="recompute finished runs")
+  parser.add_argument("--only-seeds", default=None,
+                      help="comma-separated seeds to compute in this process (split a suite across cores)")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
   if args.nino_weights:
@@ -666,7 +678,8 @@ def main(argv=None) -> dict[str, Any]:
   seeds = args.seeds or seeds
   t0 = time.perf_counter()
   res = run_suite(suite, tasks, args.methods.split(","), seeds, s, args.out,
-                  args.data_dir or default_data_dir(), args.force, args.quiet)
+                  args.data_dir or default_data_dir(), args.force, args.quiet,
+                  [int(k) for k in args.only_seeds.split(",")] if args.only_seeds else None)
   print(res["table"])
   print(f"\n{res['computed']} runs computed, {res['reused']} reused, {time.perf_counter() - t0:.0f} s; wrote "
         f"{args.out}/{suite}.json, .md and {suite}_<task>.png")

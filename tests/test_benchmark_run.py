@@ -87,6 +87,17 @@ def test_resumes_without_recomputing(suite):
   assert third["computed"] == 2
 
 
+def test_only_seeds_computes_just_those(tmp_path):
+  out = str(tmp_path)
+  res = bench.run_suite("test", ["digits"], ["adam", "linefit"], 2, SMALL, out, quiet=True, only_seeds=[1])
+  assert res["computed"] == 2
+  assert sorted(os.listdir(os.path.join(out, "runs", "test", "digits", "adam"))) == ["seed1.json"]
+  rest = bench.run_suite("test", ["digits"], ["adam", "linefit"], 2, SMALL, out, quiet=True, only_seeds=[0])
+  assert rest["computed"] == 2 and rest["reused"] == 2
+  with pytest.raises(ValueError, match="only_seeds"):
+    bench.run_suite("test", ["digits"], ["adam"], 2, SMALL, out, only_seeds=[2])
+
+
 def test_weight_prediction_table_pairs_each_seed_with_adam(tmp_path):
   out = str(tmp_path)
   res = bench.run_suite("test", ["digits"], ["adam", "wp2"], 2, SMALL, out, quiet=True)
