@@ -275,7 +275,7 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
       "final_full_val_metric": float(full["metric"]), "final_full_val_loss": float(full["loss"]),
       "jump_steps": jumps, "n_jumps": 0 if nc is None else int(nc.n_jumps),
       "n_rejected": 0 if nc is None else int(nc.n_rejected),
-      "n_rollbacks": 0 if nc is None else int(nc.n_rollbacks),
+      "n_rollbacks": int(getattr(nc, "n_rollbacks", 0)),  # farcast's state has no rollback
       "finite": bool(np.all(np.isfinite(np.concatenate([metric, val_loss, train_loss])))),
       "backend": jax.default_backend(),
   }

@@ -161,3 +161,19 @@ def test_nino_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
   with open(tmp_path / "nino_gru.msgpack", "ab") as f:
     f.write(b"\0")
   assert bench._fingerprint(spec, "nino++gru", 0, s) != before
+
+
+def test_every_shipped_method_runs_end_to_end(tmp_path):
+  """Each method that needs no file from outside the package completes a short run and records its jumps:
+  a method's code path is exercised here before an hour-long benchmark finds it broken."""
+  outside = {"nino", "wnn+official", *bench.NINO_VARIANTS}  # official checkpoints, retrained variants
+  methods = [m for m in bench.METHODS if m not in outside]
+  s = dataclasses.replace(SMALL, steps=120, interval=12, ctx=5)  # interval > rollback window + 1
+  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path), quiet=True)
+  assert res["computed"] == len(methods)
+  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
+  for m, r in runs.items():
+    assert r["finite"], m
+    jumps = r["n_jumps"] + r["n_rejected"]
+    assert (jumps == 0) if m in ("adam", "wp1", "wp2", "wp3") else (jumps >= 1), (m, r["n_jumps"])
+  assert runs["lfd2"]["n_rollbacks"] == 0  # farcast has no rollback; its state has no such counter
