@@ -414,12 +414,13 @@ def nowcast(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def find_nowcast_state(opt_state: Any) -> NowcastState | None:
+def find_nowcast_state(opt_state: Any) -> Any:  # NowcastState, FarcastState or None
   """The :class:`NowcastState` (or ``farcast``'s ``FarcastState``) inside an optimizer state (a chain,
   ``MultiSteps``, ...), or None.
 
   Handy for logging: ``find_nowcast_state(opt_state).n_jumps`` (both states have ``n_jumps``,
-  ``n_rejected`` and ``last_jump_step``).
+  ``n_rejected`` and ``last_jump_step``; only :class:`NowcastState` has ``n_rollbacks``, as farcast has no
+  rollback).
 
   >>> import jax.numpy as jnp, optax, optax_nowcast as onc
   >>> tx = optax.MultiSteps(optax.chain(optax.adam(1e-3),
