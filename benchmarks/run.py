@@ -217,11 +217,9 @@ def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) -> dict[str, Any]:
-  """Trains one (task, method, seed); returns its curves, timings and jump record."""
-  steps, every = task.spec.steps, s.eval_every
-  if steps % every:
-    raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({every}).")
+def build_chunk(task: Task, method: str, s: Settings, seed: int):
+  """``(chunk, carry)``: the jitted, donated ``chunk(carry, idx) -> (carry, mean loss)`` that trains
+  ``method`` for ``len(idx)`` steps, and its initial ``(params, opt_state)`` carry."""
   tx = optax.with_extra_args_support(METHODS[method](task, s))
   params = task.init(jax.random.PRNGKey(seed))
   carry = (params, tx.init(params))
@@ -243,6 +241,15 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
     c, losses = jax.lax.scan(step, c, idx)
     return c, losses.mean()
 
+  return chunk, carry
+
+
+def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) -> dict[str, Any]:
+  """Trains one (task, method, seed); returns its curves, timings and jump record."""
+  steps, every = task.spec.steps, s.eval_every
+  if steps % every:
+    raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({every}).")
+  chunk, carry = build_chunk(task, method, s, seed)
   evaluate = jax.jit(task.evaluate)
   t0 = time.perf_counter()
   compiled = chunk.lower(carry, task.batch_indices(seed, 0, every)).compile()

@@ -1,0 +1,214 @@
+"""Wall time to Adam's target, with each method's costs measured side by side with Adam's in one process.
+
+The ``full`` suite's time columns come from runs made hours apart on a shared 2-core machine, so they carry
+whatever else the machine was doing. Here the costs are measured under the same load: per task, Adam and
+the method train chunks of ``L`` steps in alternating order, ``repeats`` times, in one process, each chunk
+from the same saved state (a copy, so donation leaves the template intact):
+
+* ``c_a``, ``c_m``: median seconds per step of Adam and of the method between jumps (the suite's schedule,
+  a chunk with no jump and no recorded state);
+* ``o_m``: what one jump period adds: the median time of an ``L``-step chunk holding one jump and the
+  ``ctx`` recordings that feed it (the same method with ``interval = L / ctx``, so a jump every ``L``
+  steps), minus ``L * c_m``.
+
+With the suite's per-seed step counts ``s`` and jump steps (``runs/full/<task>/<method>/seed<k>.json``):
+
+.. math::
+
+  T_m = s_m c_m + n_m o_m, \\qquad T_a = s_a c_a, \\qquad
+  \\text{paired time reduction} = 1 - T_m / T_a,
+
+where ``n_m`` is the number of jumps at or before step ``s_m``; medians over seeds (a seed that never
+reaches Adam's value has no time). Steps are the runs' own; only the per-step and per-jump costs are
+re-measured, so this is the suite's time column without the load of other jobs.
+
+    python -m benchmarks.paired_time                                   # every task and method in full.json
+    python -m benchmarks.paired_time --tasks FM-32 --methods wnn+,nino-ours
+    python -m benchmarks.paired_time --quick     # digits, 2 methods: paired_time_quick.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import optax_nowcast as onc
+from benchmarks import run as R
+
+RESULTS = os.path.join(R.REPO, "benchmarks", "results")
+
+
+def _jumps(carry) -> int:
+  nc = onc.find_nowcast_state(carry[1])
+  return 0 if nc is None else int(nc.n_jumps)
+
+
+class _Timer:
+  """One compiled chunk and the state it restarts from on every timed call."""
+
+  def __init__(self, task, method: str, s: R.Settings, steps: int):
+    chunk, carry = R.build_chunk(task, method, s, seed=0)
+    self.steps = steps
+    self.idx = [task.batch_indices(0, i * steps, steps) for i in range(2)]
+    self.fn = chunk.lower(carry, self.idx[0]).compile()
+    carry, _ = self.fn(carry, self.idx[0])  # steps 0..L-1: fills the first jump's history, if any
+    self.template = jax.block_until_ready(carry)
+    self.jumps = 0
+    self()  # a warm-up call, which also counts the chunk's jumps
+
+  def __call__(self) -> float:
+    carry = jax.block_until_ready(jax.tree.map(jnp.copy, self.template))
+    t0 = time.perf_counter()
+    carry, loss = self.fn(carry, self.idx[1])
+    jax.block_until_ready((carry, loss))
+    dt = time.perf_counter() - t0
+    self.jumps = _jumps(carry) - _jumps(self.template)
+    return dt
+
+
+def measure(task, methods: list[str], s: R.Settings, steps: int = 20, repeats: int = 5) -> dict[str, Any]:
+  """Per method: Adam's and the method's seconds per step, and the seconds one jump period adds."""
+  if steps % s.ctx:
+    raise ValueError(f"steps ({steps}) must be a multiple of ctx ({s.ctx}): the jump chunk records every "
+                     f"steps / ctx steps.")
+  adam = _Timer(task, "adam", s, steps)
+  out = {}
+  for method in methods:
+    if method == "adam":
+      continue
+    plain = _Timer(task, method, s, steps)
+    if plain.jumps:
+      raise RuntimeError(f"{method}: the between-jumps chunk jumped ({plain.jumps}); lower steps.")
+    jumper = None
+    if method not in R.WP_STEPS:
+      # Rollback needs its 10-step window inside one recording interval (`_nino_ours(rollback=True)`).
+      interval = max(steps // s.ctx, 12 if method.endswith("+rb") else 1)
+      jumper = _Timer(task, method, dataclasses.replace(s, interval=interval), interval * s.ctx)
+    ta, tm, tj = [], [], []
+    for _ in range(repeats):
+      ta.append(adam())
+      tm.append(plain())
+      if jumper is not None:
+        tj.append(jumper())
+    c_a, c_m = float(np.median(ta)) / steps, float(np.median(tm)) / steps
+    jumps = 0 if jumper is None else jumper.jumps
+    if jumper is not None and jumps != 1:
+      raise RuntimeError(f"{method}: the jump chunk made {jumps} jumps, expected 1.")
+    out[method] = {"adam_s_per_step": c_a, "s_per_step": c_m, "step_ratio": c_m / c_a,
+                   "period_overhead_s": float(np.median(tj)) - jumper.steps * c_m if tj else 0.0,
+                   "adam_chunks_s": ta, "chunks_s": tm, "jump_chunks_s": tj}
+  return out
+
+
+def project(costs: dict[str, Any], summary: dict[str, Any], runs: dict[str, list[dict]]) -> dict[str, Any]:
+  """Paired times to Adam's target per seed and their medians, from measured costs and the suite's runs."""
+  adam_steps = {r["seed"]: r["steps_to_target"] for r in summary["adam"]["per_seed"]}
+  out = {}
+  for method, c in costs.items():
+    if method not in summary:
+      continue
+    jump_steps = {r["seed"]: r["jump_steps"] for r in runs[method]}
+    rows = []
+    for r in summary[method]["per_seed"]:
+      st, sa = r["steps_to_target"], adam_steps.get(r["seed"])
+      n = None if st is None else sum(1 for j in jump_steps[r["seed"]] if j <= st)
+      t = None if st is None else st * c["s_per_step"] + n * c["period_overhead_s"]
+      ta = None if sa is None else sa * c["adam_s_per_step"]
+      rows.append({"seed": r["seed"], "steps_to_target": st, "jumps_to_target": n, "time_s": t,
+                   "adam_time_s": ta, "time_reduction_pct": 100 * (1 - t / ta) if t and ta else None,
+                   "reduction_pct": r["reduction_pct"]})
+    out[method] = {**{k: v for k, v in c.items() if not k.endswith("chunks_s")}, "per_seed": rows,
+                   "median": {k: _median_all(rows, k) for k in ("time_s", "adam_time_s", "time_reduction_pct",
+                                                  "reduction_pct", "jumps_to_target")}}
+  return out
+
+
+def _median_all(rows: list[dict], key: str) -> float | None:
+  """The median of ``key`` over seeds, or None if any seed has none (it never reached the target)."""
+  values = [x[key] for x in rows]
+  return None if any(v is None for v in values) else float(np.median(values))
+
+
+def _f(x, fmt):
+  return "—" if x is None else format(x, fmt)
+
+
+def format_table(result: dict[str, Any]) -> str:
+  lines = [
+      f"Paired wall time to Adam's final value (`python -m benchmarks.paired_time`, {result['steps']}-step "
+      f"chunks, {result['repeats']} alternating repeats, backend {result['backend']}, "
+      f"{result['cpu_count']} cores): costs measured side by side with Adam's in one process, steps and "
+      "jumps from the `full` suite's runs; medians over seeds (— where a seed never reached Adam's "
+      "value).", "",
+      "| task | method | Adam ms/step | method ms/step (ratio) | s per jump period | jumps to target "
+      "| steps reduction | paired time to target (s) | Adam's (s) | paired time reduction |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+  for task, methods in result["tasks"].items():
+    for m, r in methods.items():
+      md = r["median"]
+      lines.append(
+          f"| {task} | {m} | {1e3 * r['adam_s_per_step']:.3f} | {1e3 * r['s_per_step']:.3f} "
+          f"({r['step_ratio']:.2f}) | {r['period_overhead_s']:.3f} | {_f(md['jumps_to_target'], '.0f')} "
+          f"| {_f(md['reduction_pct'], '.1f')} % | {_f(md['time_s'], '.1f')} "
+          f"| {_f(md['adam_time_s'], '.1f')} | {_f(md['time_reduction_pct'], '.1f')} % |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.paired_time", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--tasks", default=None, help="comma-separated; default: every task in full.json")
+  parser.add_argument("--methods", default=None, help="comma-separated; default: every method of the task")
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed chunk (a multiple of ctx)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--quick", action="store_true", help="digits, linefit and wnn+, 2 repeats")
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--out", default=RESULTS)
+  args = parser.parse_args(argv)
+  s, _, seeds = R.SUITES["full"]
+  found = R._finished_runs("full", seeds, s, RESULTS)
+  if args.quick:
+    args.tasks, args.methods, args.repeats = "digits", "linefit,wnn+", 2
+  tasks = args.tasks.split(",") if args.tasks else list(found)
+  name_out = "paired_time_quick" if args.quick else "paired_time"
+  path = os.path.join(args.out, f"{name_out}.json")
+  result = {"steps": args.steps, "repeats": args.repeats, "backend": jax.default_backend(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "tasks": {}}
+  if os.path.exists(path):  # tasks measured earlier stay unless measured again
+    with open(path) as f:
+      result["tasks"] = json.load(f).get("tasks", {})
+  for name in tasks:
+    if name not in found:
+      raise ValueError(f"task {name!r} has no finished Adam runs in {RESULTS}/runs/full: run "
+                       f"`python -m benchmarks.run --tasks {name} --methods adam,...` first.")
+    runs = found[name]
+    methods = [m for m in (args.methods.split(",") if args.methods else runs) if m != "adam"]
+    missing = [m for m in methods if m not in runs]
+    if missing:
+      raise ValueError(f"task {name}: no finished runs of {missing}; choose from {sorted(runs)}.")
+    task = R.make_task(name, args.data_dir or R.default_data_dir(), **R._overrides(s))
+    t0 = time.perf_counter()
+    costs = measure(task, methods, s, args.steps, args.repeats)
+    summary = R.summarise_task(runs, R._spec_for(name, s), s)
+    result["tasks"].setdefault(name, {}).update(project(costs, summary, runs))
+    print(f"{name}: {len(methods)} methods timed in {time.perf_counter() - t0:.0f} s", flush=True)
+  order = list(R.SUITES["full"][1]) + ["digits"]
+  result["tasks"] = dict(sorted(result["tasks"].items(),
+                                key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+  table = format_table(result)
+  R.write_results(args.out, name_out, result, table)
+  print(table)
+  return result
+
+
+if __name__ == "__main__":
+  main()
