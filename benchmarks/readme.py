@@ -12,7 +12,8 @@ import re
 from benchmarks.run import REPO
 
 TABLES = {"full-matrix": "full_matrix.md", "full-table": "full.md", "wp-table": "full_weight_prediction.md",
-          "memory-table": "memory.md"}
+          "memory-table": "memory.md",
+          "paired-time-table": "paired_time.md"}
 
 
 def main() -> None:
