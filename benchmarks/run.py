@@ -103,33 +103,49 @@ def _wnn_plus_official(task: Task, s: Settings) -> optax.GradientTransformation:
                                                    ctx=s.ctx, horizon=horizon))
 
 
-def _wnn_plus(task: Task, s: Settings) -> optax.GradientTransformation:
-  """WNN+ with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40."""
-  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-  return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.wnn_plus(), interval=s.interval,
-                                                   ctx=s.ctx, horizon=horizon))
+def _wnn_plus(variant: str | None = None):
+  """WNN+ with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40.
+
+  ``variant``: a ``WNN_PLUS_VARIANTS`` method name: that variant's weights instead of the shipped ones.
+  """
+  def build(task: Task, s: Settings) -> optax.GradientTransformation:
+    horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
+    predictor = onc.predictors.wnn_plus(None if variant is None else variant_path(variant))
+    return optax.chain(task.optimizer(), onc.nowcast(predictor, interval=s.interval, ctx=s.ctx,
+                                                     horizon=horizon))
+  return build
 
 
-# NiNo++ options (Knyazev 2025, NiNo++), each a NiNo trained by our pipeline with that one option changed
-# from the shipped one: method name -> (weights file under ``benchmarks/weights``, the `train` flags).
+# Retrained variants of our predictors, read from ``benchmarks/weights`` (benchmark only, not shipped):
+# method name -> (weights file name, the command that trains it; DIR = trajectories, OUT = an output folder).
+# NiNo++ options (Knyazev 2025, NiNo++): a NiNo trained by our pipeline with that one option changed from the
+# shipped one.
+_NINO_TRAIN = "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --steps 2000 --out OUT"
 NINO_VARIANTS = {
-    "nino++c": ("nino_c6", "--node-features lpe+centrality --lpe 6"),  # 5 eigenvectors + centrality
-    "nino++gru": ("nino_gru", "--head gru"),
-    "nino++lstm": ("nino_lstm", "--head lstm"),
-    "nino++lpe5": ("nino_lpe5", "--lpe 5"),
+    "nino++c": ("nino_c6", f"{_NINO_TRAIN} --node-features lpe+centrality --lpe 6"),  # 5 eigvecs + centrality
+    "nino++gru": ("nino_gru", f"{_NINO_TRAIN} --head gru"),
+    "nino++lstm": ("nino_lstm", f"{_NINO_TRAIN} --head lstm"),
+    "nino++lpe5": ("nino_lpe5", f"{_NINO_TRAIN} --lpe 5"),
 }
+# WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
+WNN_PLUS_VARIANTS = {
+    "wnn+c10": ("wnn_plus_c10", "python -m optax_nowcast.metatrain pretrained --runs DIR --out OUT "
+                                "--only wnn_plus  # RECIPE with C10-16"),
+}
+VARIANTS = {**NINO_VARIANTS, **WNN_PLUS_VARIANTS}
 
 
-def nino_variant_path(method: str) -> str:
-  """The weights file of a NiNo++ variant method; a clear error, with the command that makes it, if absent."""
-  name, flags = NINO_VARIANTS[method]
-  folder = os.environ.get("OPTAX_NOWCAST_NINO_VARIANTS", os.path.join(REPO, "benchmarks", "weights"))
+def variant_path(method: str) -> str:
+  """The weights file of a ``VARIANTS`` method; a clear error, with the command that makes it, if absent."""
+  name, command = VARIANTS[method]
+  folder = os.environ.get("OPTAX_NOWCAST_WEIGHT_VARIANTS", os.path.join(REPO, "benchmarks", "weights"))
   path = os.path.join(folder, f"{name}.msgpack")
   if not os.path.exists(path):
+    kind = "nino" if method in NINO_VARIANTS else "wnn_plus"
     raise FileNotFoundError(
-        f"method {method!r} needs {path}: train it with `python -m optax_nowcast.metatrain train --predictor "
-        f"nino --steps 2000 {flags} --out DIR` and copy DIR/nino.msgpack and DIR/nino.json there as "
-        f"{name}.msgpack and {name}.json (or set OPTAX_NOWCAST_NINO_VARIANTS to their folder).")
+        f"method {method!r} needs {path}: train it with `{command}` and copy OUT/{kind}.msgpack and "
+        f"OUT/{kind}.json there as {name}.msgpack and {name}.json (or set OPTAX_NOWCAST_WEIGHT_VARIANTS to "
+        "their folder).")
   return path
 
 
@@ -147,7 +163,7 @@ def _nino_ours(dynamic: bool = False, rollback: bool = False, variant: str | Non
               else None)
     horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
     kw = {"rollback_factor": 1.5, "rollback_window": 10} if rollback else {}
-    predictor = onc.predictors.nino(None if variant is None else nino_variant_path(variant))
+    predictor = onc.predictors.nino(None if variant is None else variant_path(variant))
     return optax.chain(task.optimizer(), onc.nowcast(predictor, interval=s.interval, ctx=s.ctx,
                                                      period=period, horizon=horizon, **kw))
   return build
@@ -167,7 +183,8 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "nino": _nino,
     "wnn+official": _wnn_plus_official,
     "wnn": _nowcast(onc.predictors.wnn),  # shipped weights; ctx 5, a fixed jump of 5 intervals
-    "wnn+": _wnn_plus,
+    "wnn+": _wnn_plus(),
+    **{m: _wnn_plus(variant=m) for m in WNN_PLUS_VARIANTS},
     "lfd2": _lfd2,
     "nino-ours": _nino_ours(),
     "nino-ours+dp": _nino_ours(dynamic=True),
@@ -198,8 +215,8 @@ WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "lfd2": "lfd2", "nino-ours": "ni
 
 
 def _weights_hash(method: str) -> str | None:
-  if method in NINO_VARIANTS:
-    path = nino_variant_path(method)
+  if method in VARIANTS:
+    path = variant_path(method)
   elif method in WEIGHTS_OF:
     from optax_nowcast import pretrained
     path = pretrained.path(WEIGHTS_OF[method])
@@ -211,7 +228,7 @@ def _weights_hash(method: str) -> str | None:
 
 def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
   parts = [dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)]
-  if method in WEIGHTS_OF or method in NINO_VARIANTS:
+  if method in WEIGHTS_OF or method in VARIANTS:
     parts.append(_weights_hash(method))
   blob = json.dumps(parts, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -441,7 +458,8 @@ def format_matrix(suite: str, summary: dict) -> str:
   lines = [f"Suite `{suite}`: median reduction of Adam's steps to Adam's own final value, in % "
            "(`(r/n) x`: only r of n seeds reached it, x is their median); `*` a held-out task; `nino` is the "
            "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback, "
-           "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`).", "",
+           "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`), "
+           "`wnn+c10` our WNN+ retrained with C10-16 trajectories added.", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
   for task, t in summary.items():
     cells = []

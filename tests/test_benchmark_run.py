@@ -140,24 +140,30 @@ def test_quick_cli_on_real_data(tmp_path, data_dir):
   assert lm["adam"]["median"]["final_val_metric"] < 20  # perplexity, from ~65 at init
 
 
-def test_nino_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
-  """A NiNo++ variant reads ``<folder>/<name>.msgpack``; missing, the error gives the command that trains it;
-  its runs are keyed by the file's hash, so retrained weights are not mixed with old runs."""
+def test_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
+  """A retrained variant (NiNo++ option, WNN+ on more data) reads ``<folder>/<name>.msgpack``; missing, the
+  error gives the command that trains it; its runs are keyed by the file's hash, so retrained weights are not
+  mixed with old runs; with the shipped weights under its name it trains exactly as the shipped method."""
   import shutil
 
   from optax_nowcast import pretrained
 
-  monkeypatch.setenv("OPTAX_NOWCAST_NINO_VARIANTS", str(tmp_path))
+  monkeypatch.setenv("OPTAX_NOWCAST_WEIGHT_VARIANTS", str(tmp_path))
   with pytest.raises(FileNotFoundError, match="--head gru"):
-    bench.nino_variant_path("nino++gru")
-  for ext in ("msgpack", "json"):  # stand-in: the shipped NiNo under the variant's file name
-    shutil.copy(pretrained.path("nino")[: -len("msgpack")] + ext, tmp_path / f"nino_gru.{ext}")
+    bench.variant_path("nino++gru")
+  with pytest.raises(FileNotFoundError, match="wnn_plus_c10.msgpack.*--only wnn_plus"):
+    bench.variant_path("wnn+c10")
+  for shipped, name in (("nino", "nino_gru"), ("wnn_plus", "wnn_plus_c10")):  # stand-ins: shipped weights
+    for ext in ("msgpack", "json"):
+      shutil.copy(pretrained.path(shipped)[: -len("msgpack")] + ext, tmp_path / f"{name}.{ext}")
   s = dataclasses.replace(SMALL, ctx=5)
   spec = bench._spec_for("digits", s)
   before = bench._fingerprint(spec, "nino++gru", 0, s)
-  res = bench.run_suite("t", ["digits"], ["adam", "nino++gru"], 1, s, str(tmp_path / "out"), quiet=True)
-  run = res["summary"]["digits"]["methods"]["nino++gru"]["per_seed"][0]
-  assert run["n_jumps"] == 2  # a jump every interval * ctx = 20 steps of 60
+  methods = ["adam", "nino++gru", "wnn+", "wnn+c10"]
+  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path / "out"), quiet=True)
+  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
+  assert runs["nino++gru"]["n_jumps"] == runs["wnn+c10"]["n_jumps"] == 2  # every interval * ctx = 20 of 60
+  assert runs["wnn+c10"]["final_full_val_loss"] == runs["wnn+"]["final_full_val_loss"]
   with open(tmp_path / "nino_gru.msgpack", "ab") as f:
     f.write(b"\0")
   assert bench._fingerprint(spec, "nino++gru", 0, s) != before
@@ -166,7 +172,7 @@ def test_nino_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
 def test_every_shipped_method_runs_end_to_end(tmp_path):
   """Each method that needs no file from outside the package completes a short run and records its jumps:
   a method's code path is exercised here before an hour-long benchmark finds it broken."""
-  outside = {"nino", "wnn+official", *bench.NINO_VARIANTS}  # official checkpoints, retrained variants
+  outside = {"nino", "wnn+official", *bench.VARIANTS}  # official checkpoints, retrained variants
   methods = [m for m in bench.METHODS if m not in outside]
   s = dataclasses.replace(SMALL, steps=120, interval=12, ctx=5)  # interval > rollback window + 1
   res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path), quiet=True)

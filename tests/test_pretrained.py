@@ -34,6 +34,8 @@ def test_every_shipped_model_loads_and_is_on_the_model_card():
     assert meta["val_runs"] >= 1 and meta["train_runs"] >= 4
     assert f"`{name}`" in card and f"{meta['val_loss']:.4g}" in card
     tasks = {d["task"] for d in meta["data"]}
+    row = next(line for line in card.splitlines() if line.startswith(f"| `{name}` |"))
+    assert all(t in row for t in tasks), (name, row)  # the card says what each model was trained on
     assert tasks and not tasks & {"FM-32", "C10-32", "LM-3-64"}  # held-out tasks stay out of training
   with pytest.raises(FileNotFoundError, match="no shipped weights named 'nope'"):
     pretrained.path("nope")

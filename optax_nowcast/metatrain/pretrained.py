@@ -36,7 +36,7 @@ RECIPE: tuple[tuple[str, tuple[int, ...], tuple[float, ...], int, int], ...] = (
     ("FM-16", (1000, 1001), (0.5, 1.0, 2.0), 10_000, 3),
     ("LM-3-24", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
     ("LM-2-32", (1000,), (0.5, 1.0, 2.0), 10_000, 3),
-    # C10-16 (NiNo's other in-distribution CNN) is the next addition: its runs take the longest here.
+    ("C10-16", (1000, 1001), (0.5, 1.0, 2.0), 10_000, 3),
 )
 TRAIN = {
     "wnn_plus": TrainConfig(steps=4000, hidden=128, horizons=40, elements_per_window=512),
@@ -71,8 +71,13 @@ def _runs_summary(folders: list[str]) -> list[dict[str, Any]]:
 
 
 def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[str, Any]]) -> str:
-  """``MODEL_CARD.md`` from the training records (``<name>.json``) and the runs they were trained on."""
-  runs = _runs_summary(folders)
+  """``MODEL_CARD.md`` from the training records (``<name>.json``) and the runs they were trained on.
+
+  The training-data table lists every task some record was trained on (each record keeps its ``data``),
+  then any further task among ``folders``; ``folders`` may be empty to rewrite the card from the records.
+  """
+  runs = {d["task"]: d for rec in records.values() for d in rec.get("data", [])}
+  runs = list(runs.values()) + [d for d in _runs_summary(folders) if d["task"] not in runs]
   lines = ["# Pretrained predictors of optax_nowcast", "",
            "Trained by this project on its own trajectories, with the command below. Weights: Flax msgpack "
            "(`<name>.msgpack`); config and full training record: `<name>.json`. Loaded by default by "
@@ -105,8 +110,9 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
                  f"{', '.join(f'{x:g}' for x in r['lr'])} |")
   lines += ["", f"{sum(r['runs'] for r in runs)} trajectories in all; runs are split into training and "
             "validation by trajectory (20 % validation).", "", "## Models", "",
-            "| name | parameters | what it predicts | training steps | validation loss (start -> end) | "
-            "train / val runs | training wall time |", "|---|---|---|---|---|---|---|"]
+            "| name | parameters | what it predicts | trained on | training steps | "
+            "validation loss (start -> end) | train / val runs | training wall time |",
+            "|---|---|---|---|---|---|---|---|"]
   what = {"wnn_plus": "per-element MLP, NiNo scaling, horizons 1..40 (masked L1 on scaled deltas)",
           "wnn": "Jang et al.'s 3 models (conv, dense, 1-D), 5 states -> 5 intervals ahead (L1, authors' "
                  "normalisation)",
@@ -116,12 +122,21 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
   for name, rec in records.items():
     n_params = rec.get("n_params", "")
     steps = rec.get("steps", rec.get("train_config", {}).get("steps"))
-    lines.append(f"| `{name}` | {n_params:,} | {what.get(name, '')} | {steps} | "
+    lines.append(f"| `{name}` | {n_params:,} | {what.get(name, '')} | {_trained_on(rec)} | {steps} | "
                  f"{rec['initial_val_loss']:.4g} -> {rec['val_loss']:.4g} | {rec['train_runs']} / "
                  f"{rec['val_runs']} | {rec['seconds']:.0f} s |")
-  lines += ["", f"Trained on {platform.machine()} CPU ({os.cpu_count()} cores), "
-            f"{time.strftime('%Y-%m-%d')}. WNN's per-kind validation L1 and every evaluation are in "
-            "`wnn.json`.", "", "## Intended use and limits", "",
+  recipe = [t for t, *_ in RECIPE]
+  by_missing: dict[tuple[str, ...], list[str]] = {}
+  for name, rec in records.items():
+    tasks = {d["task"] for d in rec.get("data", [])}
+    by_missing.setdefault(tuple(t for t in recipe if t not in tasks), []).append(f"`{name}`")
+  for missing, names in by_missing.items():
+    if missing:
+      lines += ["", f"{', '.join(names)}: trained before {', '.join(missing)} joined the recipe "
+                "(`metatrain.pretrained.RECIPE`); the command above retrains on every task of the recipe."]
+  lines += ["", f"Trained on {platform.machine()} CPU ({os.cpu_count()} cores); "
+            f"card written {time.strftime('%Y-%m-%d')}. WNN's per-kind validation L1 and every evaluation "
+            "are in `wnn.json`.", "", "## Intended use and limits", "",
             "- Nowcasting Adam/AdamW training of small CNNs, MLPs and GPT-style transformers with states "
             f"recorded every {INTERVAL} steps (`nowcast(..., interval=200, ctx=5)`; LFD-2 with "
             f"`farcast(..., n={LFD['n']}, unit=200)`).",
@@ -132,6 +147,11 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
   return path
+
+
+def _trained_on(rec: dict[str, Any]) -> str:
+  data = rec.get("data", [])
+  return f"{', '.join(d['task'] for d in data)} ({sum(d['runs'] for d in data)} runs)"
 
 
 def _n_params(params) -> int:
