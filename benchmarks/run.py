@@ -130,7 +130,7 @@ NINO_VARIANTS = {
 # WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
 WNN_PLUS_VARIANTS = {
     "wnn+c10": ("wnn_plus_c10", "python -m optax_nowcast.metatrain pretrained --runs DIR --out OUT "
-                                "--only wnn_plus  # RECIPE with C10-16"),
+                                "--only wnn_plus"),
 }
 VARIANTS = {**NINO_VARIANTS, **WNN_PLUS_VARIANTS}
 
