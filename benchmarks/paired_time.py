@@ -22,6 +22,10 @@ where ``n_m`` is the number of jumps at or before step ``s_m``; medians over see
 reaches Adam's value has no time). Steps are the runs' own; only the per-step and per-jump costs are
 re-measured, so this is the suite's time column without the load of other jobs.
 
+Chunks are ``--steps`` long, or by default as long as it takes Adam about ``--chunk-seconds`` (0.25 s; at
+least 20 steps, a multiple of ``ctx``, and short enough that two chunks hold no scheduled jump), so that the
+fixed cost of a call (dispatch, the state copy) does not swamp a task as small as digits (0.1 ms a step).
+
     python -m benchmarks.paired_time                                   # every task and method in full.json
     python -m benchmarks.paired_time --tasks FM-32 --methods wnn+,nino-ours
     python -m benchmarks.paired_time --quick     # digits, 2 methods: paired_time_quick.{json,md}
@@ -75,6 +79,17 @@ class _Timer:
     return dt
 
 
+def chunk_steps(task, s: R.Settings, seconds: float, probe: int = 20) -> int:
+  """Steps in a chunk that takes Adam about ``seconds``: a multiple of ``ctx``, at least ``probe``, and at
+  most half a jump period (the timed chunk, steps ``L..2L-1``, must not reach the first jump)."""
+  probe = -(-probe // s.ctx) * s.ctx
+  timer = _Timer(task, "adam", s, probe)
+  per_step = float(np.median([timer() for _ in range(3)])) / probe
+  cap = max(probe, (s.ctx * s.interval // 2) // s.ctx * s.ctx)
+  want = -(-int(np.ceil(seconds / per_step)) // s.ctx) * s.ctx
+  return int(min(max(want, probe), cap))
+
+
 def measure(task, methods: list[str], s: R.Settings, steps: int = 20, repeats: int = 5) -> dict[str, Any]:
   """Per method: Adam's and the method's seconds per step, and the seconds one jump period adds."""
   if steps % s.ctx:
@@ -103,7 +118,7 @@ def measure(task, methods: list[str], s: R.Settings, steps: int = 20, repeats: i
     jumps = 0 if jumper is None else jumper.jumps
     if jumper is not None and jumps != 1:
       raise RuntimeError(f"{method}: the jump chunk made {jumps} jumps, expected 1.")
-    out[method] = {"adam_s_per_step": c_a, "s_per_step": c_m, "step_ratio": c_m / c_a,
+    out[method] = {"chunk_steps": steps, "adam_s_per_step": c_a, "s_per_step": c_m, "step_ratio": c_m / c_a,
                    "period_overhead_s": float(np.median(tj)) - jumper.steps * c_m if tj else 0.0,
                    "adam_chunks_s": ta, "chunks_s": tm, "jump_chunks_s": tj}
   return out
@@ -144,22 +159,23 @@ def _f(x, fmt):
 
 def format_table(result: dict[str, Any]) -> str:
   lines = [
-      f"Paired wall time to Adam's final value (`python -m benchmarks.paired_time`, {result['steps']}-step "
-      f"chunks, {result['repeats']} alternating repeats, backend {result['backend']}, "
+      f"Paired wall time to Adam's final value (`python -m benchmarks.paired_time`; chunks of the "
+      f"steps in the second column, {result['repeats']} alternating repeats, backend {result['backend']}, "
       f"{result['cpu_count']} cores): costs measured side by side with Adam's in one process, steps and "
       "jumps from the `full` suite's runs; medians over seeds (— where a seed never reached Adam's "
       "value).", "",
-      "| task | method | Adam ms/step | method ms/step (ratio) | s per jump period | jumps to target "
+      "| task | chunk | method | Adam ms/step | method ms/step (ratio) | s per jump period | jumps to target "
       "| steps reduction | paired time to target (s) | Adam's (s) | paired time reduction |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for task, methods in result["tasks"].items():
     for m, r in methods.items():
       md = r["median"]
       lines.append(
-          f"| {task} | {m} | {1e3 * r['adam_s_per_step']:.3f} | {1e3 * r['s_per_step']:.3f} "
+          f"| {task} | {r.get('chunk_steps', result.get('steps') or '?')} | {m} "
+          f"| {1e3 * r['adam_s_per_step']:.3f} | {1e3 * r['s_per_step']:.3f} "
           f"({r['step_ratio']:.2f}) | {r['period_overhead_s']:.3f} | {_f(md['jumps_to_target'], '.0f')} "
-          f"| {_f(md['reduction_pct'], '.1f')} % | {_f(md['time_s'], '.1f')} "
-          f"| {_f(md['adam_time_s'], '.1f')} | {_f(md['time_reduction_pct'], '.1f')} % |")
+          f"| {_f(md['reduction_pct'], '.1f')} % | {_f(md['time_s'], '.3g')} "
+          f"| {_f(md['adam_time_s'], '.3g')} | {_f(md['time_reduction_pct'], '.1f')} % |")
   return "\n".join(lines)
 
 
@@ -168,7 +184,10 @@ def main(argv=None) -> dict[str, Any]:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tasks", default=None, help="comma-separated; default: every task in full.json")
   parser.add_argument("--methods", default=None, help="comma-separated; default: every method of the task")
-  parser.add_argument("--steps", type=int, default=20, help="steps per timed chunk (a multiple of ctx)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="steps per timed chunk (a multiple of ctx); default: see --chunk-seconds")
+  parser.add_argument("--chunk-seconds", type=float, default=0.25,
+                      help="without --steps, chunks as long as it takes Adam about this long")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="digits, linefit and wnn+, 2 repeats")
   parser.add_argument("--data-dir", default=None)
@@ -197,10 +216,12 @@ def main(argv=None) -> dict[str, Any]:
       raise ValueError(f"task {name}: no finished runs of {missing}; choose from {sorted(runs)}.")
     task = R.make_task(name, args.data_dir or R.default_data_dir(), **R._overrides(s))
     t0 = time.perf_counter()
-    costs = measure(task, methods, s, args.steps, args.repeats)
+    steps = args.steps or chunk_steps(task, s, args.chunk_seconds)
+    costs = measure(task, methods, s, steps, args.repeats)
     summary = R.summarise_task(runs, R._spec_for(name, s), s)
     result["tasks"].setdefault(name, {}).update(project(costs, summary, runs))
-    print(f"{name}: {len(methods)} methods timed in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"{name}: {len(methods)} methods timed in {steps}-step chunks, {time.perf_counter() - t0:.0f} s",
+          flush=True)
   order = list(R.SUITES["full"][1]) + ["digits"]
   result["tasks"] = dict(sorted(result["tasks"].items(),
                                 key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))

@@ -41,3 +41,12 @@ def test_measure_times_one_jump_per_jump_chunk_on_digits():
   assert res["wp1"]["jump_chunks_s"] == [] and res["wp1"]["period_overhead_s"] == 0.0  # it never jumps
   with pytest.raises(ValueError, match="multiple of ctx"):
     pt.measure(task, ["linefit"], s, steps=7)
+
+
+def test_chunk_steps_are_a_multiple_of_ctx_within_half_a_jump_period():
+  s = bench.Settings(steps=60, eval_every=10, smooth=2, interval=20, ctx=3, horizon=2)
+  task = make_task("digits", None, steps=60)
+  assert pt.chunk_steps(task, s, seconds=1e-9, probe=5) == 6  # at least the probe, rounded up to ctx
+  assert pt.chunk_steps(task, s, seconds=1e9, probe=5) == 30  # at most half of ctx * interval = 60
+  mid = pt.chunk_steps(task, s, seconds=0.01, probe=5)
+  assert mid % 3 == 0 and 6 <= mid <= 30

@@ -72,3 +72,43 @@ def test_wnn_architecture_and_normalisation():
   assert out["k"].shape == (3, 2) and bool(jnp.all(jnp.abs(out["k"] - 4.0) <= 2 * (4 + 2e-5)))
   with pytest.raises(ValueError, match="kinds"):
     wnn({"conv": params})
+
+
+@pytest.mark.parametrize("chunk", [None, 7, 64, 10_000])
+def test_chunked_prediction_matches_the_model_leaf_by_leaf(chunk):
+  """Rows of every leaf batched and cut into chunks (padding included) give each leaf's own prediction."""
+  from optax_nowcast.tasks import CNN
+  params = CNN((4, 8, 8)).init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)))
+  rng = np.random.default_rng(1)
+  history = jax.tree.map(lambda p: jnp.asarray(p + 0.01 * np.cumsum(rng.normal(size=(5, *p.shape)), 0),
+                                               jnp.float32), params)
+  wp = WNN().init(jax.random.PRNGKey(1), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
+  kinds = {"conv": wp, "dense": WNN().init(jax.random.PRNGKey(2), jnp.zeros((1, 5)), jnp.zeros((1, 4))),
+           "bias": WNN().init(jax.random.PRNGKey(3), jnp.zeros((1, 5)), jnp.zeros((1, 4)))}
+  out, _ = jax.jit(wnn(kinds, chunk=chunk).predict)(history, jnp.arange(-4.0, 1.0), 5, ())
+  for h, o in zip(jax.tree.leaves(history), jax.tree.leaves(out), strict=True):
+    w = h.reshape(5, -1).T
+    x, d, scale = wnn_normalise(w)
+    want = wnn_denormalise(w[:, -1], WNN().apply(kinds[wnn_kind(h.shape[1:])], x, d), scale)
+    np.testing.assert_allclose(o.reshape(-1), want, atol=1e-6)
+
+  model = WNNPlus(hidden=16, horizons=8)
+  mp = model.init(jax.random.PRNGKey(4), jnp.zeros((1, 5)), jnp.zeros((1,), jnp.int32))
+  pred = wnn_plus(model_params=mp, config={"hidden": 16, "horizons": 8, "ctx": 5}, chunk=chunk)
+  pred.init(params)
+  bf16 = jax.tree.map(lambda h: h.astype(jnp.bfloat16), history)
+  outs = [jax.jit(pred.predict)(h, jnp.arange(-4.0, 1.0), jnp.int32(3), ())[0] for h in (history, bf16)]
+  wide = wnn_plus(model_params=mp, config={"hidden": 16, "horizons": 8, "ctx": 5}, chunk=None)
+  wide.init(params)
+  want, _ = jax.jit(wide.predict)(history, jnp.arange(-4.0, 1.0), jnp.int32(3), ())
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert {x.dtype for x in jax.tree.leaves(outs[1])} == {jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True, "fast"])
+def test_bad_chunk_is_refused_at_construction(chunk):
+  with pytest.raises(ValueError, match="chunk must be"):
+    wnn_plus(chunk=chunk)
+  with pytest.raises(ValueError, match="chunk must be"):
+    wnn(chunk=chunk)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
-from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.predictors.base import Predictor, map_rows, row_chunk
 from optax_nowcast.predictors.nino import read_state_dict, resolve_weights, scale_history
 
 # --------------------------------------------------------------------------------------------- WNN+
@@ -110,7 +110,8 @@ def element_edge_types(graph: graphs_lib.NeuralGraph) -> list[np.ndarray | None]
 
 
 def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
-             config: Mapping[str, Any] | None = None, order: Sequence[str] | None = None) -> Predictor:
+             config: Mapping[str, Any] | None = None, order: Sequence[str] | None = None,
+             chunk: int | str | None = "auto") -> Predictor:
   """The WNN+ predictor (use it with ``horizon=schedules.k_decay(40, ...)`` as in NiNo).
 
   With no argument it uses the weights shipped in ``optax_nowcast/pretrained`` (see its MODEL_CARD.md).
@@ -120,7 +121,10 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
       NiNo repository's ``nino_mlp`` checkpoint (``.pt``/``.npz``); or
     model_params, config: our own :class:`WNNPlus` params and its arguments (plus ``ctx``).
     order: module order for the neural graph when names do not sort in forward order.
+    chunk: parameter elements per MLP call (:func:`~optax_nowcast.predictors.base.map_rows`): ``"auto"``
+      is 1024 on CPU (cache-sized, 1.5-2x faster there) and all at once elsewhere; ``None``: all at once.
   """
+  rows = row_chunk(chunk, 1024)
   model_params, config = resolve_weights(weights, model_params, config, load_official_wnn_plus,
                                          "WNNPlus arguments plus 'ctx'", default="wnn_plus")
   ctx = int(config.pop("ctx", 5))
@@ -142,12 +146,16 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
     if leaves[0].shape[0] != ctx:
       raise ValueError(f"wnn_plus takes ctx={ctx} states, the history has {leaves[0].shape[0]}.")
     scaled, mu, sigma = scale_history(leaves)
-    out = []
-    for h, x, m, s, t in zip(leaves, scaled, mu, sigma, types, strict=True):
-      xs = x.reshape(ctx, -1).T  # (n, ctx)
-      delta = model.apply(model_params, xs, jnp.asarray(t.reshape(-1)), k)
-      pred = (xs[:, -1] + delta) * s + m
-      out.append(pred.reshape(h.shape[1:]).astype(h.dtype))
+    # Every element of every leaf in one (n, ctx) batch: the MLP is the same for all of them.
+    xs = jnp.concatenate([x.reshape(ctx, -1).T for x in scaled])
+    edge_types = jnp.asarray(np.concatenate([t.reshape(-1) for t in types]))
+    step = lambda x, t: x[:, -1] + model.apply(model_params, x, t, k)
+    moved = map_rows(step, xs, edge_types, chunk=rows)
+    out, start = [], 0
+    for h, m, s in zip(leaves, mu, sigma, strict=True):
+      n = int(np.prod(h.shape[1:]))
+      out.append((moved[start:start + n] * s + m).reshape(h.shape[1:]).astype(h.dtype))
+      start += n
     return jax.tree.unflatten(treedef, out), state
 
   return Predictor(init=init, predict=predict, name="wnn_plus", min_ctx=ctx)
@@ -193,13 +201,17 @@ def wnn_kind(shape: Sequence[int]) -> str:
   return {4: "conv", 2: "dense", 3: "dense"}.get(len(shape), "bias")
 
 
-def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None) -> Predictor:
+def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None, *,
+        chunk: int | str | None = "auto") -> Predictor:
   """The WNN predictor from three sets of :class:`WNN` params (``conv``, ``dense``, ``bias``).
 
   ``params_by_kind`` is a dict of the three, a ``.msgpack`` file from ``python -m optax_nowcast.metatrain
   train --predictor wnn``, or ``None`` for the weights shipped in ``optax_nowcast/pretrained``.
   Use with ``ctx=5`` and ``horizon=5`` (WNN always jumps the 5 intervals it was trained for).
+  ``chunk``: coordinates per model call (:func:`~optax_nowcast.predictors.base.map_rows`); ``"auto"`` is
+  2048 on CPU (about 4x faster there than all at once) and all at once elsewhere.
   """
+  rows = row_chunk(chunk, 2048)
   if params_by_kind is None or isinstance(params_by_kind, str | os.PathLike):
     from optax_nowcast import pretrained
     params_by_kind = (pretrained.load("wnn") if params_by_kind is None
@@ -211,16 +223,27 @@ def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None) -> 
 
   def predict(history, times, k, state):
     del times, k
+    leaves, treedef = jax.tree.flatten(history)
+    if any(h.shape[0] != 5 for h in leaves):
+      raise ValueError(f"wnn takes ctx=5 states, got {leaves[0].shape[0]}.")
+    out: list[Any] = [None] * len(leaves)
+    for kind in ("conv", "dense", "bias"):  # one batch of coordinates per model
+      ix = [i for i, h in enumerate(leaves) if wnn_kind(h.shape[1:]) == kind]
+      if not ix:
+        continue
+      w = jnp.concatenate([leaves[i].reshape(5, -1).T.astype(jnp.float32) for i in ix])
 
-    def leaf(h):
-      if h.shape[0] != 5:
-        raise ValueError(f"wnn takes ctx=5 states, got {h.shape[0]}.")
-      w = h.reshape(5, -1).T
-      x, d, scale = wnn_normalise(w)
-      y = model.apply(params_by_kind[wnn_kind(h.shape[1:])], x, d)
-      return wnn_denormalise(w[:, -1], y, scale).reshape(h.shape[1:]).astype(h.dtype)
+      def step(w, kind=kind):
+        x, d, scale = wnn_normalise(w)
+        return wnn_denormalise(w[:, -1], model.apply(params_by_kind[kind], x, d), scale)
 
-    return jax.tree.map(leaf, history), state
+      moved, start = map_rows(step, w, chunk=rows), 0
+      for i in ix:
+        shape = leaves[i].shape[1:]
+        n = int(np.prod(shape))
+        out[i] = moved[start:start + n].reshape(shape).astype(leaves[i].dtype)
+        start += n
+    return jax.tree.unflatten(treedef, out), state
 
   return Predictor(init=lambda p: (), predict=predict, name="wnn", min_ctx=5)
 
