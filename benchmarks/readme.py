@@ -13,7 +13,7 @@ from benchmarks.run import REPO
 
 TABLES = {"full-matrix": "full_matrix.md", "full-table": "full.md", "wp-table": "full_weight_prediction.md",
           "memory-table": "memory.md",
-          "paired-time-table": "paired_time.md"}
+          "paired-time-table": "paired_time.md", "chunk-speed-table": "chunk_speed.md"}
 
 
 def main() -> None:
