@@ -1,13 +1,14 @@
-"""Time of one WNN / WNN+ prediction with all elements at once against cache-sized chunks.
+"""Time of one WNN / WNN+ prediction, one call per parameter tensor against cache-sized chunks.
 
     python -m benchmarks.chunk_speed            # digits MLP, FM-16, C10-32, LM-3-64; 15 repeats
     python -m benchmarks.chunk_speed --quick    # digits MLP only, 3 repeats, no files written
 
-WNN and WNN+ run the same small MLP on every parameter element. All at once, the ``(n, hidden)``
-activations of a whole model leave the CPU's cache between layers; :func:`optax_nowcast.predictors.base.
-map_rows` runs them in chunks (``chunk="auto"``: 2,048 rows for WNN, 1,024 for WNN+ on CPU). For each model
-this times the jitted ``predict`` (the shipped weights, a 5-state history) both ways, alternating calls,
-and reports the medians and the speed-up. Writes ``benchmarks/results/chunk_speed.{json,md}``.
+WNN and WNN+ run the same small MLP on every parameter element. Called once per parameter tensor
+(``chunk=None``), the ``(n, hidden)`` activations of a large tensor leave the CPU's cache between layers;
+:func:`optax_nowcast.predictors.base.map_rows` runs all tensors' elements in chunks instead
+(``chunk="auto"``: 2,048 rows for WNN, 1,024 for WNN+ on CPU). For each model this times the jitted
+``predict`` (the shipped weights, a 5-state history) both ways, alternating calls, and reports the medians
+and the speed-up. Writes ``benchmarks/results/chunk_speed.{json,md}``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def models() -> dict[str, Any]:
 
 
 def time_pair(params, make, repeats: int) -> dict[str, float]:
-  """Median ms of ``predict`` with ``chunk=None`` and ``chunk="auto"``, called in alternation."""
+  """Median ms of ``predict``, ``chunk=None`` (``whole``: per tensor) and ``"auto"``, called in turn."""
   keys = jax.random.split(jax.random.PRNGKey(1), 5)
   history = jax.tree.map(lambda p: jnp.stack([p + 0.01 * i * jax.random.normal(k, p.shape)
                                               for i, k in enumerate(keys)]), params)
@@ -76,7 +77,7 @@ def main(argv=None) -> dict[str, Any]:
   rows: dict[str, Any] = {}
   lines = [f"One jitted prediction, shipped weights, 5-state history; median of {repeats} alternating calls "
            f"(`python -m benchmarks.chunk_speed`, backend {jax.default_backend()}, {os.cpu_count()} cores).",
-           "", "| model | params | predictor | all at once (ms) | chunked (ms) | speed-up | max abs diff |",
+           "", "| model | params | predictor | per tensor (ms) | chunked (ms) | speed-up | max abs diff |",
            "|---|---|---|---|---|---|---|"]
   for model, params in todo.items():
     n = int(sum(x.size for x in jax.tree.leaves(params)))

@@ -57,8 +57,8 @@ def map_rows(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int | None
   """``fn(*arrays)`` for a row-wise ``fn``, computed ``chunk`` rows at a time (``jax.lax.map``).
 
   Per-element predictors (WNN, WNN+) run an MLP on every parameter element: on a CPU the ``(n, hidden)``
-  activations of a whole model leave the cache between layers, and chunks of about a thousand rows that
-  stay in it run 1.5-4x faster (``benchmarks/results/overhead.md``). On accelerators pass
+  activations of a whole model leave the cache between layers, and chunks of one or two thousand rows
+  that stay in it run 1.2-3x faster (``benchmarks/results/chunk_speed.md``). On accelerators pass
   ``chunk=None``: one launch over all rows. Rows are padded to a multiple of ``chunk`` and cut back.
 
   >>> import jax.numpy as jnp

@@ -109,6 +109,17 @@ def element_edge_types(graph: graphs_lib.NeuralGraph) -> list[np.ndarray | None]
           for p in graph.positions]
 
 
+def _rows_per_leaf(fn, leaf_rows: list[tuple], chunk: int | None) -> list[jax.Array]:
+  """``fn`` on each leaf's rows. With ``chunk``, all leaves' rows go through :func:`map_rows` as one batch
+  (one cache-sized loop, whatever the leaf sizes); with ``None``, one call per leaf, which keeps the layout
+  of sharded leaves (no concatenation)."""
+  if chunk is None:
+    return [fn(*(jnp.asarray(a) for a in rows)) for rows in leaf_rows]
+  sizes = [rows[0].shape[0] for rows in leaf_rows]
+  batch = [jnp.concatenate([jnp.asarray(rows[j]) for rows in leaf_rows]) for j in range(len(leaf_rows[0]))]
+  return jnp.split(map_rows(fn, *batch, chunk=chunk), np.cumsum(sizes)[:-1])
+
+
 def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
              config: Mapping[str, Any] | None = None, order: Sequence[str] | None = None,
              chunk: int | str | None = "auto") -> Predictor:
@@ -122,7 +133,8 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
     model_params, config: our own :class:`WNNPlus` params and its arguments (plus ``ctx``).
     order: module order for the neural graph when names do not sort in forward order.
     chunk: parameter elements per MLP call (:func:`~optax_nowcast.predictors.base.map_rows`): ``"auto"``
-      is 1024 on CPU (cache-sized, 1.5-2x faster there) and all at once elsewhere; ``None``: all at once.
+      is 1024 on CPU (cache-sized: 1.2-2x faster jumps there, ``benchmarks/results/chunk_speed.md``)
+      and one call per parameter tensor elsewhere; ``None``: one call per parameter tensor.
   """
   rows = row_chunk(chunk, 1024)
   model_params, config = resolve_weights(weights, model_params, config, load_official_wnn_plus,
@@ -146,16 +158,11 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
     if leaves[0].shape[0] != ctx:
       raise ValueError(f"wnn_plus takes ctx={ctx} states, the history has {leaves[0].shape[0]}.")
     scaled, mu, sigma = scale_history(leaves)
-    # Every element of every leaf in one (n, ctx) batch: the MLP is the same for all of them.
-    xs = jnp.concatenate([x.reshape(ctx, -1).T for x in scaled])
-    edge_types = jnp.asarray(np.concatenate([t.reshape(-1) for t in types]))
     step = lambda x, t: x[:, -1] + model.apply(model_params, x, t, k)
-    moved = map_rows(step, xs, edge_types, chunk=rows)
-    out, start = [], 0
-    for h, m, s in zip(leaves, mu, sigma, strict=True):
-      n = int(np.prod(h.shape[1:]))
-      out.append((moved[start:start + n] * s + m).reshape(h.shape[1:]).astype(h.dtype))
-      start += n
+    rows_in = [(x.reshape(ctx, -1).T, t.reshape(-1)) for x, t in zip(scaled, types, strict=True)]
+    moved = _rows_per_leaf(step, rows_in, rows)
+    out = [(y * s + m).reshape(h.shape[1:]).astype(h.dtype)
+           for y, h, m, s in zip(moved, leaves, mu, sigma, strict=True)]
     return jax.tree.unflatten(treedef, out), state
 
   return Predictor(init=init, predict=predict, name="wnn_plus", min_ctx=ctx)
@@ -209,7 +216,8 @@ def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None, *,
   train --predictor wnn``, or ``None`` for the weights shipped in ``optax_nowcast/pretrained``.
   Use with ``ctx=5`` and ``horizon=5`` (WNN always jumps the 5 intervals it was trained for).
   ``chunk``: coordinates per model call (:func:`~optax_nowcast.predictors.base.map_rows`); ``"auto"`` is
-  2048 on CPU (about 4x faster there than all at once) and all at once elsewhere.
+  2048 on CPU (1.3-3x faster jumps there, ``benchmarks/results/chunk_speed.md``) and one call per parameter
+  tensor elsewhere, as with ``None``.
   """
   rows = row_chunk(chunk, 2048)
   if params_by_kind is None or isinstance(params_by_kind, str | os.PathLike):
@@ -224,25 +232,22 @@ def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None, *,
   def predict(history, times, k, state):
     del times, k
     leaves, treedef = jax.tree.flatten(history)
-    if any(h.shape[0] != 5 for h in leaves):
-      raise ValueError(f"wnn takes ctx=5 states, got {leaves[0].shape[0]}.")
+    for h in leaves:
+      if h.shape[0] != 5:
+        raise ValueError(f"wnn takes ctx=5 states, got {h.shape[0]}.")
     out: list[Any] = [None] * len(leaves)
     for kind in ("conv", "dense", "bias"):  # one batch of coordinates per model
       ix = [i for i, h in enumerate(leaves) if wnn_kind(h.shape[1:]) == kind]
       if not ix:
         continue
-      w = jnp.concatenate([leaves[i].reshape(5, -1).T.astype(jnp.float32) for i in ix])
 
       def step(w, kind=kind):
         x, d, scale = wnn_normalise(w)
         return wnn_denormalise(w[:, -1], model.apply(params_by_kind[kind], x, d), scale)
 
-      moved, start = map_rows(step, w, chunk=rows), 0
-      for i in ix:
-        shape = leaves[i].shape[1:]
-        n = int(np.prod(shape))
-        out[i] = moved[start:start + n].reshape(shape).astype(leaves[i].dtype)
-        start += n
+      moved = _rows_per_leaf(step, [(leaves[i].reshape(5, -1).T,) for i in ix], rows)
+      for i, y in zip(ix, moved, strict=True):
+        out[i] = y.reshape(leaves[i].shape[1:]).astype(leaves[i].dtype)
     return jax.tree.unflatten(treedef, out), state
 
   return Predictor(init=lambda p: (), predict=predict, name="wnn", min_ctx=5)
