@@ -82,9 +82,8 @@ def test_chunked_prediction_matches_the_model_leaf_by_leaf(chunk):
   rng = np.random.default_rng(1)
   history = jax.tree.map(lambda p: jnp.asarray(p + 0.01 * np.cumsum(rng.normal(size=(5, *p.shape)), 0),
                                                jnp.float32), params)
-  wp = WNN().init(jax.random.PRNGKey(1), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
-  kinds = {"conv": wp, "dense": WNN().init(jax.random.PRNGKey(2), jnp.zeros((1, 5)), jnp.zeros((1, 4))),
-           "bias": WNN().init(jax.random.PRNGKey(3), jnp.zeros((1, 5)), jnp.zeros((1, 4)))}
+  kinds = {kind: WNN().init(jax.random.PRNGKey(seed), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
+           for seed, kind in enumerate(("conv", "dense", "bias"), start=1)}
   out, _ = jax.jit(wnn(kinds, chunk=chunk).predict)(history, jnp.arange(-4.0, 1.0), 5, ())
   for h, o in zip(jax.tree.leaves(history), jax.tree.leaves(out), strict=True):
     w = h.reshape(5, -1).T
