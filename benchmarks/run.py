@@ -153,8 +153,8 @@ def _nino_ours(dynamic: bool = False, rollback: bool = False, variant: str | Non
   """NiNo with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40.
 
   ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
-  ``rollback``: undo a jump whose next 11 steps' mean loss exceeds 1.5x the running loss before it (the
-  horizon then halves).
+  ``rollback``: undo a jump when, 50 steps after it (nowcast's default window at interval 200), the running
+  mean of the loss exceeds 1.5x its running mean before the jump (the horizon then halves).
   ``variant``: a ``NINO_VARIANTS`` method name: that variant's weights instead of the shipped ones.
   """
   def build(task: Task, s: Settings) -> optax.GradientTransformation:
@@ -162,7 +162,7 @@ def _nino_ours(dynamic: bool = False, rollback: bool = False, variant: str | Non
     period = (onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic
               else None)
     horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-    kw = {"rollback_factor": 1.5, "rollback_window": 10} if rollback else {}
+    kw = {"rollback_factor": 1.5} if rollback else {}  # window: min(50, interval // 4) steps
     predictor = onc.predictors.nino(None if variant is None else variant_path(variant))
     return optax.chain(task.optimizer(), onc.nowcast(predictor, interval=s.interval, ctx=s.ctx,
                                                      period=period, horizon=horizon, **kw))
@@ -226,8 +226,15 @@ def _weights_hash(method: str) -> str | None:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
+# Bumped when a method's definition changes, so that its old runs are recomputed (2: rollback judged on the
+# running mean 50 steps after a jump instead of the mean of the first 11 steps).
+METHOD_VERSION = {"nino-ours+rb": 2}
+
+
 def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
   parts = [dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)]
+  if method in METHOD_VERSION:
+    parts.append(METHOD_VERSION[method])
   if method in WEIGHTS_OF or method in VARIANTS:
     parts.append(_weights_hash(method))
   blob = json.dumps(parts, sort_keys=True)

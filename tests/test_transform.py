@@ -251,16 +251,20 @@ def test_empty_and_scalar_leaves(constant_grad):
   np.testing.assert_allclose(traj[3]["nested"][0], 4.0)
 
 
-def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2):
-  """SGD on w with a constant gradient; the loss passed to update is scripted per step."""
-  tx = optax.chain(optax.sgd(1.0), onc.nowcast(predictor, interval=4, ctx=2, horizon=2,
+def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2, interval=4, calls=12):
+  """SGD on w with a constant gradient; the loss passed to update is scripted per step.
+
+  ctx 2: states are recorded at ``interval`` and ``2 * interval``; the call with count ``2 * interval``
+  jumps."""
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(predictor, interval=interval, ctx=2, horizon=2,
                                                rollback_factor=factor, rollback_window=window))
   params = {"w": jnp.zeros(3)}
   state = tx.init(params)
+  update = jax.jit(tx.update)
   traj = [params]
-  for c in range(12):
+  for c in range(calls):
     loss = losses_after_jump.get(c, 1.0)
-    updates, state = tx.update({"w": -jnp.ones(3)}, state, params, value=jnp.float32(loss))
+    updates, state = update({"w": -jnp.ones(3)}, state, params, value=jnp.float32(loss))
     params = optax.apply_updates(params, updates)
     traj.append(params)
   return traj, onc.find_nowcast_state(state)
@@ -281,6 +285,22 @@ def test_no_rollback_when_the_loss_stays_low():
   traj, nc = _rollback_run(crazy, {9: 1.2, 10: 1.0, 11: 1.1})
   assert int(nc.n_rollbacks) == 0 and float(traj[12]["w"][0]) == 111.0
   assert float(nc.horizon_scale) == 1.0
+
+
+def test_rollback_judges_the_settled_loss_not_the_spike_after_a_jump():
+  """The FM-16 shape: a good jump's first steps spike, then the loss settles below its pre-jump level.
+
+  Interval 256: the jump is the call with count 512 and the default window is 50 steps. The mean of the
+  first 11 steps after the jump (1.62x) would undo it; the running mean at the check (0.90x) keeps it. A
+  loss that stays high (1.6x) is still undone."""
+  crazy = marker_predictor(lambda h, t, k: h[-1] + 100.0)
+  spike = {513: 3.0, 514: 2.0, **{c: 1.6 for c in range(515, 523)}, **{c: 0.9 for c in range(523, 570)}}
+  traj, nc = _rollback_run(crazy, spike, window=None, interval=256, calls=570)
+  assert int(nc.n_jumps) == 1 and float(traj[513]["w"][0]) == 612.0
+  assert int(nc.n_rollbacks) == 0 and float(traj[570]["w"][0]) == 669.0
+  traj, nc = _rollback_run(crazy, {c: 1.6 for c in range(513, 570)}, window=None, interval=256, calls=570)
+  # The check is the call with count 512 + 1 + 50 = 563: it returns to theta_512.
+  assert int(nc.n_rollbacks) == 1 and float(traj[564]["w"][0]) == 512.0
 
 
 def test_rollback_arguments():
