@@ -169,6 +169,15 @@ def test_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
   assert bench._fingerprint(spec, "nino++gru", 0, s) != before
 
 
+def test_a_changed_method_definition_recomputes_its_runs(monkeypatch):
+  """Bumping ``METHOD_VERSION`` (the method's definition changed) changes its runs' fingerprint only."""
+  spec = bench._spec_for("digits", SMALL)
+  before = {m: bench._fingerprint(spec, m, 0, SMALL) for m in ("nino-ours+rb", "nino-ours")}
+  monkeypatch.setitem(bench.METHOD_VERSION, "nino-ours+rb", bench.METHOD_VERSION["nino-ours+rb"] + 1)
+  assert bench._fingerprint(spec, "nino-ours+rb", 0, SMALL) != before["nino-ours+rb"]
+  assert bench._fingerprint(spec, "nino-ours", 0, SMALL) == before["nino-ours"]
+
+
 def test_every_shipped_method_runs_end_to_end(tmp_path):
   """Each method that needs no file from outside the package completes a short run and records its jumps:
   a method's code path is exercised here before an hour-long benchmark finds it broken."""
