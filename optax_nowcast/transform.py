@@ -176,7 +176,7 @@ def nowcast(
     rollback_window: steps after a jump before the check; ``None`` (default): ``min(50, interval // 4)``.
       Most jumps, good ones included, land at a higher loss that the base optimizer brings back down
       within 20-40 steps (FM-16 with NiNo: 5x the pre-jump loss at the jump, 2x over the first 11
-      steps, below it from step ~40 on), so a short window undoes good jumps. Needs
+      steps, back to it by step ~40), so a short window undoes good jumps. Needs
       ``rollback_window < interval - 1``.
     rollback_shrink: factor on the horizon after each rollback, in ``(0, 1]``.
     history_memory: ``"device"`` (default) or ``"host"``: keep the ``ctx`` stored states in host memory
