@@ -174,7 +174,7 @@ def nowcast(
       horizon of later jumps is multiplied by ``rollback_shrink``, and ``n_rollbacks`` counts it.
       ``None`` (default): no rollback.
     rollback_window: steps after a jump before the check; ``None`` (default): ``min(50, interval // 4)``.
-      Most jumps, good ones included, land at a higher loss that the base optimizer brings back down
+      Jumps, good ones included, often land at a higher loss that the base optimizer brings back down
       within 20-40 steps (FM-16 with NiNo: 5x the pre-jump loss at the jump, 2x over the first 11
       steps, back to it by step ~40), so a short window undoes good jumps. Needs
       ``rollback_window < interval - 1``.
