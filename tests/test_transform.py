@@ -291,7 +291,7 @@ def test_rollback_judges_the_settled_loss_not_the_spike_after_a_jump():
   """The FM-16 shape: a good jump's first steps spike, then the loss settles below its pre-jump level.
 
   Interval 256: the jump is the call with count 512 and the default window is 50 steps. The mean of the
-  first 11 steps after the jump (1.62x) would undo it; the running mean at the check (0.90x) keeps it. A
+  first 11 steps after the jump (1.70x) would undo it; the running mean at the check (0.92x) keeps it. A
   loss that stays high (1.6x) is still undone."""
   crazy = marker_predictor(lambda h, t, k: h[-1] + 100.0)
   spike = {513: 3.0, 514: 2.0, **{c: 1.6 for c in range(515, 523)}, **{c: 0.9 for c in range(523, 570)}}
