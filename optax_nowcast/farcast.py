@@ -4,7 +4,8 @@
 with the parameters themselves the memory is two copies, against ``ctx`` for ``nowcast``. The call that
 receives the parameters ``unit * n`` steps after the anchor calls the predictor on ``[anchor, params]``
 (``times = [-n, 0]`` in units of ``unit`` steps) and jumps ``k`` units ahead; the parameters after the jump
-become the next anchor. Non-finite predictions are skipped and counted, as in ``nowcast``.
+become the next anchor. Non-finite predictions (and, with ``max_jump_ratio``, absurdly large jumps) are
+skipped and counted, as in ``nowcast``.
 
 >>> import jax.numpy as jnp, optax, optax_nowcast as onc
 >>> from optax_nowcast.predictors.lfd import lfd2, lfd_spec
@@ -51,7 +52,8 @@ def _is_float(x) -> bool:
 
 
 def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.HorizonSchedule, unit: int = 1,
-            history_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
+            history_dtype: Any = None,
+            max_jump_ratio: float | None = None) -> optax.GradientTransformationExtraArgs:
   """Jumps every ``n * unit`` steps from ``[anchor, params]`` to ``k = horizon`` units ahead.
 
   Args:
@@ -61,6 +63,11 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
       ``schedules.k_decay(40, total_steps=...)`` (the period is ``n * unit`` steps).
     unit: optimizer steps per unit (1 for the paper's synthetic sequences).
     history_dtype: dtype of the anchor copy (e.g. ``jnp.bfloat16``); ``None`` keeps the params' dtypes.
+    max_jump_ratio: reject an absurdly large jump, as in ``nowcast``: when the global norm of
+      ``prediction - params`` exceeds ``max_jump_ratio * max(k, 1) * ||w_n - w_0|| / n`` (``max_jump_ratio``
+      times the jump a straight line through the anchor and the parameters would make). ``None``
+      (default) accepts every finite prediction. A rejected jump keeps the base update, is counted in
+      ``n_rejected``, and the parameters still become the next anchor.
   """
   if not isinstance(predictor, Predictor):
     raise ValueError(f"predictor must be an optax_nowcast Predictor, got {type(predictor).__name__}.")
@@ -68,6 +75,8 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
   if isinstance(horizon, int | np.integer) and not isinstance(horizon, bool):
     check_int("horizon", horizon, 1, "horizon is how many units ahead the jump lands.")
   unit = check_int("unit", unit, 1, "unit is the number of optimizer steps per unit of n and horizon.")
+  if max_jump_ratio is not None and (isinstance(max_jump_ratio, bool) or not max_jump_ratio > 0):
+    raise ValueError(f"max_jump_ratio must be a positive number (e.g. 10.0) or None, got {max_jump_ratio!r}.")
   period = n * unit
   horizon_schedule = _resolve_horizon(horizon, n, schedules_lib.ConstantPeriod(period))
 
@@ -110,6 +119,11 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
         ok &= jnp.all(jnp.isfinite(x))
       deltas = [x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
                 for x, i in zip(pred, float_ix, strict=True)]
+      if max_jump_ratio is not None:
+        jump_sq = sum(jnp.sum(jnp.square(d)) for d in deltas)
+        move_sq = sum(jnp.sum(jnp.square(h[1].astype(jnp.float32) - h[0].astype(jnp.float32))) for h in hist)
+        limit = max_jump_ratio * jnp.maximum(k, 1).astype(jnp.float32) / n
+        ok &= jnp.sqrt(jump_sq) <= limit * jnp.sqrt(move_sq)
       return deltas, ok, pstate
 
     def no_jump(a_leaves, pstate):

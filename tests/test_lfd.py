@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import optax_nowcast as onc
@@ -93,3 +94,27 @@ def test_farcast_keeps_two_copies_and_jumps_on_schedule():
   # Next anchor: step 9 (w = 20); the jump at count 17 (w = 28) lands at 28 + 12 = 40.
   assert float(history[18]["w"][0, 0]) == 40.0
   assert int(state.n_jumps) == 2 and int(history[-1]["count"]) == 0
+
+
+def test_farcast_max_jump_ratio_rejects_absurd_jumps_only():
+  # The line fit from w_0 = 0 to w_4 = 4 jumps k = 6 units to 10: a jump of 6 (1x the line's own jump);
+  # a predictor that adds 1000 makes a jump of 1006.
+  n, m, k = 4, 8, 6
+  spec = lfd_spec("lfd2", n, m)
+  j = jnp.arange(1, m + 1) / n
+  line = {"A": jnp.stack([-j, 1 + j]), "b": jnp.zeros(m)}
+  crazy = {"A": line["A"], "b": jnp.full(m, 1000.0)}
+  for weights, ratio, jumped in [(line, 1.01, True), (crazy, None, True), (crazy, 10.0, False),
+                                 (crazy, 1e3, True)]:
+    tx = optax.chain(optax.sgd(1.0), onc.farcast(lfd2(weights, spec), n=n, horizon=k, max_jump_ratio=ratio))
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    for _ in range(5):  # w moves +1 per step; the 5th call sees w_4 = 4
+      u, state = tx.update({"w": -jnp.ones(3)}, state, params)
+      params = optax.apply_updates(params, u)
+    fc = onc.find_nowcast_state(state)
+    assert (int(fc.n_jumps), int(fc.n_rejected)) == ((1, 0) if jumped else (0, 1)), (ratio, jumped)
+    expected = 5.0 if not jumped else (10.0 if weights is line else 1010.0)
+    np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="max_jump_ratio must be a positive number"):
+    onc.farcast(lfd2(line, spec), n=n, horizon=k, max_jump_ratio=0.0)
