@@ -11,3 +11,8 @@ def check_int(name: str, value, minimum: int, fix: str) -> int:
   if value < minimum:
     raise ValueError(f"{name} must be >= {minimum}, got {value}. {fix}")
   return int(value)
+
+
+def check_positive_or_none(name: str, value, example: str) -> None:
+  if value is not None and (isinstance(value, bool) or not value > 0):
+    raise ValueError(f"{name} must be a positive number (e.g. {example}) or None, got {value!r}.")

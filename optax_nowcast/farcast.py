@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from optax_nowcast import schedules as schedules_lib
-from optax_nowcast._checks import check_int
+from optax_nowcast._checks import check_int, check_positive_or_none
 from optax_nowcast.predictors.base import Predictor
 from optax_nowcast.transform import _resolve_horizon
 
@@ -75,8 +75,7 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
   if isinstance(horizon, int | np.integer) and not isinstance(horizon, bool):
     check_int("horizon", horizon, 1, "horizon is how many units ahead the jump lands.")
   unit = check_int("unit", unit, 1, "unit is the number of optimizer steps per unit of n and horizon.")
-  if max_jump_ratio is not None and (isinstance(max_jump_ratio, bool) or not max_jump_ratio > 0):
-    raise ValueError(f"max_jump_ratio must be a positive number (e.g. 10.0) or None, got {max_jump_ratio!r}.")
+  check_positive_or_none("max_jump_ratio", max_jump_ratio, "10.0")
   period = n * unit
   horizon_schedule = _resolve_horizon(horizon, n, schedules_lib.ConstantPeriod(period))
 

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from optax_nowcast import schedules as schedules_lib
-from optax_nowcast._checks import check_int
+from optax_nowcast._checks import check_int, check_positive_or_none
 from optax_nowcast.predictors.base import Predictor
 
 __all__ = ["NowcastState", "find_nowcast_state", "nowcast"]
@@ -213,8 +213,7 @@ def nowcast(
                   f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
   period_schedule = _resolve_period(period, ctx, interval)
   horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
-  if max_jump_ratio is not None and (isinstance(max_jump_ratio, bool) or not max_jump_ratio > 0):
-    raise ValueError(f"max_jump_ratio must be a positive number (e.g. 10.0) or None, got {max_jump_ratio!r}.")
+  check_positive_or_none("max_jump_ratio", max_jump_ratio, "10.0")
   if rollback_factor is not None:
     if isinstance(rollback_factor, bool) or not rollback_factor > 0:
       raise ValueError(f"rollback_factor must be a positive number (e.g. 1.5) or None, "

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,5 @@ def test_absurd_jumps_are_rejected_by_max_jump_ratio():
     nc = onc.find_nowcast_state(s)
     assert (int(nc.n_jumps), int(nc.n_rejected)) == ((1, 0) if jumped else (0, 1)), ratio
     assert float(p["w"][0]) > 100 if jumped else abs(float(p["w"][0]) - 0.4) < 1e-6
+  with pytest.raises(ValueError, match="max_jump_ratio must be a positive number"):
+    onc.nowcast(crazy, interval=1, ctx=3, max_jump_ratio=-1.0)
