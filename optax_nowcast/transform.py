@@ -214,10 +214,8 @@ def nowcast(
   period_schedule = _resolve_period(period, ctx, interval)
   horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
   check_positive_or_none("max_jump_ratio", max_jump_ratio, "10.0")
+  check_positive_or_none("rollback_factor", rollback_factor, "1.5")
   if rollback_factor is not None:
-    if isinstance(rollback_factor, bool) or not rollback_factor > 0:
-      raise ValueError(f"rollback_factor must be a positive number (e.g. 1.5) or None, "
-                       f"got {rollback_factor!r}.")
     if rollback_window is None:
       rollback_window = min(50, interval // 4)
     rollback_window = check_int("rollback_window", rollback_window, 0,
