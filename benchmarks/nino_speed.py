@@ -80,8 +80,8 @@ def main(argv=None):
   repeats = 5 if args.quick else args.repeats
   rows = {name: time_prediction(p, args.weights, repeats) for name, p in models.items()}
   lines = ["| model | params | nodes | edges | ours: median ms (min) | official PyTorch (METHODS.md) "
-           "| speed-up |",
-           "|---|---|---|---|---|---|---|"]
+           "| speed-up | compile (s) |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, r in rows.items():
     off = OFFICIAL_MS.get(name)
     ref = {"18-21": 18.0, "~60": 60.0}.get(off)  # the low end of the official figure
@@ -89,7 +89,7 @@ def main(argv=None):
     r["speedup_vs_official_low"] = ref / r["median_ms"] if ref else None
     lines.append(f"| {name} | {r['params']:,} | {r['nodes']} | {r['edges']:,} | {r['median_ms']:.2f} "
                  f"({r['min_ms']:.2f}) | {off or '—'} | "
-                 f"{_x(r['speedup_vs_official_low'])} |")
+                 f"{_x(r['speedup_vs_official_low'])} | {r['compile_s']:.1f} |")
   table = "\n".join(lines)
   if not args.quick:
     write_results(args.out, "nino_speed",

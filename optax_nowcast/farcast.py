@@ -33,7 +33,7 @@ import optax
 
 from optax_nowcast import schedules as schedules_lib
 from optax_nowcast._checks import check_int, check_positive_or_none
-from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.predictors.base import Predictor, full_precision
 from optax_nowcast.transform import _resolve_horizon
 
 
@@ -111,7 +111,7 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
                                                                                        strict=True)]
       times = jnp.asarray([-float(n), 0.0], jnp.float32)
       k = horizon_schedule(state.n_jumps + state.n_rejected)
-      pred, pstate = predictor.predict(jax.tree.unflatten(a_treedef, hist), times, k, pstate)
+      pred, pstate = full_precision(predictor.predict)(jax.tree.unflatten(a_treedef, hist), times, k, pstate)
       pred = jax.tree.leaves(pred)
       ok = jnp.array(True)
       for x in pred:

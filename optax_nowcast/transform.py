@@ -35,7 +35,7 @@ import optax
 
 from optax_nowcast import schedules as schedules_lib
 from optax_nowcast._checks import check_int, check_positive_or_none
-from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.predictors.base import Predictor, full_precision
 
 __all__ = ["NowcastState", "find_nowcast_state", "nowcast"]
 
@@ -305,7 +305,7 @@ def nowcast(
       k = horizon_schedule(jump_index)
       if rollback_factor is not None:
         k = jnp.maximum(1, jnp.round(k * state.horizon_scale)).astype(jnp.int32)
-      prediction, new_pstate = predictor.predict(
+      prediction, new_pstate = full_precision(predictor.predict)(
           jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
       pred_leaves = jax.tree.leaves(prediction)
       chex.assert_equal(len(pred_leaves), len(float_ix))

@@ -33,11 +33,12 @@ def test_proposition_1_affine_recurrences_are_forecast_exactly():
   design = np.stack([x[:, 0], x[:, n], np.ones(len(x))], 1)
   coef, *_ = np.linalg.lstsq(design.astype(np.float64), y.astype(np.float64), rcond=None)
   params = {"A": jnp.asarray(coef[:2], jnp.float32), "b": jnp.asarray(coef[2], jnp.float32)}
-  np.testing.assert_allclose(apply_lfd(params, spec, jnp.asarray(x)), y, atol=2e-5)
-  # And on fresh sequences of the same recurrence.
-  fresh = affine_sequences(np.random.default_rng(1), 10, 3, n + 1 + m, c=0.97, dvals=0.05)
-  np.testing.assert_allclose(apply_lfd(params, spec, jnp.asarray(fresh[..., : n + 1])), fresh[..., n + 1:],
-                             atol=5e-5)
+  with jax.default_matmul_precision("highest"):  # float32 products on GPU/TPU too (the lfd2 predictor's)
+    np.testing.assert_allclose(apply_lfd(params, spec, jnp.asarray(x)), y, atol=2e-5)
+    # And on fresh sequences of the same recurrence.
+    fresh = affine_sequences(np.random.default_rng(1), 10, 3, n + 1 + m, c=0.97, dvals=0.05)
+    np.testing.assert_allclose(apply_lfd(params, spec, jnp.asarray(fresh[..., : n + 1])),
+                               fresh[..., n + 1:], atol=5e-5)
 
 
 def test_training_recovers_the_affine_forecast():

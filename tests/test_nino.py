@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import need
 
 import optax_nowcast as onc
 from optax_nowcast._jraph import GraphsTuple
@@ -33,7 +34,7 @@ def test_gnn_layers_match_the_official_model(reference_dir, official, graph):
   assert cfg == {"hidden": 128, "layers": 3, "ctx": 5, "slots": 9, "horizons": 40, "edge_types": 15,
                  "final_edge_update": False, "lpe": 8}
   model = NiNoGNN(**{k: v for k, v in cfg.items() if k != "lpe"})
-  z = np.load(os.path.join(reference_dir, "gnn_forward", f"{graph}_nino.npz"))
+  z = np.load(need(os.path.join(reference_dir, "gnn_forward", f"{graph}_nino.npz"), "NiNo reference vectors"))
   g = GraphsTuple(nodes=jnp.asarray(z["node_feat"]), senders=jnp.asarray(z["senders"]),
                   receivers=jnp.asarray(z["receivers"]),
                   edges={"x": jnp.asarray(z["edge_attr"]), "type": jnp.asarray(z["edge_type"])},

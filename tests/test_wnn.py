@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import torch_flat_to_flax
+from conftest import need, torch_flat_to_flax
 
 from optax_nowcast.predictors.wnn import (
     WNN,
@@ -28,7 +28,7 @@ def test_wnn_plus_matches_the_official_model(reference_dir, which, prefix, graph
   params, cfg = load_official_wnn_plus(os.path.join(reference_dir, "weights", f"{which}.npz"))
   assert cfg["hidden"] == (128 if prefix == "h128" else 32) and cfg["horizons"] == 40 and cfg["ctx"] == 5
   model = WNNPlus(**{k: v for k, v in cfg.items() if k != "ctx"})
-  z = np.load(os.path.join(reference_dir, "gnn_forward", f"{graph}_wnn.npz"))
+  z = np.load(need(os.path.join(reference_dir, "gnn_forward", f"{graph}_wnn.npz"), "WNN+ reference vectors"))
   x = jnp.asarray(z["edge_attr"].reshape(-1, 9, 5))
   types = jnp.broadcast_to(jnp.asarray(z["edge_type"])[:, None], x.shape[:2])
   with jax.default_matmul_precision("highest"):

@@ -1,7 +1,14 @@
 """Nowcasting predictors: each returns a :class:`Predictor` to pass to :func:`optax_nowcast.nowcast`."""
 
 from optax_nowcast.predictors import lfd
-from optax_nowcast.predictors.base import History, Predictor, PredictorState, no_state, per_coordinate
+from optax_nowcast.predictors.base import (
+    History,
+    Predictor,
+    PredictorState,
+    full_precision,
+    no_state,
+    per_coordinate,
+)
 from optax_nowcast.predictors.lfd import lfd2
 from optax_nowcast.predictors.linefit import (
     linefit,
@@ -19,6 +26,7 @@ __all__ = [
     "WNNPlus",
     "Predictor",
     "PredictorState",
+    "full_precision",
     "lfd",
     "lfd2",
     "linefit",

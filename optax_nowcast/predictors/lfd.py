@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.predictors.base import Predictor, full_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ def lfd2(params: Any = None, spec: LFDSpec | None = None) -> Predictor:
 
     return jax.tree.map(leaf, history), state
 
-  return Predictor(init=lambda p: (), predict=predict, name="lfd2", min_ctx=2)
+  return Predictor(init=lambda p: (), predict=full_precision(predict), name="lfd2", min_ctx=2)
 
 
 __all__ = ["LFDSpec", "TrainResult", "apply_lfd", "init_lfd", "lfd2", "lfd_loss", "lfd_spec", "train_lfd"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from optax_nowcast.predictors.base import Predictor, no_state
+from optax_nowcast.predictors.base import Predictor, full_precision, no_state
 
 
 def _weights(ctx: int, weighted: bool) -> jax.Array:
@@ -61,7 +61,7 @@ def _make(weighted: bool, name: str) -> Predictor:
 
     return jax.tree.map(leaf, history), state
 
-  return Predictor(init=no_state, predict=predict, name=name, min_ctx=2)
+  return Predictor(init=no_state, predict=full_precision(predict), name=name, min_ctx=2)
 
 
 def linefit() -> Predictor:

@@ -46,7 +46,7 @@ import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
 from optax_nowcast._jraph import GraphsTuple, segment_mean
-from optax_nowcast.predictors.base import Predictor
+from optax_nowcast.predictors.base import Predictor, full_precision
 
 
 class PairDense(nn.Module):
@@ -410,17 +410,18 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     return ()
 
   def run_parts(sub: graphs_lib.SubGraphs, full_types: np.ndarray, feat: np.ndarray, x: jax.Array,
-                k) -> jax.Array:
+                k, w: Any) -> jax.Array:
     """The graph network on each part in turn (``lax.map``); ``(E, slots)`` deltas of the whole graph."""
     def one(part):
       edges, real, snd, rcv, types, nodes = part
       gt = GraphsTuple(nodes=nodes, edges={"x": x[edges] * real[:, None].astype(x.dtype), "type": types},
                        senders=snd, receivers=rcv, n_node=jnp.asarray([sub.num_nodes]),
                        n_edge=jnp.asarray([edges.shape[0]]), globals=None)
-      return model.apply(model_params, gt, k)
+      return model.apply(w, gt, k)
 
     types = np.where(sub.real_mask, full_types[sub.edges], 0).astype(np.int32)
-    parts = tuple(jnp.asarray(a) for a in (sub.edges, sub.real_mask, sub.senders, sub.receivers, types, feat))
+    parts = jax.lax.optimization_barrier(
+        tuple(jnp.asarray(a) for a in (sub.edges, sub.real_mask, sub.senders, sub.receivers, types, feat)))
     deltas = jax.lax.map(one, parts)  # (P, E_max, slots)
     out = jnp.zeros((x.shape[0], deltas.shape[-1]), deltas.dtype)
     pi, ei = np.nonzero(sub.param_mask)
@@ -439,16 +440,20 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
                        f"use nowcast(..., ctx={ctx}).")
     scaled, mu, sigma = scale_history(leaves)
     x = g.gather(scaled, width=model.slots * ctx)
+    # The weights and the graph are constants of the compiled step; behind an optimization barrier, XLA
+    # does not constant-fold what depends on them alone (the edge-type embedding, the node projections:
+    # (E, hidden) arrays baked into the executable, and minutes of compile time on GPU for a large graph).
+    w = jax.lax.optimization_barrier(model_params)
     if sub is None:
-      delta = model.apply(model_params, make_graphs_tuple(g, x, feat), k)  # (E, slots)
+      delta = model.apply(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)), k)  # (E, slots)
     else:
-      delta = run_parts(sub, g.edge_type, feat, x, k)
+      delta = run_parts(sub, g.edge_type, feat, x, k, w)
     last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
     pred_scaled = g.scatter(last + delta)
     out = [(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, leaves, strict=True)]
     return jax.tree.unflatten(treedef, out), state
 
-  return Predictor(init=init, predict=predict, name="nino", min_ctx=ctx)
+  return Predictor(init=init, predict=full_precision(predict), name="nino", min_ctx=ctx)
 
 
 __all__ = ["NiNoGNN", "load_official_weights", "make_graphs_tuple", "nino", "scale_history"]

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
-from optax_nowcast.predictors.base import Predictor, map_rows, row_chunk
+from optax_nowcast.predictors.base import Predictor, full_precision, map_rows, row_chunk
 from optax_nowcast.predictors.nino import read_state_dict, resolve_weights, scale_history
 
 # --------------------------------------------------------------------------------------------- WNN+
@@ -165,7 +165,7 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
            for y, h, m, s in zip(moved, leaves, mu, sigma, strict=True)]
     return jax.tree.unflatten(treedef, out), state
 
-  return Predictor(init=init, predict=predict, name="wnn_plus", min_ctx=ctx)
+  return Predictor(init=init, predict=full_precision(predict), name="wnn_plus", min_ctx=ctx)
 
 
 # ---------------------------------------------------------------------------------------------- WNN
@@ -250,7 +250,7 @@ def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None, *,
         out[i] = y.reshape(leaves[i].shape[1:]).astype(leaves[i].dtype)
     return jax.tree.unflatten(treedef, out), state
 
-  return Predictor(init=lambda p: (), predict=predict, name="wnn", min_ctx=5)
+  return Predictor(init=lambda p: (), predict=full_precision(predict), name="wnn", min_ctx=5)
 
 
 __all__ = ["WNN", "WNNPlus", "element_edge_types", "load_official_wnn_plus", "wnn", "wnn_denormalise",
