@@ -184,3 +184,27 @@ def test_subgraphs_equal_nino_on_each_module_alone(official, fm16_end_to_end):
 def _predict(predictor, template, history, k):
   state = predictor.init(template)
   return predictor.predict(history, jnp.arange(-4, 1, dtype=jnp.float32), k, state)
+
+
+def test_compiled_prediction_embeds_no_edge_by_hidden_constant():
+  """The weights and the graph are constants of the jitted prediction; XLA must not fold what depends on
+  them alone (edge-type embeddings, node projections) into (E, hidden) constants: on a GPU that folding
+  took LM-3-64's compile past 50 s (benchmarks/results/gpu_h200)."""
+  import re
+
+  from optax_nowcast import graphs
+  from optax_nowcast.predictors.nino import make_graphs_tuple
+
+  params = {"params": {"Dense_0": {"kernel": jnp.ones((64, 64)), "bias": jnp.zeros(64)},
+                       "Dense_1": {"kernel": jnp.ones((64, 10)), "bias": jnp.zeros(10)}}}
+  g = graphs.neural_graph(params)
+  gnn = NiNoGNN(hidden=16, horizons=10)
+  w = gnn.init(jax.random.PRNGKey(0), make_graphs_tuple(g, jnp.zeros((g.num_edges, gnn.slots * gnn.ctx)),
+                                                        jnp.zeros((g.num_nodes, 8))))
+  pred = nino(model_params=w, config={"hidden": 16, "horizons": 10, "lpe": 8})
+  pred.init(params)
+  hist = jax.tree.map(lambda p: jnp.stack([p * (1 + 0.1 * i) for i in range(5)]), params)
+  text = jax.jit(pred.predict).lower(hist, jnp.arange(-4.0, 1.0), jnp.int32(3), ()).compile().as_text()
+  sizes = [int(np.prod([int(d) for d in m.group(1).split(",") if d]))
+           for m in re.finditer(r"= \w+\[([\d,]*)\][^\n]*? constant\(", text)]
+  assert sizes and max(sizes) < g.num_edges * 16, sorted(sizes)[-3:]
