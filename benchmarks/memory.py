@@ -78,7 +78,11 @@ def main(argv=None):
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   args = parser.parse_args(argv)
   task = make_task(args.task, default_data_dir())
-  rows = {name: measure(task, tx) for name, tx in configs(task).items()}
+  rows = {}
+  for name, tx in configs(task).items():
+    rows[name] = r = measure(task, tx)
+    print(f"{name}: {r['state_bytes_per_param']:.1f} state bytes / param, "
+          f"{r['step_temp_bytes'] / 2**20:.2f} MB step scratch", flush=True)
   base = rows["adam"]
   lines = [f"Task {args.task} ({base['params']:,} parameters), batch {task.spec.batch_size}; "
            f"backend {jax.default_backend()}.", "",

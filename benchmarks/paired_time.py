@@ -205,6 +205,7 @@ def main(argv=None) -> dict[str, Any]:
   if os.path.exists(path):  # tasks measured earlier stay unless measured again
     with open(path) as f:
       result["tasks"] = json.load(f).get("tasks", {})
+  table = format_table(result)
   for name in tasks:
     if name not in found:
       raise ValueError(f"task {name!r} has no finished Adam runs in {RESULTS}/runs/full: run "
@@ -222,13 +223,18 @@ def main(argv=None) -> dict[str, Any]:
     result["tasks"].setdefault(name, {}).update(project(costs, summary, runs))
     print(f"{name}: {len(methods)} methods timed in {steps}-step chunks, {time.perf_counter() - t0:.0f} s",
           flush=True)
+    table = _write(result, args.out, name_out)  # after each task: a run cut short keeps what it measured
+  print(table)
+  return result
+
+
+def _write(result: dict[str, Any], out: str, name_out: str) -> str:
   order = list(R.SUITES["full"][1]) + ["digits"]
   result["tasks"] = dict(sorted(result["tasks"].items(),
                                 key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
   table = format_table(result)
-  R.write_results(args.out, name_out, result, table)
-  print(table)
-  return result
+  R.write_results(out, name_out, result, table)
+  return table
 
 
 if __name__ == "__main__":
