@@ -43,11 +43,12 @@ def full_precision(predict: Callable[..., Any]) -> Callable[..., Any]:
   """``predict`` with its matrix products and convolutions at full float32 precision.
 
   On GPUs (TensorFloat-32) and TPUs (bfloat16 passes) a float32 product runs by default with a
-  10-bit or 8-bit mantissa, a relative error of about ``1e-3``: enough to make an exact method
-  inexact (a line fit, Proposition 1 of LFD-2) and to move a learned predictor off the model it was trained
-  as. A prediction becomes the parameters, and a jump is rare and small next to training, so ``nowcast``,
-  ``farcast`` and every shipped predictor trace ``predict`` under ``jax.default_matmul_precision("highest")``;
-  the training step keeps the precision it was given. No effect on CPU, which computes in float32.
+  10-bit or 8-bit mantissa, a relative error of about ``1e-3``: enough to make an exact method written
+  with products inexact (LFD's linear map ``apply_lfd``, Proposition 1) and to move a learned predictor
+  off the model it was trained as. A prediction becomes the parameters, and a jump is rare and small
+  next to training, so ``nowcast``, ``farcast`` and every shipped predictor trace ``predict`` under
+  ``jax.default_matmul_precision("highest")``; the training step keeps the precision it was given. No
+  effect on CPU, which computes in float32.
 
   >>> import jax, jax.numpy as jnp
   >>> f = full_precision(lambda a, b: a @ b)
