@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from conftest import need
 
 import optax_nowcast as onc
 from optax_nowcast._jraph import GraphsTuple
-from optax_nowcast.predictors.nino import NiNoGNN, load_official_weights, nino
+from optax_nowcast.predictors.nino import NiNoGNN, load_official_weights, make_graphs_tuple, nino
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +191,7 @@ def test_compiled_prediction_embeds_no_edge_by_hidden_constant():
   """The weights and the graph are constants of the jitted prediction; XLA must not fold what depends on
   them alone (edge-type embeddings, node projections) into (E, hidden) constants: on a GPU that folding
   took LM-3-64's compile past 50 s (benchmarks/results/gpu_h200)."""
-  import re
-
   from optax_nowcast import graphs
-  from optax_nowcast.predictors.nino import make_graphs_tuple
 
   params = {"params": {"Dense_0": {"kernel": jnp.ones((64, 64)), "bias": jnp.zeros(64)},
                        "Dense_1": {"kernel": jnp.ones((64, 10)), "bias": jnp.zeros(10)}}}
