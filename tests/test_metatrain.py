@@ -164,8 +164,8 @@ def test_nino_training_resumes_from_its_checkpoint_to_the_same_weights(digits_ru
 
 
 def test_nino_plus_plus_options_train_and_reload(digits_runs, tmp_path):
-  """A GRU head on 4 eigenvectors + centrality (NiNo++'s 5 features): the saved config rebuilds the same
-  model, which then jumps."""
+  """A GRU head (trained on 50 sampled edges a window) on 4 eigenvectors + centrality (NiNo++'s 5
+  features): the saved config rebuilds the same model, which then jumps."""
   from optax_nowcast import nowcast
   from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino
   from optax_nowcast.metatrain.train_nino import GraphRun
@@ -174,12 +174,15 @@ def test_nino_plus_plus_options_train_and_reload(digits_runs, tmp_path):
   with pytest.raises(ValueError, match="head must be"):
     NiNoTrainConfig(head="transformer")
   runs = find_runs(str(digits_runs))[:3]
+  with pytest.raises(ValueError, match="head_edges must be >= 0"):
+    NiNoTrainConfig(head_edges=-1)
   cfg = NiNoTrainConfig(hidden=8, layers=1, horizons=3, steps=3, windows_per_batch=1, head="gru",
-                        node_features="lpe+centrality", lpe=5)
+                        node_features="lpe+centrality", lpe=5, rnn_hidden=4, head_edges=50)
   feat = GraphRun(runs[0], cfg).feat
   assert feat.shape[1] == 5 and np.all(feat[:, -1] >= 0)  # the last column is the (non-negative) centrality
   res = train_nino(runs, cfg, out_dir=str(tmp_path), log=lambda *_: None)
   assert res["config"]["head"] == "gru" and res["config"]["node_features"] == "lpe+centrality"
+  assert res["config"]["rnn_hidden"] == 4
   assert res["config"]["lpe"] == 5 and res["n_params"] > 0 and res["data"][0]["task"] == "digits"
   path = str(tmp_path / "nino.msgpack")
   with pytest.raises(ValueError, match="trained with 'lpe\\+centrality'"):

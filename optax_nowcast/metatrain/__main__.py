@@ -56,6 +56,9 @@ def main(argv=None) -> dict:
   t.add_argument("--out", default="trained")
   t.add_argument("--head", default="mlp", choices=["mlp", "lstm", "gru"],
                  help="NiNo: the head (NiNo++: lstm/gru)")
+  t.add_argument("--rnn-hidden", type=int, default=32, help="NiNo: the lstm/gru head's state width")
+  t.add_argument("--head-edges", type=int, default=0,
+                 help="NiNo: train each window's head on this many random parameter edges (0: all)")
   t.add_argument("--node-features", default="lpe", choices=["lpe", "lpe+centrality"],
                  help="NiNo: node features")
   t.add_argument("--lpe", type=int, default=8,
@@ -87,7 +90,8 @@ def main(argv=None) -> dict:
     elif args.predictor == "nino":
       from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
       ncfg = NiNoTrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons, seed=args.seed,
-                             head=args.head, node_features=args.node_features, lpe=args.lpe)
+                             head=args.head, node_features=args.node_features, lpe=args.lpe,
+                             rnn_hidden=args.rnn_hidden, head_edges=args.head_edges)
       budget = None if args.budget_minutes is None else 60 * args.budget_minutes
       res, name = train_nino(runs, ncfg, out_dir=args.out, log=log, resume=not args.fresh,
                              time_budget_s=budget), "nino"

@@ -60,16 +60,20 @@ class NiNoTrainConfig:
   val_fraction: float = 0.2
   seed: int = 0
   head: str = "mlp"  # "mlp" (NiNo's DMS head), "lstm" or "gru" (NiNo++)
+  rnn_hidden: int = 32  # the lstm/gru head's state width
+  head_edges: int = 0  # > 0: the loss of a window on this many random parameter edges (0: all)
   node_features: str = "lpe"  # "lpe" or "lpe+centrality" (NiNo++)
   checkpoint_every: int = 100
 
   def __post_init__(self):
+    if self.head_edges < 0:
+      raise ValueError(f"NiNoTrainConfig: head_edges must be >= 0 (0: every edge), got {self.head_edges}.")
     if self.head not in ("mlp", "lstm", "gru"):
       raise ValueError(f"NiNoTrainConfig: head must be 'mlp', 'lstm' or 'gru', got {self.head!r}.")
     if self.node_features not in ("lpe", "lpe+centrality"):
       raise ValueError("NiNoTrainConfig: node_features must be 'lpe' or 'lpe+centrality', got "
                        f"{self.node_features!r}.")
-    for name in ("ctx", "horizons", "lpe", "steps", "windows_per_batch", "checkpoint_every"):
+    for name in ("ctx", "horizons", "lpe", "steps", "windows_per_batch", "checkpoint_every", "rnn_hidden"):
       if getattr(self, name) < 1:
         raise ValueError(f"NiNoTrainConfig: {name} must be >= 1, got {getattr(self, name)}.")
 
@@ -157,7 +161,9 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   usable = [t for t in train if any(r.states.shape[0] > cfg.ctx for r in train[t])]
   if not usable:
     raise ValueError("no training trajectories with more than ctx saved states.")
-  model = NiNoGNN(hidden=cfg.hidden, layers=cfg.layers, ctx=cfg.ctx, horizons=cfg.horizons, head=cfg.head)
+  rnn = {"rnn_hidden": cfg.rnn_hidden} if cfg.head != "mlp" else {}
+  model = NiNoGNN(hidden=cfg.hidden, layers=cfg.layers, ctx=cfg.ctx, horizons=cfg.horizons, head=cfg.head,
+                  **rnn)
   slots = model.slots
   r0 = train[usable[0]][0]
   x0, *_ = graph_window(r0, 0, cfg, slots)
@@ -167,15 +173,17 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   opt_state = tx.init(params)
   graphs_of = {t: rs[0].graph for t, rs in by_task.items()}
 
-  def loss_fn(p, task, x, y, m, hm, feat):
+  def loss_fn(p, task, x, y, m, hm, feat, idx=None):
     g = graphs_of[task]
 
-    def one(x, y, m, hm, f):
-      out = model.apply(p, make_graphs_tuple(g, x, f))  # (E, slots, K)
+    def one(x, y, m, hm, f, idx):
+      out = model.apply(p, make_graphs_tuple(g, x, f), edges=idx)  # (E or len(idx), slots, K)
+      if idx is not None:
+        y, m = y[idx], m[idx]
       err = jnp.abs(out - y) * m[:, :, None] * hm[None, None, :]
       return jnp.sum(err) / (jnp.sum(m) * jnp.maximum(jnp.sum(hm), 1.0))
 
-    return jnp.mean(jax.vmap(one)(x, y, m, hm, feat))
+    return jnp.mean(jax.vmap(one)(x, y, m, hm, feat, idx))
 
   steps_by_task = {}
 
@@ -190,14 +198,21 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
     return steps_by_task[task]
 
   def batch(pool: list[GraphRun], rng, flip=True):
+    """``windows_per_batch`` windows of one task; in training with ``head_edges``, each window's random
+    parameter edges (an unbiased sample of its loss: the head decodes each edge alone)."""
     parts = []
+    sample = flip and cfg.head_edges > 0
     for _ in range(cfg.windows_per_batch):
       r = pool[int(rng.integers(len(pool)))]
       t = int(rng.integers(0, r.states.shape[0] - cfg.ctx))
       x, y, m, hm = graph_window(r, t, cfg, slots)
       signs = rng.choice([-1.0, 1.0], size=(1, cfg.lpe)) if flip else np.ones((1, cfg.lpe))
-      parts.append((x, y, m, hm, (r.feat * signs).astype(np.float32)))
-    return tuple(jnp.asarray(np.stack([p[i] for p in parts])) for i in range(5))
+      part = (x, y, m, hm, (r.feat * signs).astype(np.float32))
+      if sample:
+        masked = np.flatnonzero(m.any(axis=1))
+        part += (np.sort(rng.choice(masked, size=min(cfg.head_edges, len(masked)), replace=False)),)
+      parts.append(part)
+    return tuple(jnp.asarray(np.stack([p[i] for p in parts])) for i in range(len(parts[0])))
 
   val_rng = np.random.default_rng(cfg.seed + 1)
   val_batches = [(t, batch(val[t], val_rng, flip=False)) for t in val if val[t]
@@ -244,7 +259,7 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
       break
   result = {"params": params,
             "config": {"hidden": cfg.hidden, "layers": cfg.layers, "ctx": cfg.ctx, "horizons": cfg.horizons,
-                       "lpe": cfg.lpe, "head": cfg.head, "node_features": cfg.node_features},
+                       "lpe": cfg.lpe, "head": cfg.head, "node_features": cfg.node_features, **rnn},
             "initial_val_loss": initial, "val_loss": history[-1]["val_loss"] if history else float("nan"),
             "history": history, "finished": finished, "step": s,
             "train_runs": sum(len(v) for v in train.values()), "val_runs": sum(len(v) for v in val.values()),

@@ -20,7 +20,9 @@ Network (``D = 128``, ``M = 3``, SiLU), for an edge ``u -> v``:
   (no activation after the last layer); after layers 1..M-1:
   ``e <- Linear(SiLU(L_e e + L_s h_u + L_t h_v))``;
 * head (DMS): ``Linear -> SiLU -> Linear(D -> 9 K)``, one output per slot and horizon ``k = 1..K``; NiNo++
-  options: an LSTM or GRU unrolled over the horizons instead (``head="lstm"`` / ``"gru"``).
+  options: an LSTM or GRU run over the horizons instead (``head="lstm"`` / ``"gru"``, state width
+  ``rnn_hidden``, 32 by default: at ``D`` = 128 the cell costs about 40x the DMS head per edge), its input
+  the edge embedding at every step and a ``Linear(rnn_hidden -> 9)`` read-out per horizon.
 
 ``nino(weights=...)`` loads the official checkpoint (``.pt``, read with ``weights_only=True`` if torch is
 installed, or its ``.npz`` conversion) and returns a :class:`Predictor` for :func:`optax_nowcast.nowcast`.
@@ -67,17 +69,44 @@ class PairDense(nn.Module):
 
 
 class RNNStep(nn.Module):
-  """One step of NiNo++'s recurrent head: ``carry, e -> carry, Dense(slots)(h)``, an LSTM or GRU cell."""
+  """One step of NiNo++'s recurrent head over the horizons: ``carry, gx -> carry, Dense(slots)(h)``.
+
+  The input of every step is the same edge embedding ``e``, so its part of the gates, ``gx = e W_x + b_x``
+  (``edge_out_rnn_in``), is computed once outside the scan; a step adds the recurrent part ``h W_h + b_h``.
+  The cells are flax's ``GRUCell`` and ``OptimizedLSTMCell`` (``tests/test_nino.py`` checks both), with the
+  gate blocks in the order ``r, z, n`` and ``i, f, g, o``:
+
+  .. math::
+
+    \\text{GRU:}\\ r, z = \\sigma(gx_{r,z} + h W_{r,z} + b_{r,z}), \\;
+    n = \\tanh(gx_n + r \\odot (h W_n + b_n)), \\; h' = (1 - z) \\odot n + z \\odot h;
+    \\quad \\text{LSTM:}\\ c' = \\sigma(f) \\odot c + \\sigma(i) \\odot \\tanh(g), \\;
+    h' = \\sigma(o) \\odot \\tanh(c') .
+  """
 
   kind: str
   hidden: int
   slots: int
 
   @nn.compact
-  def __call__(self, carry: Any, e: jax.Array) -> tuple[Any, jax.Array]:
-    cell = nn.OptimizedLSTMCell if self.kind == "lstm" else nn.GRUCell
-    carry, y = cell(self.hidden, name=f"edge_out_{self.kind}")(carry, e)
-    return carry, nn.Dense(self.slots, name="edge_out_rnn_proj")(y)
+  def __call__(self, carry: Any, gx: jax.Array) -> tuple[Any, jax.Array]:
+    n_gates = 3 if self.kind == "gru" else 4
+    w = self.param("recurrent_kernel", nn.initializers.orthogonal(), (self.hidden, n_gates * self.hidden))
+    b = self.param("recurrent_bias", nn.initializers.zeros_init(), (n_gates * self.hidden,))
+    if self.kind == "gru":
+      h = carry
+      xr, xz, xn = jnp.split(gx, 3, axis=-1)
+      hr, hz, hn = jnp.split(h @ w + b, 3, axis=-1)
+      r, z = nn.sigmoid(xr + hr), nn.sigmoid(xz + hz)
+      h = (1.0 - z) * jnp.tanh(xn + r * hn) + z * h
+      carry = h
+    else:
+      c, h = carry
+      i, f, g, o = jnp.split(gx + h @ w + b, 4, axis=-1)
+      c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+      h = nn.sigmoid(o) * jnp.tanh(c)
+      carry = (c, h)
+    return carry, nn.Dense(self.slots, name="edge_out_rnn_proj")(h)
 
 
 class NiNoGNN(nn.Module):
@@ -94,6 +123,7 @@ class NiNoGNN(nn.Module):
   horizons: int = 40
   edge_types: int = graphs_lib.NUM_EDGE_TYPES
   head: str = "mlp"  # "mlp" (DMS), "lstm" or "gru" (NiNo++)
+  rnn_hidden: int = 32  # the recurrent head's state width
   final_edge_update: bool = False
 
   def setup(self):
@@ -114,12 +144,12 @@ class NiNoGNN(nn.Module):
       self.out0 = nn.Dense(d, name="edge_out0")
       self.out2 = nn.Dense(self.slots * self.horizons, name="edge_out2")
     elif self.head in ("lstm", "gru"):
-      # A scan over the K horizons of a rematerialised step: backprop keeps one carry per step instead of
-      # every step's gate activations (unrolled, ~10 x E x hidden floats a step: 21 GB of scratch for a
-      # 30k-parameter model, 4 windows, K = 40; scanned, 4.6 GB; `tests/test_nino.py`).
+      # The input part of the gates once (``RNNStep``), then a scan over the K horizons of a rematerialised
+      # step: backprop keeps one carry per step instead of every step's gate activations.
+      self.rnn_in = nn.Dense((3 if self.head == "gru" else 4) * self.rnn_hidden, name="edge_out_rnn_in")
       self.rnn = nn.scan(nn.remat(RNNStep), variable_broadcast="params", split_rngs={"params": False},
                          in_axes=nn.broadcast, out_axes=-1, length=self.horizons)(
-                             self.head, d, self.slots, name="edge_out_rnn")
+                             self.head, self.rnn_hidden, self.slots, name="edge_out_rnn")
     else:
       raise ValueError(f"head must be 'mlp', 'lstm' or 'gru', got {self.head!r}.")
 
@@ -148,9 +178,9 @@ class NiNoGNN(nn.Module):
   def decode(self, e: jax.Array) -> jax.Array:
     if self.head == "mlp":
       return self.out2(nn.silu(self.out0(e))).reshape(e.shape[0], self.slots, self.horizons)
-    zeros = jnp.zeros((e.shape[0], self.hidden), e.dtype)
+    zeros = jnp.zeros((e.shape[0], self.rnn_hidden), e.dtype)
     carry = (zeros, zeros) if self.head == "lstm" else zeros
-    _, out = self.rnn(carry, e)  # (E, slots, K)
+    _, out = self.rnn(carry, self.rnn_in(e))  # (E, slots, K)
     return out
 
   def decode_k(self, e: jax.Array, k: jax.Array) -> jax.Array:
@@ -168,10 +198,16 @@ class NiNoGNN(nn.Module):
     b = jax.lax.dynamic_index_in_dim(p["bias"].reshape(self.slots, self.horizons), kk, 1, False)
     return z @ w + b
 
-  def __call__(self, g: GraphsTuple, k: jax.Array | None = None) -> jax.Array:
-    """``(E, slots, horizons)`` deltas, or ``(E, slots)`` for horizon ``k`` when given."""
+  def __call__(self, g: GraphsTuple, k: jax.Array | None = None, edges: jax.Array | None = None) -> jax.Array:
+    """``(E, slots, horizons)`` deltas, or ``(E, slots)`` for horizon ``k`` when given.
+
+    ``edges`` (int indices, training only): decode just those edges, ``(len(edges), slots, horizons)``; the
+    head works on each edge alone, so this is the full output's rows ``edges`` at a fraction of the cost.
+    """
     h, e = self.embed(g)
     _, e = self.message_passing(g, h, e)
+    if edges is not None:
+      return self.decode(e[edges])
     if k is None:
       return self.decode(e)
     if self.head == "mlp" and not self.out2.has_variable("params", "kernel"):
