@@ -121,10 +121,13 @@ def _wnn_plus(variant: str | None = None):
 # NiNo++ options (Knyazev 2025, NiNo++): a NiNo trained by our pipeline with that one option changed from the
 # shipped one.
 _NINO_TRAIN = "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --steps 2000 --out OUT"
+_NINO_HEAD = ("python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
+              "--tasks digits,FM-16,LM-3-24 --steps 1000 --head-edges 4096 --out OUT")
 NINO_VARIANTS = {
     "nino++c": ("nino_c6", f"{_NINO_TRAIN} --node-features lpe+centrality --lpe 6"),  # 5 eigvecs + centrality
-    "nino++gru": ("nino_gru", f"{_NINO_TRAIN} --head gru"),
-    "nino++lstm": ("nino_lstm", f"{_NINO_TRAIN} --head lstm"),
+    # the recurrent heads: 1,000 steps on 21 runs (no LM-2-32), heads on 4,096 edges a window (weights README)
+    "nino++gru": ("nino_gru", f"{_NINO_HEAD} --head gru"),
+    "nino++lstm": ("nino_lstm", f"{_NINO_HEAD} --head lstm"),
     "nino++lpe5": ("nino_lpe5", f"{_NINO_TRAIN} --lpe 5"),
 }
 # WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
