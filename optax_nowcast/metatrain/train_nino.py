@@ -199,7 +199,7 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
 
   def batch(pool: list[GraphRun], rng, flip=True):
     """``windows_per_batch`` windows of one task; in training with ``head_edges``, each window's random
-    parameter edges (an unbiased sample of its loss: the head decodes each edge alone)."""
+    parameter edges (a sampled estimate of its loss: the head decodes each edge alone)."""
     parts = []
     sample = flip and cfg.head_edges > 0
     for _ in range(cfg.windows_per_batch):
