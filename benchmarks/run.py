@@ -198,9 +198,10 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "wp2": lambda task, s: task.optimizer(),
     "wp3": lambda task, s: task.optimizer(),
     "linefit+wp2": _nowcast(onc.predictors.linefit),
+    "nino-ours+wp2": _nino_ours(),  # our NiNo's jumps on top of weight prediction with s = 2
 }
 # Methods that take their gradients at the weights predicted WP_STEPS[m] steps ahead.
-WP_STEPS = {"wp1": 1, "wp2": 2, "wp3": 3, "linefit+wp2": 2}
+WP_STEPS = {"wp1": 1, "wp2": 2, "wp3": 3, "linefit+wp2": 2, "nino-ours+wp2": 2}
 
 
 def _overrides(s: Settings) -> dict[str, int]:
@@ -214,7 +215,7 @@ def _spec_for(name: str, s: Settings):
 # Methods whose numbers depend on a weights file: its hash joins the fingerprint, so retrained weights
 # recompute their runs instead of reusing old ones.
 WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "lfd2": "lfd2", "nino-ours": "nino", "nino-ours+dp": "nino",
-              "nino-ours+rb": "nino"}
+              "nino-ours+rb": "nino", "nino-ours+wp2": "nino"}
 
 
 def _weights_hash(method: str) -> str | None:
@@ -492,7 +493,8 @@ def format_weight_prediction_table(rows: list[dict[str, Any]]) -> str:
   """Markdown for :func:`weight_prediction_rows`."""
   lines = [
       "AdamW weight prediction (Guan 2023): gradients at the weights predicted `s` steps ahead; "
-      "`linefit+wp2` is nowcasting with linefit (not linefit+) on top of s = 2. Final metrics on the "
+      "`linefit+wp2` is nowcasting with linefit (not linefit+), `nino-ours+wp2` with our shipped NiNo, on "
+      "top of s = 2. Final metrics on the "
       "whole validation split; change = method - Adam on the same seed, mean over seeds (accuracy in "
       "points, perplexity in units).",
       "",
