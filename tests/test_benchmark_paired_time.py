@@ -32,13 +32,14 @@ def test_project_combines_measured_costs_with_the_suites_steps_and_jumps():
 def test_measure_times_one_jump_per_jump_chunk_on_digits():
   s = bench.Settings(steps=60, eval_every=10, smooth=2, interval=20, ctx=3, horizon=2)
   task = make_task("digits", None, steps=60)
-  res = pt.measure(task, ["linefit", "wp1"], s, steps=6, repeats=2)
-  assert set(res) == {"linefit", "wp1"}
+  res = pt.measure(task, ["linefit", "wp1", "linefit+wp2"], s, steps=6, repeats=2)
+  assert set(res) == {"linefit", "wp1", "linefit+wp2"}
   for r in res.values():
     assert r["adam_s_per_step"] > 0 and r["s_per_step"] > 0 and len(r["chunks_s"]) == 2
     assert r["step_ratio"] == pytest.approx(r["s_per_step"] / r["adam_s_per_step"])
   assert len(res["linefit"]["jump_chunks_s"]) == 2 and np.isfinite(res["linefit"]["period_overhead_s"])
   assert res["wp1"]["jump_chunks_s"] == [] and res["wp1"]["period_overhead_s"] == 0.0  # it never jumps
+  assert len(res["linefit+wp2"]["jump_chunks_s"]) == 2  # weight prediction with jumps: jumps timed too
   with pytest.raises(ValueError, match="multiple of ctx"):
     pt.measure(task, ["linefit"], s, steps=7)
 
