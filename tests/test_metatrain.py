@@ -141,6 +141,28 @@ def test_nino_meta_training_lowers_the_loss_and_the_weights_nowcast(digits_runs,
   assert int(s[1].n_jumps) == 1
 
 
+def test_nino_fine_tuning_starts_from_the_given_weights(digits_runs, tmp_path):
+  """``init``: training starts at the file's weights (its validation loss), and another model is refused."""
+  import dataclasses
+
+  from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino
+
+  runs = find_runs(str(digits_runs))[:3]
+  cfg = NiNoTrainConfig(hidden=8, layers=1, horizons=3, steps=6, windows_per_batch=1, learning_rate=1e-2)
+  first = train_nino(runs, cfg, out_dir=str(tmp_path / "a"), log=lambda *_: None)
+  weights = str(tmp_path / "a" / "nino.msgpack")
+  tuned = train_nino(runs, dataclasses.replace(cfg, init=weights, seed=0), out_dir=str(tmp_path / "b"),
+                     log=lambda *_: None)
+  np.testing.assert_allclose(tuned["initial_val_loss"], first["val_loss"], rtol=1e-6)
+  fresh = train_nino(runs, cfg, log=lambda *_: None)
+  assert fresh["initial_val_loss"] != pytest.approx(first["val_loss"], rel=1e-6)
+  assert tuned["train_config"]["init"] == weights
+  with pytest.raises(ValueError, match="init=.*hidden: 8 in the file, 16 here"):
+    train_nino(runs, dataclasses.replace(cfg, hidden=16, init=weights), log=lambda *_: None)
+  with pytest.raises(FileNotFoundError, match="init="):
+    train_nino(runs, dataclasses.replace(cfg, init=str(tmp_path / "none.msgpack")), log=lambda *_: None)
+
+
 def test_nino_training_resumes_from_its_checkpoint_to_the_same_weights(digits_runs, tmp_path):
   """A job stopped by its time budget and run again ends with the weights of an uninterrupted run."""
   from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino

@@ -66,6 +66,10 @@ def main(argv=None) -> dict:
   t.add_argument("--budget-minutes", type=float, default=None,
                  help="NiNo: stop after this much training, checkpoint in --out; run again to resume")
   t.add_argument("--fresh", action="store_true", help="NiNo: ignore a checkpoint in --out and start over")
+  t.add_argument("--init", default="", help="NiNo: fine-tune these weights (a .msgpack with its .json, e.g. "
+                 "optax_nowcast/pretrained/nino.msgpack) instead of starting from a random init")
+  t.add_argument("--learning-rate", type=float, default=None,
+                 help="NiNo: peak learning rate of the cosine decay (default 3e-3)")
   pr = sub.add_parser("pretrained", help="rerun the recipe of the shipped weights (collect + train + card)")
   pr.add_argument("--runs", default="trajectories")
   pr.add_argument("--out", default="optax_nowcast/pretrained")
@@ -91,7 +95,8 @@ def main(argv=None) -> dict:
       from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
       ncfg = NiNoTrainConfig(steps=args.steps, hidden=args.hidden, horizons=args.horizons, seed=args.seed,
                              head=args.head, node_features=args.node_features, lpe=args.lpe,
-                             rnn_hidden=args.rnn_hidden, head_edges=args.head_edges)
+                             rnn_hidden=args.rnn_hidden, head_edges=args.head_edges, init=args.init,
+                             **({} if args.learning_rate is None else {"learning_rate": args.learning_rate}))
       budget = None if args.budget_minutes is None else 60 * args.budget_minutes
       res, name = train_nino(runs, ncfg, out_dir=args.out, log=log, resume=not args.fresh,
                              time_budget_s=budget), "nino"

@@ -13,6 +13,9 @@ NiNo++ options: ``head="lstm"``/``"gru"`` (a recurrent head over the horizons) a
 ``node_features="lpe+centrality"`` (``lpe - 1`` eigenvectors and the eigenvector centrality); both are saved
 in the predictor's config, so ``predictors.nino(<file>.msgpack)`` rebuilds the same model.
 
+Fine-tuning: ``init="<file>.msgpack"`` starts from trained weights (e.g. the shipped ones, on runs of a new
+task) instead of a random init; the file's model config must match this config's.
+
 Long jobs: with ``out_dir``, the state of training (params, optimizer state, the sampler's random state and
 the log) is written to ``<out_dir>/nino.ckpt.msgpack`` every ``checkpoint_every`` steps and when
 ``time_budget_s`` runs out; calling :func:`train_nino` again with the same config resumes from it and gives
@@ -64,6 +67,7 @@ class NiNoTrainConfig:
   head_edges: int = 0  # > 0: the loss of a window on this many random parameter edges (0: all)
   node_features: str = "lpe"  # "lpe" or "lpe+centrality" (NiNo++)
   checkpoint_every: int = 100
+  init: str = ""  # a NiNo weights file (.msgpack with its .json) to start from instead of a random init
 
   def __post_init__(self):
     if self.head_edges < 0:
@@ -95,6 +99,29 @@ class GraphRun:
                        f"{self.flat_pos.shape[0]}.")
     self.group = np.concatenate([np.full(m["size"], i, np.int32) for i, m in enumerate(self.meta["leaves"])])
     self.num_groups = len(self.meta["leaves"])
+
+
+def _init_from(cfg: NiNoTrainConfig, params, rnn: dict[str, int]):
+  """The weights of ``cfg.init``, checked against the model ``cfg`` describes."""
+  from optax_nowcast import pretrained
+
+  if not os.path.exists(cfg.init):
+    raise FileNotFoundError(f"NiNoTrainConfig: init={cfg.init!r} does not exist; pass a NiNo "
+                            ".msgpack written by train_nino (with its .json), e.g. "
+                            "optax_nowcast/pretrained/nino.msgpack.")
+  loaded, config = pretrained.load_file(cfg.init, expect="nino")
+  want = {"hidden": cfg.hidden, "layers": cfg.layers, "ctx": cfg.ctx, "horizons": cfg.horizons,
+          "lpe": cfg.lpe, "head": cfg.head, "node_features": cfg.node_features, **rnn}
+  got = {k: config.get(k, {"head": "mlp", "node_features": "lpe"}.get(k)) for k in want}
+  if got != want:
+    diff = ", ".join(f"{k}: {got[k]} in the file, {want[k]} here" for k in want if got[k] != want[k])
+    raise ValueError(f"NiNoTrainConfig: init={cfg.init!r} is another model ({diff}); train with the file's "
+                     "settings (--hidden, --horizons, --lpe, --head, ...) to fine-tune it.")
+  same = (jax.tree.structure(params) == jax.tree.structure(loaded)
+          and [x.shape for x in jax.tree.leaves(params)] == [x.shape for x in jax.tree.leaves(loaded)])
+  if not same:
+    raise ValueError(f"NiNoTrainConfig: init={cfg.init!r} has other parameter shapes than this model.")
+  return jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), params, loaded)
 
 
 def _checkpoint_paths(out_dir: str) -> tuple[str, str]:
@@ -168,6 +195,8 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   r0 = train[usable[0]][0]
   x0, *_ = graph_window(r0, 0, cfg, slots)
   params = model.init(jax.random.PRNGKey(cfg.seed), make_graphs_tuple(r0.graph, jnp.asarray(x0), r0.feat))
+  if cfg.init:
+    params = _init_from(cfg, params, rnn)
   schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps)
   tx = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adamw(schedule, weight_decay=cfg.weight_decay))
   opt_state = tx.init(params)
