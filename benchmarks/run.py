@@ -129,10 +129,11 @@ NINO_VARIANTS = {
     "nino++gru": ("nino_gru", f"{_NINO_HEAD} --head gru"),
     "nino++lstm": ("nino_lstm", f"{_NINO_HEAD} --head lstm"),
     "nino++lpe5": ("nino_lpe5", f"{_NINO_TRAIN} --lpe 5"),
-    # the shipped weights fine-tuned on the whole recipe, C10-16 included (30 runs; weights README)
+    # the shipped weights fine-tuned on 27 runs of the recipe, C10-16 included (no LM-2-32; weights README)
     "nino-ours+c10": ("nino_c10", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
-                                  "--init optax_nowcast/pretrained/nino.msgpack --steps 600 "
-                                  "--learning-rate 1e-3 --out OUT"),
+                                  "--tasks digits,FM-16,LM-3-24,C10-16 --init "
+                                  "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
+                                  "--out OUT"),
 }
 # WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
 WNN_PLUS_VARIANTS = {
