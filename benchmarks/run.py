@@ -139,6 +139,11 @@ NINO_VARIANTS = {
 WNN_PLUS_VARIANTS = {
     "wnn+c10": ("wnn_plus_c10", "python -m optax_nowcast.metatrain pretrained --runs DIR --out OUT "
                                 "--only wnn_plus"),
+    # the shipped WNN+'s data (24 runs, no C10-16) and training, hidden 32 instead of 128: 15x fewer
+    # multiply-adds per element a jump (the NiNo repository also has a hidden-32 WNN+)
+    "wnn+h32": ("wnn_plus_h32", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
+                                "--tasks digits,FM-16,LM-2-32,LM-3-24 --hidden 32 --steps 4000 "
+                                "--elements 512 --out OUT"),
 }
 VARIANTS = {**NINO_VARIANTS, **WNN_PLUS_VARIANTS}
 
@@ -476,7 +481,7 @@ def format_matrix(suite: str, summary: dict) -> str:
            "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback, "
            "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`), "
            "`wnn+c10` our WNN+ retrained with C10-16 trajectories added, `nino-ours+c10` our shipped NiNo "
-           "fine-tuned with them.", "",
+           "fine-tuned with them, `wnn+h32` the shipped WNN+'s recipe at hidden 32.", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
   for task, t in summary.items():
     cells = []
