@@ -138,6 +138,8 @@ NINO_VARIANTS = {
   "nino-ours+rc": ("nino_rc", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --init "
                               "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
                               "--out OUT"),
+  # from a random init by the whole recipe (= `metatrain pretrained --only nino`: 30 runs, 2,000 steps)
+  "nino-recipe": ("nino_recipe", _NINO_TRAIN),  # DIR: every task of metatrain.pretrained.RECIPE
 }
 # WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
 WNN_PLUS_VARIANTS = {
@@ -485,8 +487,8 @@ def format_matrix(suite: str, summary: dict) -> str:
            "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback, "
            "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`), "
            "`wnn+c10` our WNN+ retrained with C10-16 trajectories added, `nino-ours+c10` our shipped NiNo "
-           "fine-tuned with them (`+rc`: on all 30 runs of the recipe), `wnn+h32` the shipped WNN+'s recipe "
-           "at hidden 32.", "",
+           "fine-tuned with them (`+rc`: on all 30 runs of the recipe), `nino-recipe` our NiNo trained from "
+           "scratch on those 30 runs, `wnn+h32` the shipped WNN+'s recipe at hidden 32.", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
   for task, t in summary.items():
     cells = []
