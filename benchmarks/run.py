@@ -134,12 +134,12 @@ NINO_VARIANTS = {
                                   "--tasks digits,FM-16,LM-3-24,C10-16 --init "
                                   "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
                                   "--out OUT"),
-  # the same fine-tuning on all 30 runs of the recipe (C10-16 and LM-2-32 included; weights README)
-  "nino-ours+rc": ("nino_rc", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --init "
-                              "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
-                              "--out OUT"),
-  # from a random init by the whole recipe (= `metatrain pretrained --only nino`: 30 runs, 2,000 steps)
-  "nino-recipe": ("nino_recipe", _NINO_TRAIN),  # DIR: every task of metatrain.pretrained.RECIPE
+    # the same fine-tuning on all 30 runs of the recipe (C10-16 and LM-2-32 included; weights README)
+    "nino-ours+rc": ("nino_rc", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --init "
+                                "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
+                                "--out OUT"),
+    # from a random init by the whole recipe (= `metatrain pretrained --only nino`: 30 runs, 2,000 steps)
+    "nino-recipe": ("nino_recipe", _NINO_TRAIN),  # DIR: every task of metatrain.pretrained.RECIPE
 }
 # WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
 WNN_PLUS_VARIANTS = {
