@@ -141,12 +141,14 @@ NINO_VARIANTS = {
     # from a random init by the whole recipe (= `metatrain pretrained --only nino`: 30 runs, 2,000 steps)
     "nino-recipe": ("nino_recipe", _NINO_TRAIN),  # DIR: every task of metatrain.pretrained.RECIPE
 }
-# WNN+ by the recipe of the shipped weights (``metatrain.pretrained``), its trajectories widened with C10-16.
+# WNN+ variants. The shipped WNN+ is the recipe's (``metatrain pretrained``: all 30 runs, C10-16 included).
 WNN_PLUS_VARIANTS = {
-    "wnn+c10": ("wnn_plus_c10", "python -m optax_nowcast.metatrain pretrained --runs DIR --out OUT "
-                                "--only wnn_plus"),
-    # the shipped WNN+'s data (24 runs, no C10-16) and training, hidden 32 instead of 128: 15x fewer
-    # multiply-adds per element a jump (the NiNo repository also has a hidden-32 WNN+)
+    # the WNN+ shipped until 2026-12-01: the same training on the 24 runs collected before C10-16 joined
+    "wnn+noc10": ("wnn_plus_noc10", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
+                                    "--tasks digits,FM-16,LM-2-32,LM-3-24 --steps 4000 --elements 512 "
+                                    "--out OUT"),
+    # wnn+noc10's data (24 runs) and training, hidden 32 instead of 128: 15x fewer multiply-adds per element
+    # a jump (the NiNo repository also has a hidden-32 WNN+)
     "wnn+h32": ("wnn_plus_h32", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
                                 "--tasks digits,FM-16,LM-2-32,LM-3-24 --hidden 32 --steps 4000 "
                                 "--elements 512 --out OUT"),
@@ -486,9 +488,10 @@ def format_matrix(suite: str, summary: dict) -> str:
            "(`(r/n) x`: only r of n seeds reached it, x is their median); `*` a held-out task; `nino` is the "
            "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback, "
            "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`), "
-           "`wnn+c10` our WNN+ retrained with C10-16 trajectories added, `nino-ours+c10` our shipped NiNo "
-           "fine-tuned with them (`+rc`: on all 30 runs of the recipe), `nino-recipe` our NiNo trained from "
-           "scratch on those 30 runs, `wnn+h32` the shipped WNN+'s recipe at hidden 32.", "",
+           "`wnn+` our shipped WNN+ (30 runs, C10-16 included), `wnn+noc10` the WNN+ shipped before it (24 "
+           "runs, no C10-16), `wnn+h32` that one at hidden 32, `nino-ours+c10` our shipped NiNo fine-tuned "
+           "with C10-16 runs (`+rc`: on all 30 runs of the recipe), `nino-recipe` our NiNo trained from "
+           "scratch on those 30 runs.", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
   for task, t in summary.items():
     cells = []
