@@ -493,6 +493,7 @@ def format_matrix(suite: str, summary: dict) -> str:
            "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`), "
            "`wnn+` our shipped WNN+ (30 runs, C10-16 included; `wnn+k20`: k-decay from 20, not 40), "
            "`wnn+noc10` the WNN+ shipped before it (24 runs, no C10-16), `wnn+h32` that one at hidden 32, "
+           "`wnn+official` the NiNo repository's WNN+ checkpoint (`nino_mlp`), "
            "`nino-ours+c10` our shipped NiNo fine-tuned with C10-16 runs (`+rc`: on all 30 runs of the "
            "recipe), `nino-recipe` our NiNo trained from scratch on those 30 runs.", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
