@@ -205,8 +205,8 @@ METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
     "wnn+official": _wnn_plus_official,
     "wnn": _nowcast(onc.predictors.wnn),  # shipped weights; ctx 5, a fixed jump of 5 intervals
     "wnn+": _wnn_plus(),
-    # the same weights with half NiNo's horizons (k-decay from 20): WNN+'s jumps raise the training loss 2-5x
-    # for 50 steps where NiNo's raise it 1.2-1.6x (FM-32)
+    # the same weights with half NiNo's horizons (k-decay from 20): WNN+'s jumps raise the 50-step training
+    # loss more than NiNo's (FM-32, median over 27 jumps: 1.94x against 1.22x for the official NiNo)
     "wnn+k20": _wnn_plus(max_k=20),
     **{m: _wnn_plus(variant=m) for m in WNN_PLUS_VARIANTS},
     "lfd2": _lfd2,
