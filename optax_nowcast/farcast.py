@@ -33,11 +33,23 @@ import optax
 
 from optax_nowcast import schedules as schedules_lib
 from optax_nowcast._checks import check_int, check_positive_or_none
+from optax_nowcast._gate import float_params, is_float, jump_gate
 from optax_nowcast.predictors.base import Predictor, full_precision
-from optax_nowcast.transform import _resolve_horizon
 
 
 class FarcastState(NamedTuple):
+  """State of :func:`farcast` (find it in any chain with ``find_nowcast_state``).
+
+  Attributes:
+    count: int32, number of ``update`` calls so far.
+    anchor: one copy of the float parameters (``MaskedNode`` elsewhere), the state ``w_0``.
+    anchor_step: int32, the step of the anchor.
+    n_jumps: int32, jumps applied.
+    n_rejected: int32, jumps skipped (non-finite or too long).
+    last_jump_step: int32, step of the last applied jump, ``-1`` before the first.
+    predictor_state: whatever the predictor keeps.
+  """
+
   count: jax.Array
   anchor: Any  # one copy of the float parameters (MaskedNode elsewhere)
   anchor_step: jax.Array
@@ -45,10 +57,6 @@ class FarcastState(NamedTuple):
   n_rejected: jax.Array
   last_jump_step: jax.Array
   predictor_state: Any
-
-
-def _is_float(x) -> bool:
-  return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
 def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.HorizonSchedule, unit: int = 1,
@@ -77,19 +85,18 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
   unit = check_int("unit", unit, 1, "unit is the number of optimizer steps per unit of n and horizon.")
   check_positive_or_none("max_jump_ratio", max_jump_ratio, "10.0")
   period = n * unit
-  horizon_schedule = _resolve_horizon(horizon, n, schedules_lib.ConstantPeriod(period))
+  horizon_schedule = schedules_lib.resolve_horizon(horizon, n, schedules_lib.ConstantPeriod(period))
 
   def init_fn(params):
     def anchor_leaf(p):
-      if not _is_float(p):
+      if not is_float(p):
         return optax.MaskedNode()
       return jnp.zeros(jnp.shape(p), history_dtype or jnp.result_type(p))
 
-    masked = jax.tree.map(lambda p: p if _is_float(p) else optax.MaskedNode(), params)
     zero = lambda: jnp.zeros((), jnp.int32)
     return FarcastState(count=zero(), anchor=jax.tree.map(anchor_leaf, params), anchor_step=zero(),
                         n_jumps=zero(), n_rejected=zero(), last_jump_step=jnp.full((), -1, jnp.int32),
-                        predictor_state=predictor.init(masked))
+                        predictor_state=predictor.init(float_params(params)))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -97,7 +104,7 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
       raise ValueError("farcast needs the current parameters: call tx.update(updates, state, params).")
     p_leaves, treedef = jax.tree.flatten(params)
     u_leaves = treedef.flatten_up_to(updates)
-    float_ix = [i for i, p in enumerate(p_leaves) if _is_float(p)]
+    float_ix = [i for i, p in enumerate(p_leaves) if is_float(p)]
     a_leaves, a_treedef = jax.tree.flatten(state.anchor)
     step = state.count
     a_leaves = jax.lax.cond(step == state.anchor_step,
@@ -112,18 +119,10 @@ def farcast(predictor: Predictor, *, n: int, horizon: int | schedules_lib.Horizo
       times = jnp.asarray([-float(n), 0.0], jnp.float32)
       k = horizon_schedule(state.n_jumps + state.n_rejected)
       pred, pstate = full_precision(predictor.predict)(jax.tree.unflatten(a_treedef, hist), times, k, pstate)
-      pred = jax.tree.leaves(pred)
-      ok = jnp.array(True)
-      for x in pred:
-        ok &= jnp.all(jnp.isfinite(x))
-      deltas = [x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
-                for x, i in zip(pred, float_ix, strict=True)]
-      if max_jump_ratio is not None:
-        jump_sq = sum(jnp.sum(jnp.square(d)) for d in deltas)
-        move_sq = sum(jnp.sum(jnp.square(h[1].astype(jnp.float32) - h[0].astype(jnp.float32))) for h in hist)
-        limit = max_jump_ratio * jnp.maximum(k, 1).astype(jnp.float32) / n
-        ok &= jnp.sqrt(jump_sq) <= limit * jnp.sqrt(move_sq)
-      return deltas, ok, pstate
+      x = [p_leaves[i] for i in float_ix]
+      gate = jump_gate(jax.tree.leaves(pred), x, k, max_jump_ratio=max_jump_ratio, span=n,
+                       recent=lambda: ([h[0] for h in hist], [h[1] for h in hist]))
+      return gate.deltas, gate.ok, pstate
 
     def no_jump(a_leaves, pstate):
       return [jnp.zeros(jnp.shape(p_leaves[i]), jnp.float32) for i in float_ix], jnp.array(False), pstate

@@ -41,6 +41,8 @@ __all__ = [
     "dynamic_period",
     "constant_horizon",
     "k_decay",
+    "resolve_period",
+    "resolve_horizon",
 ]
 
 
@@ -265,3 +267,49 @@ def k_decay(max_k: int, *, n_jumps: int | None = None, total_steps: int | None =
   [40, 21, 8, 1]
   """
   return KDecay(max_k, n_jumps, total_steps, p)
+
+
+def resolve_period(period: int | PeriodSchedule | None, ctx: int, interval: int) -> PeriodSchedule:
+  """The period schedule of ``nowcast(period=...)``: ``None`` is every ``ctx * interval`` steps, an int a
+  constant period; every gap must leave room for ``ctx`` recordings ``interval`` steps apart.
+
+  >>> resolve_period(None, ctx=5, interval=200)
+  ConstantPeriod(period=1000)
+  """
+  window = ctx * interval
+  if period is None:
+    period = ConstantPeriod(window)
+  elif isinstance(period, (int, np.integer)) and not isinstance(period, bool):
+    period = ConstantPeriod(int(period))
+  elif not isinstance(period, PeriodSchedule):
+    raise ValueError(f"period must be None, an int or a schedules.PeriodSchedule (e.g. "
+                     f"schedules.dynamic_period(...)), got {period!r}.")
+  if period.min_gap() < window:
+    raise ValueError(
+        f"period: jumps {period.min_gap()} steps apart are shorter than ctx * interval = {ctx} * "
+        f"{interval} = {window}; each jump needs ctx fresh states recorded every interval steps. "
+        f"Use a period of at least {window} steps, or lower ctx or interval.")
+  return period
+
+
+def resolve_horizon(horizon: int | HorizonSchedule | None, default: int,
+                    period: PeriodSchedule) -> HorizonSchedule:
+  """The horizon schedule of ``nowcast(horizon=...)`` and ``farcast``: ``None`` is ``default`` intervals,
+  an int a constant horizon, a schedule is bound to the jumps of ``period`` (``k_decay`` needs their number).
+
+  >>> resolve_horizon(None, 5, constant_period(1000))
+  ConstantHorizon(k=5)
+  >>> resolve_horizon(k_decay(40, total_steps=10_000), 5, constant_period(1000)).table().tolist()[:3]
+  [40, 33, 26]
+  """
+  if horizon is None:
+    horizon = ConstantHorizon(default)
+  elif isinstance(horizon, (int, np.integer)) and not isinstance(horizon, bool):
+    if horizon < 0:
+      raise ValueError(f"horizon must be >= 0 intervals, got {horizon}: the predictor extrapolates "
+                       "forward in time. Pass a non-negative int or a schedules.HorizonSchedule.")
+    horizon = ConstantHorizon(int(horizon))
+  elif not isinstance(horizon, HorizonSchedule):
+    raise ValueError(f"horizon must be None, an int (intervals) or a schedules.HorizonSchedule "
+                     f"(e.g. schedules.k_decay(40, total_steps=...)), got {horizon!r}.")
+  return horizon.resolve(period)

@@ -25,57 +25,50 @@ which lets the non-jump steps stay fused and costs one extra gradient evaluation
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from optax_nowcast import schedules as schedules_lib
 from optax_nowcast._checks import check_int, check_positive_or_none
+from optax_nowcast._gate import float_params, is_float, jump_gate
+from optax_nowcast._placement import DeviceHistory, placement
+from optax_nowcast.farcast import FarcastState
 from optax_nowcast.predictors.base import Predictor, full_precision
 
-__all__ = ["NowcastState", "find_nowcast_state", "nowcast"]
+__all__ = ["NowcastState", "RingState", "RollbackState", "find_nowcast_state", "nowcast"]
 
 
-class NowcastState(NamedTuple):
-  """State of :func:`nowcast` (find it in any chain with :func:`find_nowcast_state`).
-
-  >>> import jax.numpy as jnp, optax, optax_nowcast as onc
-  >>> state = onc.nowcast(onc.predictors.linefit(), interval=10, ctx=3).init({"w": jnp.zeros(4)})
-  >>> state.history["w"].shape, int(state.count), int(state.n_jumps)
-  ((3, 4), 0, 0)
+class RingState(NamedTuple):
+  """Where the recorded states sit in the history's ring buffer.
 
   Attributes:
-    count: int32, number of ``update`` calls so far (the step reached after the last update).
-    history: pytree like ``params``; each float leaf has shape ``(ctx, *param.shape)`` in the history
-      dtype, non-float leaves are ``optax.MaskedNode()``. A ring buffer: slot ``i`` holds the state of
-      step ``slot_steps[i]``.
     slot_steps: int32 ``(ctx,)``, the step of the state in each slot, ``-1`` while empty.
     next_slot: int32, the slot the next state is written to.
     filled: int32, states recorded since the last jump (capped at ``ctx``).
-    n_jumps: int32, jumps applied.
-    n_rejected: int32, jumps skipped because the prediction was not finite.
-    last_jump_step: int32, step of the last applied jump, ``-1`` before the first.
-    predictor_state: whatever the predictor keeps.
-    loss_ema: float32, running mean of the ``value`` (loss) passed to ``update`` (rollback only).
-    pre_jump_loss: float32, ``loss_ema`` when the last jump was made.
-    post_jump_loss: float32, running mean of the losses since the last jump, within the rollback window.
-    n_rollbacks: int32, jumps undone because the loss rose.
-    horizon_scale: float32, factor on ``k`` (halved by each rollback by default).
   """
 
-  count: jax.Array
-  history: Any
   slot_steps: jax.Array
   next_slot: jax.Array
   filled: jax.Array
-  n_jumps: jax.Array
-  n_rejected: jax.Array
-  last_jump_step: jax.Array
-  predictor_state: Any
+
+
+class RollbackState(NamedTuple):
+  """What ``nowcast(rollback_factor=...)`` tracks to undo a jump that raised the loss.
+
+  Attributes:
+    loss_ema: float32, running mean of the ``value`` (loss) passed to ``update``.
+    pre_jump_loss: float32, ``loss_ema`` when the last jump was made.
+    post_jump_loss: float32, running mean of the losses since the last jump, within the rollback window.
+    n_rollbacks: int32, jumps undone because the loss rose.
+    horizon_scale: float32, factor on ``k`` (``rollback_shrink`` after each rollback).
+  """
+
   loss_ema: jax.Array
   pre_jump_loss: jax.Array
   post_jump_loss: jax.Array
@@ -83,52 +76,211 @@ class NowcastState(NamedTuple):
   horizon_scale: jax.Array
 
 
-def _is_float(x) -> bool:
-  return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+class NowcastState(NamedTuple):
+  """State of :func:`nowcast` (find it in any chain with :func:`find_nowcast_state`).
+
+  >>> import jax.numpy as jnp, optax, optax_nowcast as onc
+  >>> state = onc.nowcast(onc.predictors.linefit(), interval=10, ctx=3).init({"w": jnp.zeros(4)})
+  >>> state.history["w"].shape, int(state.count), int(state.n_jumps), state.ring.slot_steps.tolist()
+  ((3, 4), 0, 0, [-1, -1, -1])
+
+  Attributes:
+    count: int32, number of ``update`` calls so far (the step reached after the last update).
+    history: pytree like ``params``; each float leaf has shape ``(ctx, *param.shape)`` in the history
+      dtype, non-float leaves are ``optax.MaskedNode()``. A ring buffer: slot ``i`` holds the state of
+      step ``ring.slot_steps[i]``.
+    ring: :class:`RingState`, the ring buffer's bookkeeping.
+    n_jumps: int32, jumps applied.
+    n_rejected: int32, jumps skipped because the prediction was not finite (or too long).
+    last_jump_step: int32, step of the last applied jump, ``-1`` before the first.
+    predictor_state: whatever the predictor keeps.
+    rollback: :class:`RollbackState` (unused without ``rollback_factor``).
+
+  The fields of ``ring`` and ``rollback`` are also readable directly (``state.n_rollbacks``).
+  """
+
+  count: jax.Array
+  history: Any
+  ring: RingState
+  n_jumps: jax.Array
+  n_rejected: jax.Array
+  last_jump_step: jax.Array
+  predictor_state: Any
+  rollback: RollbackState
+
+  slot_steps = property(lambda self: self.ring.slot_steps)
+  next_slot = property(lambda self: self.ring.next_slot)
+  filled = property(lambda self: self.ring.filled)
+  loss_ema = property(lambda self: self.rollback.loss_ema)
+  pre_jump_loss = property(lambda self: self.rollback.pre_jump_loss)
+  post_jump_loss = property(lambda self: self.rollback.post_jump_loss)
+  n_rollbacks = property(lambda self: self.rollback.n_rollbacks)
+  horizon_scale = property(lambda self: self.rollback.horizon_scale)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Rollback:
+  factor: float
+  window: int
+  shrink: float
 
 
-def _resolve_period(period, ctx: int, interval: int) -> schedules_lib.PeriodSchedule:
-  window = ctx * interval
-  if period is None:
-    period = schedules_lib.ConstantPeriod(window)
-  elif isinstance(period, (int, np.integer)) and not isinstance(period, bool):
-    period = schedules_lib.ConstantPeriod(int(period))
-  elif not isinstance(period, schedules_lib.PeriodSchedule):
-    raise ValueError(f"period must be None, an int or a schedules.PeriodSchedule (e.g. "
-                     f"schedules.dynamic_period(...)), got {period!r}.")
-  if period.min_gap() < window:
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Everything static about one ``nowcast``: built once by the constructor."""
+
+  predictor: Predictor
+  interval: int
+  ctx: int
+  period: schedules_lib.PeriodSchedule
+  horizon: schedules_lib.HorizonSchedule
+  history_dtype: Any
+  max_jump_ratio: float | None
+  rollback: _Rollback | None
+  store: DeviceHistory
+
+
+def _init(cfg: _Config, params: Any) -> NowcastState:
+  if params is None:
+    raise ValueError("nowcast.init needs the parameters (tx.init(params)).")
+  cfg.store.check_backend()
+
+  def hist_leaf(p):
+    if not is_float(p):
+      return optax.MaskedNode()
+    return cfg.store.zeros(p, cfg.ctx, cfg.history_dtype or jnp.result_type(p))
+
+  # Every field gets its own buffer so that the state can be donated.
+  zero = lambda: jnp.zeros((), jnp.int32)
+  nan = lambda: jnp.full((), jnp.nan, jnp.float32)
+  return NowcastState(
+      count=zero(), history=jax.tree.map(hist_leaf, params),
+      ring=RingState(slot_steps=jnp.full((cfg.ctx,), -1, jnp.int32), next_slot=zero(), filled=zero()),
+      n_jumps=zero(), n_rejected=zero(), last_jump_step=jnp.full((), -1, jnp.int32),
+      predictor_state=cfg.predictor.init(float_params(params)),
+      rollback=RollbackState(loss_ema=nan(), pre_jump_loss=nan(), post_jump_loss=jnp.zeros((), jnp.float32),
+                             n_rollbacks=zero(), horizon_scale=jnp.ones((), jnp.float32)))
+
+
+def _record(cfg: _Config, history: list, ring: RingState, x: list, step: jax.Array) -> tuple[list, RingState]:
+  """Writes the parameters ``x`` (float leaves) into the ring's next slot."""
+  history = [jax.lax.dynamic_update_index_in_dim(h, cfg.store.put(jnp.asarray(p).astype(h.dtype)),
+                                                 ring.next_slot, 0) for h, p in zip(history, x, strict=True)]
+  return history, RingState(slot_steps=ring.slot_steps.at[ring.next_slot].set(step),
+                            next_slot=(ring.next_slot + 1) % cfg.ctx,
+                            filled=jnp.minimum(ring.filled + 1, cfg.ctx))
+
+
+def _jump(cfg: _Config, h_treedef, history: list, ring: RingState, x: list, k: jax.Array, pstate: Any):
+  """Predicts from the ring (oldest state first) and gates the jump: ``(Gate, predictor state)``."""
+  order = (ring.next_slot + jnp.arange(cfg.ctx)) % cfg.ctx  # oldest first
+  chrono = [jnp.take(cfg.store.get(h), order, axis=0) for h in history]
+  steps = ring.slot_steps[order]
+  times = (steps - steps[-1]).astype(jnp.float32) / cfg.interval
+  prediction, pstate = full_precision(cfg.predictor.predict)(
+      jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
+  prediction = jax.tree.leaves(prediction)
+  chex.assert_equal(len(prediction), len(x))
+  gate = jump_gate(prediction, x, k, max_jump_ratio=cfg.max_jump_ratio, span=cfg.ctx - 1,
+                   recent=lambda: ([c[0] for c in chrono], [c[-1] for c in chrono]))
+  return gate, pstate
+
+
+def _horizon(cfg: _Config, jump_index: jax.Array, rollback: RollbackState) -> jax.Array:
+  k = cfg.horizon(jump_index)
+  if cfg.rollback is not None:
+    k = jnp.maximum(1, jnp.round(k * rollback.horizon_scale)).astype(jnp.int32)
+  return k
+
+
+def _rollback(cfg: _Config, rb: RollbackState, value: Any, step: jax.Array, last_jump_step: jax.Array,
+              applied: jax.Array, history: list, ring: RingState, x: list, out: list):
+  """Tracks the loss around jumps; ``rollback.window`` steps after a jump whose running mean loss exceeds
+  ``rollback.factor`` times the pre-jump mean, returns to the pre-jump state. ``(out, RollbackState)``."""
+  r = cfg.rollback
+  loss = jnp.asarray(value, jnp.float32)
+  since = step - last_jump_step - 1  # 0 at the first call after a jump
+  in_window = (last_jump_step >= 0) & (since >= 0) & (since <= r.window)
+  # The running mean tracks the loss outside the windows that follow jumps (including the jump call).
+  new_ema = jnp.where(jnp.isnan(rb.loss_ema), loss, 0.9 * rb.loss_ema + 0.1 * loss)
+  loss_ema = jnp.where(in_window, rb.loss_ema, new_ema)
+  pre_jump = jnp.where(applied, loss_ema, rb.pre_jump_loss)
+  post = jnp.where(in_window, jnp.where(since == 0, loss, 0.9 * rb.post_jump_loss + 0.1 * loss), 0.0)
+  roll = in_window & (since == r.window) & (post > r.factor * pre_jump)
+  # theta_J sits in the newest recorded slot until ctx more recordings (>= interval steps away).
+  newest = (ring.next_slot - 1) % cfg.ctx
+
+  def roll_back(out):
+    out = list(out)
+    for j, (h, p) in enumerate(zip(history, x, strict=True)):
+      theta_j = cfg.store.get(jax.lax.dynamic_index_in_dim(h, newest, 0, keepdims=False))
+      back = theta_j.astype(jnp.float32) - jnp.asarray(p).astype(jnp.float32)
+      out[j] = jnp.where(roll, back.astype(jnp.result_type(out[j])), out[j])
+    return out
+
+  out = cfg.store.when(roll, roll_back, out)
+  return out, RollbackState(loss_ema=loss_ema, pre_jump_loss=pre_jump, post_jump_loss=post,
+                            n_rollbacks=rb.n_rollbacks + roll.astype(jnp.int32),
+                            horizon_scale=jnp.where(roll, rb.horizon_scale * r.shrink, rb.horizon_scale))
+
+
+def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None, *, value: Any = None,
+            **extra_args: Any) -> tuple[Any, NowcastState]:
+  del extra_args
+  if cfg.rollback is not None and value is None:
+    raise ValueError("nowcast(rollback_factor=...) needs the loss: call tx.update(updates, state, params, "
+                     "value=loss).")
+  if params is None:
     raise ValueError(
-        f"period: jumps {period.min_gap()} steps apart are shorter than ctx * interval = {ctx} * "
-        f"{interval} = {window}; each jump needs ctx fresh states recorded every interval steps. "
-        f"Use a period of at least {window} steps, or lower ctx or interval.")
-  return period
+        "nowcast needs the current parameters to record their trajectory: call "
+        "tx.update(updates, state, params). (Flax TrainState and nnx.Optimizer pass them.)")
+  p_leaves, treedef = jax.tree.flatten(params)
+  u_leaves = treedef.flatten_up_to(updates)
+  float_ix = [i for i, p in enumerate(p_leaves) if is_float(p)]
+  x = [p_leaves[i] for i in float_ix]
+  h_leaves, h_treedef = jax.tree.flatten(state.history)
+  chex.assert_equal(len(h_leaves), len(float_ix))
+  store, no_jump = cfg.store, (jnp.array(False), jnp.array(False))
 
+  step = state.count  # `params` are the state reached after `step` updates
+  jump_step, jump_index = cfg.period.next_jump(step)
+  to_jump = jump_step - step
+  do_record = (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
 
-def _resolve_horizon(horizon, ctx: int, period) -> schedules_lib.HorizonSchedule:
-  if horizon is None:
-    horizon = schedules_lib.ConstantHorizon(ctx)
-  elif isinstance(horizon, (int, np.integer)) and not isinstance(horizon, bool):
-    if horizon < 0:
-      raise ValueError(f"horizon must be >= 0 intervals, got {horizon}: the predictor extrapolates "
-                       "forward in time. Pass a non-negative int or a schedules.HorizonSchedule.")
-    horizon = schedules_lib.ConstantHorizon(int(horizon))
-  elif not isinstance(horizon, schedules_lib.HorizonSchedule):
-    raise ValueError(f"horizon must be None, an int (intervals) or a schedules.HorizonSchedule "
-                     f"(e.g. schedules.k_decay(40, total_steps=...)), got {horizon!r}.")
-  return horizon.resolve(period)
+  def jump(h, ring, pstate):
+    gate, pstate = _jump(cfg, h_treedef, h, ring, x, _horizon(cfg, jump_index, state.rollback), pstate)
+    h, carried = store.stash(h, gate.deltas, ring.next_slot)
+    return h, (gate.ok, ~gate.ok), pstate, carried
 
+  def record(h, ring, pstate):
+    h, ring = _record(cfg, h, ring, x, step)
+    is_jump = (to_jump == 0) & (ring.filled >= cfg.ctx)
+    h, flags, pstate, carried = jax.lax.cond(
+        is_jump, jump, lambda h, r, s: (list(h), no_jump, s, store.nothing_carried(x)), h, ring, pstate)
+    return h, ring._replace(filled=jnp.where(is_jump, 0, ring.filled)), flags, pstate, carried
 
-def _history_sharding(p) -> jax.sharding.Sharding | None:
-  """The history of a ``NamedSharding``-ed parameter: the same layout, the ``ctx`` axis unsharded."""
-  if not isinstance(p, jax.Array) or isinstance(p, jax.core.Tracer):
-    return None  # under jit, XLA propagates the sharding of the parameters to the history
-  sharding = p.sharding
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(p) - len(sharding.spec))
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *spec))
-  return None
+  def keep(h, ring, pstate):
+    return list(h), ring, no_jump, pstate, store.nothing_carried(x)
+
+  # Non-recording steps only pay for this predicate and the fused `where` below.
+  h_leaves, ring, (applied, rejected), pstate, carried = jax.lax.cond(
+      do_record, record, keep, h_leaves, state.ring, state.predictor_state)
+  jumps = store.jump(h_leaves, carried, ring.next_slot)
+  out = [jnp.where(applied, d.astype(jnp.result_type(u_leaves[i])), u_leaves[i])
+         for d, i in zip(jumps, float_ix, strict=True)]
+  rollback = state.rollback
+  if cfg.rollback is not None:
+    out, rollback = _rollback(cfg, rollback, value, step, state.last_jump_step, applied, h_leaves, ring, x,
+                              out)
+  out_leaves = list(u_leaves)
+  for o, i in zip(out, float_ix, strict=True):
+    out_leaves[i] = o
+  return jax.tree.unflatten(treedef, out_leaves), NowcastState(
+      count=step + 1, history=jax.tree.unflatten(h_treedef, h_leaves), ring=ring,
+      n_jumps=state.n_jumps + applied.astype(jnp.int32),
+      n_rejected=state.n_rejected + rejected.astype(jnp.int32),
+      last_jump_step=jnp.where(applied, step, state.last_jump_step), predictor_state=pstate,
+      rollback=rollback)
 
 
 def nowcast(
@@ -211,10 +363,11 @@ def nowcast(
   ctx = check_int("ctx", ctx, max(2, predictor.min_ctx),
                   f"ctx is the number of recorded states the predictor sees; "
                   f"{predictor.name} needs at least {max(2, predictor.min_ctx)}.")
-  period_schedule = _resolve_period(period, ctx, interval)
-  horizon_schedule = _resolve_horizon(horizon, ctx, period_schedule)
+  period_schedule = schedules_lib.resolve_period(period, ctx, interval)
+  horizon_schedule = schedules_lib.resolve_horizon(horizon, ctx, period_schedule)
   check_positive_or_none("max_jump_ratio", max_jump_ratio, "10.0")
   check_positive_or_none("rollback_factor", rollback_factor, "1.5")
+  rollback = None
   if rollback_factor is not None:
     if rollback_window is None:
       rollback_window = min(50, interval // 4)
@@ -225,6 +378,7 @@ def nowcast(
                        "pre-jump state is read back from the history before the next recording.")
     if not 0 < rollback_shrink <= 1:
       raise ValueError(f"rollback_shrink must be in (0, 1], got {rollback_shrink!r}.")
+    rollback = _Rollback(float(rollback_factor), rollback_window, float(rollback_shrink))
   if history_dtype is not None:
     try:
       history_dtype = jnp.dtype(history_dtype)
@@ -234,187 +388,10 @@ def nowcast(
     if not jnp.issubdtype(history_dtype, jnp.floating):
       raise ValueError(f"history_dtype must be a float dtype such as jnp.bfloat16 or None, "
                        f"got {history_dtype}.")
-
-  if history_memory not in ("device", "host"):
-    raise ValueError(f"history_memory must be 'device' or 'host', got {history_memory!r}.")
-  host = history_memory == "host"
-  to_host = lambda x: jax.device_put(x, jax.memory.Space.Host)
-  to_device = lambda x: jax.device_put(x, jax.memory.Space.Device)
-
-  def init_fn(params):
-    if params is None:
-      raise ValueError("nowcast.init needs the parameters (tx.init(params)).")
-    if host:
-      kinds = {m.kind for m in jax.devices()[0].addressable_memories()}
-      if "pinned_host" not in kinds:
-        raise ValueError(f"nowcast(history_memory='host') needs a backend with host memory; "
-                         f"{jax.default_backend()} has {sorted(kinds)}. Use history_memory='device'.")
-
-    def hist_leaf(p):
-      if not _is_float(p):
-        return optax.MaskedNode()
-      dtype = history_dtype if history_dtype is not None else jnp.result_type(p)
-      z = jnp.zeros((ctx,) + jnp.shape(p), dtype, device=_history_sharding(p))
-      return to_host(z) if host else z
-
-    masked_params = jax.tree.map(lambda p: p if _is_float(p) else optax.MaskedNode(), params)
-    # Every field gets its own buffer so that the state can be donated.
-    zero = lambda: jnp.zeros((), jnp.int32)
-    return NowcastState(
-        count=zero(),
-        history=jax.tree.map(hist_leaf, params),
-        slot_steps=jnp.full((ctx,), -1, jnp.int32),
-        next_slot=zero(),
-        filled=zero(),
-        n_jumps=zero(),
-        n_rejected=zero(),
-        last_jump_step=jnp.full((), -1, jnp.int32),
-        predictor_state=predictor.init(masked_params),
-        loss_ema=jnp.full((), jnp.nan, jnp.float32),
-        pre_jump_loss=jnp.full((), jnp.nan, jnp.float32),
-        post_jump_loss=jnp.zeros((), jnp.float32),
-        n_rollbacks=zero(),
-        horizon_scale=jnp.ones((), jnp.float32),
-    )
-
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
-    del extra_args
-    if rollback_factor is not None and value is None:
-      raise ValueError("nowcast(rollback_factor=...) needs the loss: call tx.update(updates, state, params, "
-                       "value=loss).")
-    if params is None:
-      raise ValueError(
-          "nowcast needs the current parameters to record their trajectory: call "
-          "tx.update(updates, state, params). (Flax TrainState and nnx.Optimizer pass them.)")
-    p_leaves, treedef = jax.tree.flatten(params)
-    u_leaves = treedef.flatten_up_to(updates)
-    float_ix = [i for i, p in enumerate(p_leaves) if _is_float(p)]
-    h_leaves, h_treedef = jax.tree.flatten(state.history)
-    chex.assert_equal(len(h_leaves), len(float_ix))
-
-    step = state.count  # `params` are the state reached after `step` updates
-    jump_step, jump_index = period_schedule.next_jump(step)
-    to_jump = jump_step - step
-    do_record = (to_jump % interval == 0) & (to_jump <= (ctx - 1) * interval)
-
-    def jump(h_leaves, slot_steps, next_slot, pstate):
-      order = (next_slot + jnp.arange(ctx)) % ctx  # oldest first
-      chrono = [jnp.take(to_device(h) if host else h, order, axis=0) for h in h_leaves]
-      steps = slot_steps[order]
-      times = (steps - steps[-1]).astype(jnp.float32) / interval
-      k = horizon_schedule(jump_index)
-      if rollback_factor is not None:
-        k = jnp.maximum(1, jnp.round(k * state.horizon_scale)).astype(jnp.int32)
-      prediction, new_pstate = full_precision(predictor.predict)(
-          jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
-      pred_leaves = jax.tree.leaves(prediction)
-      chex.assert_equal(len(pred_leaves), len(float_ix))
-      finite = jnp.array(True)
-      for x in pred_leaves:
-        finite &= jnp.all(jnp.isfinite(x))
-      if max_jump_ratio is not None:
-        f32 = lambda a: jnp.asarray(a).astype(jnp.float32)
-        jump_sq = sum(jnp.sum(jnp.square(f32(x) - f32(p_leaves[i])))
-                      for x, i in zip(pred_leaves, float_ix, strict=True))
-        move_sq = sum(jnp.sum(jnp.square(f32(c[-1]) - f32(c[0]))) for c in chrono)
-        limit = max_jump_ratio * jnp.maximum(k, 1).astype(jnp.float32) / (ctx - 1)
-        finite &= jnp.sqrt(jump_sq) <= limit * jnp.sqrt(move_sq)
-      deltas = [x.astype(jnp.float32) - jnp.asarray(p_leaves[i]).astype(jnp.float32)
-                for x, i in zip(pred_leaves, float_ix, strict=True)]
-      if host:  # the jump stays on the device until it is applied below
-        return list(h_leaves), finite, ~finite, new_pstate, deltas
-      # The ring's oldest slot is stale after a jump: it carries the jump (prediction - params)
-      # until the update below reads it, so a jump costs no extra parameter copy.
-      new_h = [jax.lax.dynamic_update_index_in_dim(h, d.astype(h.dtype), next_slot, 0)
-               for h, d in zip(h_leaves, deltas, strict=True)]
-      return new_h, finite, ~finite, new_pstate, []
-
-    def no_deltas():
-      return [jnp.zeros(jnp.shape(p_leaves[i]), jnp.float32) for i in float_ix] if host else []
-
-    def no_jump(h_leaves, slot_steps, next_slot, pstate):
-      return list(h_leaves), jnp.array(False), jnp.array(False), pstate, no_deltas()
-
-    def record(h_leaves, slot_steps, next_slot, filled, pstate):
-      new_h = []
-      for h, i in zip(h_leaves, float_ix, strict=True):
-        x = jnp.asarray(p_leaves[i]).astype(h.dtype)
-        new_h.append(jax.lax.dynamic_update_index_in_dim(h, to_host(x) if host else x, next_slot, 0))
-      slot_steps = slot_steps.at[next_slot].set(step)
-      next_slot = (next_slot + 1) % ctx
-      filled = jnp.minimum(filled + 1, ctx)
-      is_jump = (to_jump == 0) & (filled >= ctx)
-      new_h, applied, rejected, pstate, deltas = jax.lax.cond(
-          is_jump, jump, no_jump, new_h, slot_steps, next_slot, pstate)
-      filled = jnp.where(is_jump, 0, filled)
-      return new_h, slot_steps, next_slot, filled, pstate, applied, rejected, deltas
-
-    def keep(h_leaves, slot_steps, next_slot, filled, pstate):
-      return list(h_leaves), slot_steps, next_slot, filled, pstate, jnp.array(False), \
-          jnp.array(False), no_deltas()
-
-    # Non-recording steps only pay for this predicate and the fused `where` below.
-    h_leaves, slot_steps, next_slot, filled, pstate, applied, rejected, deltas = jax.lax.cond(
-        do_record, record, keep, h_leaves, state.slot_steps, state.next_slot, state.filled,
-        state.predictor_state)
-
-    out_leaves = list(u_leaves)
-    for j, (h, i) in enumerate(zip(h_leaves, float_ix, strict=True)):
-      u = u_leaves[i]
-      delta = deltas[j] if host else jax.lax.dynamic_index_in_dim(h, next_slot, 0, keepdims=False)
-      out_leaves[i] = jnp.where(applied, delta.astype(jnp.result_type(u)), u)
-
-    loss_ema, pre_jump, post_mean = state.loss_ema, state.pre_jump_loss, state.post_jump_loss
-    n_rollbacks, horizon_scale = state.n_rollbacks, state.horizon_scale
-    if rollback_factor is not None:
-      loss = jnp.asarray(value, jnp.float32)
-      since = step - state.last_jump_step - 1  # 0 at the first call after a jump
-      in_window = (state.last_jump_step >= 0) & (since >= 0) & (since <= rollback_window)
-      # The running mean tracks the loss outside the windows that follow jumps (including the jump call).
-      new_ema = jnp.where(jnp.isnan(loss_ema), loss, 0.9 * loss_ema + 0.1 * loss)
-      loss_ema = jnp.where(in_window, loss_ema, new_ema)
-      pre_jump = jnp.where(applied, loss_ema, pre_jump)
-      post_mean = jnp.where(in_window, jnp.where(since == 0, loss, 0.9 * post_mean + 0.1 * loss), 0.0)
-      check = in_window & (since == rollback_window)
-      roll = check & (post_mean > rollback_factor * pre_jump)
-      # theta_J sits in the newest recorded slot until ctx more recordings (>= interval steps away).
-      newest = (next_slot - 1) % ctx
-
-      def roll_back(out):
-        out = list(out)
-        for h, i in zip(h_leaves, float_ix, strict=True):
-          theta_j = jax.lax.dynamic_index_in_dim(h, newest, 0, keepdims=False)
-          theta_j = (to_device(theta_j) if host else theta_j).astype(jnp.float32)
-          back = theta_j - jnp.asarray(p_leaves[i]).astype(jnp.float32)
-          out[i] = jnp.where(roll, back.astype(jnp.result_type(out[i])), out[i])
-        return out
-
-      if host:  # read the host copy only when a rollback happens
-        out_leaves = jax.lax.cond(roll, roll_back, list, out_leaves)
-      else:
-        out_leaves = roll_back(out_leaves)
-      n_rollbacks = n_rollbacks + roll.astype(jnp.int32)
-      horizon_scale = jnp.where(roll, horizon_scale * rollback_shrink, horizon_scale)
-
-    new_state = NowcastState(
-        count=step + 1,
-        history=jax.tree.unflatten(h_treedef, h_leaves),
-        slot_steps=slot_steps,
-        next_slot=next_slot,
-        filled=filled,
-        n_jumps=state.n_jumps + applied.astype(jnp.int32),
-        n_rejected=state.n_rejected + rejected.astype(jnp.int32),
-        last_jump_step=jnp.where(applied, step, state.last_jump_step),
-        predictor_state=pstate,
-        loss_ema=loss_ema,
-        pre_jump_loss=pre_jump,
-        post_jump_loss=post_mean,
-        n_rollbacks=n_rollbacks,
-        horizon_scale=horizon_scale,
-    )
-    return jax.tree.unflatten(treedef, out_leaves), new_state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  cfg = _Config(predictor=predictor, interval=interval, ctx=ctx, period=period_schedule,
+                horizon=horizon_schedule, history_dtype=history_dtype, max_jump_ratio=max_jump_ratio,
+                rollback=rollback, store=placement(history_memory))
+  return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg), functools.partial(_update, cfg))
 
 
 def find_nowcast_state(opt_state: Any) -> Any:  # NowcastState, FarcastState or None
@@ -432,7 +409,7 @@ def find_nowcast_state(opt_state: Any) -> Any:  # NowcastState, FarcastState or 
   0
   """
   def is_jump_state(x) -> bool:
-    return isinstance(x, NowcastState) or (isinstance(x, tuple) and type(x).__name__ == "FarcastState")
+    return isinstance(x, NowcastState | FarcastState)
 
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_jump_state) if is_jump_state(x)]
   if len(found) > 1:

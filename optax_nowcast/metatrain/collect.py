@@ -217,4 +217,21 @@ def unflatten(row: np.ndarray, meta: dict, like) -> Any:
   return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-__all__ = ["RunSpec", "collect", "estimate_bytes", "load_run", "plan_runs", "task_template", "unflatten"]
+def runs_summary(folders: list[str]) -> list[dict[str, Any]]:
+  """Per task: how many runs ``folders`` hold, their steps, states, learning rates and parameter count
+  (the model cards' data tables)."""
+  by_task: dict[str, dict[str, Any]] = {}
+  for f in folders:
+    with open(os.path.join(f, "index.json")) as fh:
+      meta = json.load(fh)
+    d = by_task.setdefault(meta["task"], {"task": meta["task"], "runs": 0, "steps": meta["steps"][-1],
+                                          "states": len(meta["steps"]), "lr": set(), "params": 0})
+    d["runs"] += 1
+    d["lr"].add(meta["learning_rate"])
+    d["params"] = meta["leaves"][-1]["offset"] + meta["leaves"][-1]["size"]
+  return [{**d, "lr": sorted(d["lr"])} for d in by_task.values()]
+
+
+
+__all__ = ["RunSpec", "collect", "estimate_bytes", "load_run", "plan_runs", "runs_summary", "task_template",
+           "unflatten"]

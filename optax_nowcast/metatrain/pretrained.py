@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs
+from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs, runs_summary
 from optax_nowcast.metatrain.train import (
   TrainConfig,
   find_runs,
@@ -57,19 +57,6 @@ def collect_recipe(runs_root: str, data_dir: str | None = None, quiet: bool = Fa
             quiet=quiet)
 
 
-def _runs_summary(folders: list[str]) -> list[dict[str, Any]]:
-  by_task: dict[str, dict[str, Any]] = {}
-  for f in folders:
-    with open(os.path.join(f, "index.json")) as fh:
-      meta = json.load(fh)
-    d = by_task.setdefault(meta["task"], {"task": meta["task"], "runs": 0, "steps": meta["steps"][-1],
-                                          "states": len(meta["steps"]), "lr": set(), "params": 0})
-    d["runs"] += 1
-    d["lr"].add(meta["learning_rate"])
-    d["params"] = meta["leaves"][-1]["offset"] + meta["leaves"][-1]["size"]
-  return [{**d, "lr": sorted(d["lr"])} for d in by_task.values()]
-
-
 def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[str, Any]]) -> str:
   """``MODEL_CARD.md`` from the training records (``<name>.json``) and the runs they were trained on.
 
@@ -77,7 +64,7 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
   then any further task among ``folders``; ``folders`` may be empty to rewrite the card from the records.
   """
   runs = {d["task"]: d for rec in records.values() for d in rec.get("data", [])}
-  runs = list(runs.values()) + [d for d in _runs_summary(folders) if d["task"] not in runs]
+  runs = list(runs.values()) + [d for d in runs_summary(folders) if d["task"] not in runs]
   lines = ["# Pretrained predictors of optax_nowcast", "",
            "Trained by this project on its own trajectories, with the command below. Weights: Flax msgpack "
            "(`<name>.msgpack`); config and full training record: `<name>.json`. Loaded by default by "
@@ -178,7 +165,7 @@ def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect:
     else:
       res = train_lfd_on_runs(folders, TRAIN[name], n=LFD["n"], m=LFD["m"], coords=LFD["coords"], log=log)
     res["n_params"] = _n_params(res["params"]) if name != "wnn" else _n_params(res["params"]["dense"])
-    res["data"] = _runs_summary(folders)
+    res["data"] = runs_summary(folders)
     save_predictor(out_dir, name, res)
     records[name] = {k: v for k, v in res.items() if k != "params"}
   # Keep the records of predictors not retrained this time in the card.

@@ -21,14 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from optax_nowcast import graphs as graphs_lib
-from optax_nowcast import pretrained
+from optax_nowcast import pretrained, weights_io
 from optax_nowcast.metatrain.collect import load_run, task_template
 from optax_nowcast.predictors import lfd as lfd_lib
 from optax_nowcast.predictors.wnn import WNN, WNNPlus, element_edge_types, wnn_kind, wnn_normalise
@@ -315,13 +314,7 @@ def train_lfd_on_runs(run_folders: Sequence[str], cfg: TrainConfig, *, kind: str
 
 def save_predictor(out_dir: str, name: str, result: dict[str, Any]) -> str:
   """Writes ``<name>.msgpack`` (Flax serialization) and ``<name>.json`` (config and training record)."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{name}.msgpack"), "wb") as f:
-    f.write(flax.serialization.to_bytes(result["params"]))
-  meta = {"predictor": name, **{k: v for k, v in result.items() if k != "params"}}
-  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-    json.dump(meta, f, indent=1)
-  return os.path.join(out_dir, f"{name}.msgpack")
+  return weights_io.write(out_dir, name, result["params"], {k: v for k, v in result.items() if k != "params"})
 
 
 def load_predictor_params(path: str) -> tuple[Any, dict[str, Any]]:

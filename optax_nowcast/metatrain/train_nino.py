@@ -43,7 +43,8 @@ import numpy as np
 import optax
 
 from optax_nowcast import graphs as graphs_lib
-from optax_nowcast.metatrain.collect import load_run, task_template
+from optax_nowcast import pretrained
+from optax_nowcast.metatrain.collect import load_run, runs_summary, task_template
 from optax_nowcast.metatrain.train import save_predictor, tensor_scaling
 from optax_nowcast.predictors.nino import NiNoGNN, graph_node_features, make_graphs_tuple
 
@@ -103,8 +104,6 @@ class GraphRun:
 
 def _init_from(cfg: NiNoTrainConfig, params, rnn: dict[str, int]):
   """The weights of ``cfg.init``, checked against the model ``cfg`` describes."""
-  from optax_nowcast import pretrained
-
   if not os.path.exists(cfg.init):
     raise FileNotFoundError(f"NiNoTrainConfig: init={cfg.init!r} does not exist; pass a NiNo "
                             ".msgpack written by train_nino (with its .json), e.g. "
@@ -291,8 +290,7 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
             "seconds": before + time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg),
             "n_params": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
   if out_dir is not None and finished:
-    from optax_nowcast.metatrain.pretrained import _runs_summary  # the model card's data table
-    result["data"] = _runs_summary(list(run_folders))
+    result["data"] = runs_summary(list(run_folders))  # the model card's data table
     save_predictor(out_dir, "nino", result)
   return result
 

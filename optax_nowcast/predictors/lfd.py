@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_nowcast import weights_io
 from optax_nowcast.predictors.base import Predictor, full_precision
 
 
@@ -135,6 +136,11 @@ def train_lfd(spec: LFDSpec, train: np.ndarray, val: np.ndarray, *, beta: float 
   return TrainResult(best_params, best, s)
 
 
+def lfd_template(config: dict[str, Any]) -> dict[str, jax.Array]:
+  """The structure of an LFD map's params for ``config`` (``kind``, ``n``, ``m``)."""
+  return init_lfd(lfd_spec(config["kind"], config["n"], config["m"]))
+
+
 def lfd2(params: Any = None, spec: LFDSpec | None = None) -> Predictor:
   """LFD-2 as a predictor for :func:`optax_nowcast.farcast` (or ``nowcast`` with ``ctx=2``).
 
@@ -145,8 +151,8 @@ def lfd2(params: Any = None, spec: LFDSpec | None = None) -> Predictor:
   real-task trajectories saved every 200 steps: ``n = 5`` units, ``m = 40``; use ``unit=200``).
   """
   if params is None or isinstance(params, str | os.PathLike):
-    from optax_nowcast import pretrained
-    params, cfg = pretrained.load("lfd2") if params is None else pretrained.load_file(params, expect="lfd2")
+    path = weights_io.shipped_path("lfd2") if params is None else params
+    params, cfg = weights_io.read(path, lfd_template, expect="lfd2")
     spec = lfd_spec(cfg["kind"], cfg["n"], cfg["m"])
   if spec is None:
     raise ValueError("lfd2(params, spec): spec= is needed with params given as arrays "
@@ -170,4 +176,5 @@ def lfd2(params: Any = None, spec: LFDSpec | None = None) -> Predictor:
   return Predictor(init=lambda p: (), predict=full_precision(predict), name="lfd2", min_ctx=2)
 
 
-__all__ = ["LFDSpec", "TrainResult", "apply_lfd", "init_lfd", "lfd2", "lfd_loss", "lfd_spec", "train_lfd"]
+__all__ = ["LFDSpec", "TrainResult", "apply_lfd", "init_lfd", "lfd2", "lfd_loss", "lfd_spec", "lfd_template",
+           "train_lfd"]

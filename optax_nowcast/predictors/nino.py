@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
+from optax_nowcast import weights_io
 from optax_nowcast._jraph import GraphsTuple, segment_mean
 from optax_nowcast.predictors.base import Predictor, full_precision
 
@@ -245,46 +246,6 @@ def _official_name(ours: str) -> str:
   raise KeyError(ours)
 
 
-def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """A PyTorch state dict as numpy arrays, from a ``.pt`` file (torch, ``weights_only=True``), an ``.npz``
-  conversion, or a mapping already in memory."""
-  if isinstance(path, Mapping):
-    return {k: np.asarray(v) for k, v in path.items()}
-  if str(path).endswith(".npz"):
-    with np.load(path) as z:
-      return {k: z[k] for k in z.files}
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f"Reading {path} needs torch (pip install torch), or convert it to .npz.") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
-  obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
-  return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
-
-
-def resolve_weights(weights, model_params, config, loader, config_help: str,
-                    default: str | None = None) -> tuple[Any, dict[str, Any]]:
-  """``(params, config)`` from ``weights`` (an official checkpoint, or a ``.msgpack`` file written by
-  ``optax_nowcast.metatrain``), from our own ``model_params`` and ``config``, or, with neither, from the
-  shipped predictor ``default`` (``optax_nowcast.pretrained``)."""
-  if weights is not None and model_params is not None:
-    raise ValueError("Give one of weights= (a checkpoint file) or model_params= (in memory), not both.")
-  if weights is None and model_params is None:
-    if default is None:
-      raise ValueError("Give weights= (an official checkpoint or a .msgpack file from "
-                       "optax_nowcast.metatrain) or model_params= with config=.")
-    from optax_nowcast import pretrained
-    return pretrained.load(default)
-  if weights is not None:
-    if isinstance(weights, str | os.PathLike) and os.fspath(weights).endswith(".msgpack"):
-      from optax_nowcast import pretrained
-      return pretrained.load_file(weights, expect=default)
-    return loader(weights)
-  if config is None:
-    raise ValueError(f"model_params= needs config= ({config_help}).")
-  return model_params, dict(config)
-
-
 def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, Any]]:
   """Reads the official NiNo checkpoint (``.pt`` or ``.npz``, or a state dict) into our Flax params.
 
@@ -292,7 +253,7 @@ def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[
   ``slots``, ``lpe`` inferred from the shapes. Only the graph model (``nino_no_posw``-style checkpoints) is
   read here; the WNN+ checkpoints (``nino_mlp``) have no graph and belong to ``predictors.wnn``.
   """
-  sd = read_state_dict(path)
+  sd = weights_io.read_state_dict(path)
   if "gnn.convs.0.edge_encoder.weight" not in sd:
     raise ValueError(f"{path} is not a NiNo graph checkpoint (no gnn.convs.0.edge_encoder.weight); keys "
                      f"start {sorted(sd)[:5]}.")
@@ -318,6 +279,15 @@ def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[
       raise ValueError(f"{off}.weight has shape {sd[off + '.weight'].shape}, expected the transpose of "
                        f"{leaves['kernel'].shape}.")
   return {"params": params}, config
+
+
+def nino_template(config: Mapping[str, Any]) -> Any:
+  """The structure of our NiNo's params for ``config`` (what a ``.msgpack`` file is read into)."""
+  model = NiNoGNN(**{k: v for k, v in config.items() if k not in ("lpe", "node_features")})
+  tiny = {"params": {"Dense_0": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}}
+  g = graphs_lib.neural_graph(tiny)
+  x = jnp.zeros((g.num_edges, model.slots * model.ctx))
+  return model.init(jax.random.PRNGKey(0), make_graphs_tuple(g, x, jnp.zeros((g.num_nodes, config["lpe"]))))
 
 
 def _dummy_graph(config) -> GraphsTuple:
@@ -406,8 +376,8 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   >>> int(onc.find_nowcast_state(state).n_jumps)
   1
   """
-  model_params, config = resolve_weights(weights, model_params, config, load_official_weights,
-                                         "NiNoGNN arguments plus 'lpe'", default="nino")
+  model_params, config = weights_io.resolve(weights, model_params, config, load_official_weights,
+                                            nino_template, "NiNoGNN arguments plus 'lpe'", default="nino")
   n_feat = int(config.pop("lpe", 8))
   trained_with = config.pop("node_features", None)
   if node_features is None:
@@ -493,4 +463,4 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   return Predictor(init=init, predict=full_precision(predict), name="nino", min_ctx=ctx)
 
 
-__all__ = ["NiNoGNN", "load_official_weights", "make_graphs_tuple", "nino", "scale_history"]
+__all__ = ["NiNoGNN", "load_official_weights", "make_graphs_tuple", "nino", "nino_template", "scale_history"]

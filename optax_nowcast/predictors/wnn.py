@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_nowcast import graphs as graphs_lib
+from optax_nowcast import weights_io
 from optax_nowcast.predictors.base import Predictor, full_precision, map_rows, row_chunk
-from optax_nowcast.predictors.nino import read_state_dict, resolve_weights, scale_history
+from optax_nowcast.predictors.nino import scale_history
 
 # --------------------------------------------------------------------------------------------- WNN+
 
@@ -87,7 +88,7 @@ class WNNPlus(nn.Module):
 
 def load_official_wnn_plus(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, int]]:
   """The NiNo repository's WNN+ checkpoint (``nino_mlp*.pt`` / ``.npz`` or a state dict) as our params."""
-  sd = read_state_dict(path)
+  sd = weights_io.read_state_dict(path)
   if "edge_mlp.fc.0.weight" not in sd or "gnn.convs.0.edge_encoder.weight" in sd:
     raise ValueError(f"{path} is not a WNN+ (nino_mlp) checkpoint; keys start {sorted(sd)[:5]}.")
   layers = len([k for k in sd if k.startswith("edge_mlp.fc.") and k.endswith(".weight")]) - 1
@@ -101,6 +102,12 @@ def load_official_wnn_plus(path: str | os.PathLike | Mapping[str, Any]) -> tuple
     params[f"fc{2 * i}"] = {"kernel": sd[f"edge_mlp.fc.{2 * i}.weight"].T,
                             "bias": sd[f"edge_mlp.fc.{2 * i}.bias"]}
   return {"params": jax.tree.map(jnp.asarray, params)}, config
+
+
+def wnn_plus_template(config: Mapping[str, Any]) -> Any:
+  """The structure of WNN+'s params for ``config`` (what a ``.msgpack`` file is read into)."""
+  return WNNPlus(**{k: v for k, v in config.items() if k != "ctx"}).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, config["ctx"])), jnp.zeros((1,), jnp.int32))
 
 
 def element_edge_types(graph: graphs_lib.NeuralGraph) -> list[np.ndarray | None]:
@@ -137,8 +144,9 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
       and one call per parameter tensor elsewhere; ``None``: one call per parameter tensor.
   """
   rows = row_chunk(chunk, 1024)
-  model_params, config = resolve_weights(weights, model_params, config, load_official_wnn_plus,
-                                         "WNNPlus arguments plus 'ctx'", default="wnn_plus")
+  model_params, config = weights_io.resolve(weights, model_params, config, load_official_wnn_plus,
+                                            wnn_plus_template, "WNNPlus arguments plus 'ctx'",
+                                            default="wnn_plus")
   ctx = int(config.pop("ctx", 5))
   model = WNNPlus(**config)
   cache: dict[tuple, list] = {}
@@ -190,6 +198,12 @@ class WNN(nn.Module):
     return jnp.tanh(nn.Dense(1)(h))[..., 0]
 
 
+def wnn_template(config: Mapping[str, Any]) -> Any:
+  """The structure of WNN's params (one :class:`WNN` per kind: conv, dense, bias)."""
+  one = WNN().init(jax.random.PRNGKey(0), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
+  return {k: one for k in ("conv", "dense", "bias")}
+
+
 def wnn_normalise(w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The authors' normalisation of ``(..., 5)`` trajectories: ``(x, d, scale)`` (module docstring)."""
   w = w.astype(jnp.float32)
@@ -221,9 +235,8 @@ def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None, *,
   """
   rows = row_chunk(chunk, 2048)
   if params_by_kind is None or isinstance(params_by_kind, str | os.PathLike):
-    from optax_nowcast import pretrained
-    params_by_kind = (pretrained.load("wnn") if params_by_kind is None
-                      else pretrained.load_file(params_by_kind, expect="wnn"))[0]
+    path = weights_io.shipped_path("wnn") if params_by_kind is None else params_by_kind
+    params_by_kind = weights_io.read(path, wnn_template, expect="wnn")[0]
   missing = {"conv", "dense", "bias"} - set(params_by_kind)
   if missing:
     raise ValueError(f"wnn needs params for the kinds {sorted(missing)} too (conv, dense, bias).")
@@ -254,4 +267,4 @@ def wnn(params_by_kind: Mapping[str, Any] | str | os.PathLike | None = None, *,
 
 
 __all__ = ["WNN", "WNNPlus", "element_edge_types", "load_official_wnn_plus", "wnn", "wnn_denormalise",
-           "wnn_kind", "wnn_normalise", "wnn_plus"]
+           "wnn_kind", "wnn_normalise", "wnn_plus", "wnn_plus_template", "wnn_template"]
