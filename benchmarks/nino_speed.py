@@ -19,16 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.run import REPO, write_results
+from benchmarks.run import REPO, default_nino_weights, write_results
 from optax_nowcast.predictors import nino
 from optax_nowcast.tasks import CNN, GPT
 
 OFFICIAL_MS = {"FM-16": "18-21", "C10-32": "~60"}
-
-
-def default_weights() -> str | None:
-  p = os.path.join(os.path.dirname(REPO), "shared", "reference", "nino", "weights", "nino_no_posw.npz")
-  return p if os.path.exists(p) else None
 
 
 def time_prediction(params, weights: str, repeats: int) -> dict:
@@ -63,13 +58,14 @@ def _x(v):
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m benchmarks.nino_speed", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--weights", default=default_weights(), help="official nino_no_posw .pt or .npz")
+  parser.add_argument("--weights", default=default_nino_weights(), help="official nino_no_posw .pt or .npz")
   parser.add_argument("--repeats", type=int, default=30)
   parser.add_argument("--quick", action="store_true", help="FM/16 only, 5 repeats")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   args = parser.parse_args(argv)
   if args.weights is None:
-    parser.error("no --weights given and the shared reference checkpoint is absent")
+    parser.error("no --weights given, and neither $OPTAX_NOWCAST_NINO_WEIGHTS nor "
+                 "$OPTAX_NOWCAST_OFFICIAL_DIR names the official checkpoint")
   models = {
       "FM-16": CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))),
       "C10-32": CNN((32, 64, 64)).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))),

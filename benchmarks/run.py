@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 import optax_nowcast as onc
+from optax_nowcast import weights_io
 from optax_nowcast.tasks import TASKS, Task, make_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,164 +66,143 @@ SUITES = {
 }
 
 
-def _nowcast(predictor_fn: Callable[[], onc.Predictor]):
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A method a user can choose: the optimizer it trains with, and where it takes its gradients.
+
+  Attributes:
+    build: ``build(task, settings)``, the task's base optimizer, alone or chained with ``nowcast`` or
+      ``farcast``.
+    label: one line for the results' legends.
+    family: ``"base"``, ``"nowcast"`` (jumps) or ``"weight prediction"`` (no jumps, better gradients).
+    grad_at_predicted: weight prediction (Guan 2023): gradients at the weights predicted this many steps
+      ahead (``None``: at the parameters).
+    weights: the weights file the method reads; its hash joins the runs' fingerprint, so retrained weights
+      recompute the runs instead of reusing old ones.
+  """
+
+  build: Callable[[Task, Settings], optax.GradientTransformation]
+  label: str
+  family: str = "nowcast"
+  grad_at_predicted: int | None = None
+  weights: Callable[[], str] | None = None
+
+
+def _k_decay(task: Task) -> onc.schedules.KDecay:
+  return onc.schedules.k_decay(40, total_steps=task.spec.steps)  # NiNo's horizons: 40 intervals, decaying
+
+
+def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_horizon: bool = False,
+                   dynamic: bool = False, rollback: bool = False,
+                   weights: Callable[[], str] | None = None) -> Method:
+  """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
+
+  ``nino_horizon``: NiNo's k-decay from 40 over the run's jumps (else the suite's constant ``horizon``).
+  ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
+  ``rollback``: undo a jump when, ``min(50, interval // 4)`` steps after it, the running mean of the loss
+  exceeds 1.5x its running mean before the jump (the horizon then halves).
+  """
   def build(task: Task, s: Settings) -> optax.GradientTransformation:
-    return optax.chain(task.optimizer(),
-                       onc.nowcast(predictor_fn(), interval=s.interval, ctx=s.ctx, horizon=s.horizon))
-  return build
+    pred = predictor()  # first: a missing weights file is the first error
+    base = s.ctx * s.interval
+    period = onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic else None
+    horizon = _k_decay(task) if nino_horizon else s.horizon
+    kw = {"rollback_factor": 1.5} if rollback else {}
+    return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
+                                                     period=period, horizon=horizon, **kw))
+  return Method(build, label, weights=weights)
+
+
+def official_weights(name: str = "nino_no_posw") -> str | None:
+  """An official NiNo checkpoint: ``--nino-weights`` / ``$OPTAX_NOWCAST_NINO_WEIGHTS`` for ``nino_no_posw``
+  (other names are looked up next to it), else ``$OPTAX_NOWCAST_OFFICIAL_DIR/<name>.npz`` (or ``.pt``)."""
+  given = os.environ.get("OPTAX_NOWCAST_NINO_WEIGHTS")
+  if given:
+    if name == "nino_no_posw":
+      return given
+    for ext in (".npz", ".pt"):
+      p = os.path.join(os.path.dirname(given), name + ext)
+      if os.path.exists(p):
+        return p
+  return weights_io.official_checkpoint(name)
 
 
 def default_nino_weights() -> str | None:
-  """``$OPTAX_NOWCAST_NINO_WEIGHTS``, else this workplace's converted official checkpoint if present."""
-  if os.environ.get("OPTAX_NOWCAST_NINO_WEIGHTS"):
-    return os.environ["OPTAX_NOWCAST_NINO_WEIGHTS"]
-  p = os.path.join(os.path.dirname(REPO), "shared", "reference", "nino", "weights", "nino_no_posw.npz")
-  return p if os.path.exists(p) else None
+  """The official NiNo checkpoint, if one was given (:func:`official_weights`)."""
+  return official_weights("nino_no_posw")
 
 
-def _nino(task: Task, s: Settings) -> optax.GradientTransformation:
-  """NiNo with the official checkpoint, NiNo's schedule: k-decay from 40 over the run's jumps."""
-  weights = default_nino_weights()
-  if weights is None:
-    raise ValueError("method 'nino' needs the official NiNo checkpoint (nino_no_posw .pt or .npz): pass "
-                     "--nino-weights PATH or set OPTAX_NOWCAST_NINO_WEIGHTS.")
-  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-  return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.nino(weights), interval=s.interval,
-                                                   ctx=s.ctx, horizon=horizon))
-
-
-def _wnn_plus_official(task: Task, s: Settings) -> optax.GradientTransformation:
-  """WNN+ with the NiNo repository's nino_mlp checkpoint (next to nino_no_posw), k-decay from 40."""
-  nino_w = default_nino_weights()
-  weights = None if nino_w is None else os.path.join(os.path.dirname(nino_w), "nino_mlp.npz")
-  if weights is None or not os.path.exists(weights):
-    raise ValueError("method 'wnn+official' needs nino_mlp.npz next to the NiNo checkpoint "
-                     "(OPTAX_NOWCAST_NINO_WEIGHTS).")
-  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-  return optax.chain(task.optimizer(), onc.nowcast(onc.predictors.wnn_plus(weights), interval=s.interval,
-                                                   ctx=s.ctx, horizon=horizon))
-
-
-def _wnn_plus(variant: str | None = None, max_k: int = 40):
-  """WNN+ with the weights shipped in optax_nowcast/pretrained (ours), k-decay from ``max_k`` (NiNo's 40).
-
-  ``variant``: a ``WNN_PLUS_VARIANTS`` method name: that variant's weights instead of the shipped ones.
-  """
-  def build(task: Task, s: Settings) -> optax.GradientTransformation:
-    horizon = onc.schedules.k_decay(max_k, total_steps=task.spec.steps)
-    predictor = onc.predictors.wnn_plus(None if variant is None else variant_path(variant))
-    return optax.chain(task.optimizer(), onc.nowcast(predictor, interval=s.interval, ctx=s.ctx,
-                                                     horizon=horizon))
-  return build
-
-
-# Retrained variants of our predictors, read from ``benchmarks/weights`` (benchmark only, not shipped):
-# method name -> (weights file name, the command that trains it; DIR = trajectories, OUT = an output folder).
-# NiNo++ options (Knyazev 2025, NiNo++): a NiNo trained by our pipeline with that one option changed from the
-# shipped one.
-_NINO_TRAIN = "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --steps 2000 --out OUT"
-_NINO_HEAD = ("python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
-              "--tasks digits,FM-16,LM-3-24 --steps 1000 --head-edges 4096 --out OUT")
-NINO_VARIANTS = {
-    "nino++c": ("nino_c6", f"{_NINO_TRAIN} --node-features lpe+centrality --lpe 6"),  # 5 eigvecs + centrality
-    # the recurrent heads: 1,000 steps on 21 runs (no LM-2-32), heads on 4,096 edges a window (weights README)
-    "nino++gru": ("nino_gru", f"{_NINO_HEAD} --head gru"),
-    "nino++lstm": ("nino_lstm", f"{_NINO_HEAD} --head lstm"),
-    "nino++lpe5": ("nino_lpe5", f"{_NINO_TRAIN} --lpe 5"),
-    # the shipped weights fine-tuned on 27 runs of the recipe, C10-16 included (no LM-2-32; weights README)
-    "nino-ours+c10": ("nino_c10", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
-                                  "--tasks digits,FM-16,LM-3-24,C10-16 --init "
-                                  "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
-                                  "--out OUT"),
-    # the same fine-tuning on all 30 runs of the recipe (C10-16 and LM-2-32 included; weights README)
-    "nino-ours+rc": ("nino_rc", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --init "
-                                "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
-                                "--out OUT"),
-    # from a random init by the whole recipe (= `metatrain pretrained --only nino`: 30 runs, 2,000 steps)
-    "nino-recipe": ("nino_recipe", _NINO_TRAIN),  # DIR: every task of metatrain.pretrained.RECIPE
-}
-# WNN+ variants. The shipped WNN+ is the recipe's (``metatrain pretrained``: all 30 runs, C10-16 included).
-WNN_PLUS_VARIANTS = {
-    # the WNN+ shipped until 2026-12-01: the same training on the 24 runs collected before C10-16 joined
-    "wnn+noc10": ("wnn_plus_noc10", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
-                                    "--tasks digits,FM-16,LM-2-32,LM-3-24 --steps 4000 --elements 512 "
-                                    "--out OUT"),
-    # wnn+noc10's data (24 runs) and training, hidden 32 instead of 128: 15x fewer multiply-adds per element
-    # a jump (the NiNo repository also has a hidden-32 WNN+)
-    "wnn+h32": ("wnn_plus_h32", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
-                                "--tasks digits,FM-16,LM-2-32,LM-3-24 --hidden 32 --steps 4000 "
-                                "--elements 512 --out OUT"),
-}
-VARIANTS = {**NINO_VARIANTS, **WNN_PLUS_VARIANTS}
-
-
-def variant_path(method: str) -> str:
-  """The weights file of a ``VARIANTS`` method; a clear error, with the command that makes it, if absent."""
-  name, command = VARIANTS[method]
-  folder = os.environ.get("OPTAX_NOWCAST_WEIGHT_VARIANTS", os.path.join(REPO, "benchmarks", "weights"))
-  path = os.path.join(folder, f"{name}.msgpack")
-  if not os.path.exists(path):
-    kind = "nino" if method in NINO_VARIANTS else "wnn_plus"
-    raise FileNotFoundError(
-        f"method {method!r} needs {path}: train it with `{command}` and copy OUT/{kind}.msgpack and "
-        f"OUT/{kind}.json there as {name}.msgpack and {name}.json (or set OPTAX_NOWCAST_WEIGHT_VARIANTS to "
-        "their folder).")
+def _official(name: str, method: str) -> Callable[[], str]:
+  def path() -> str:
+    p = official_weights(name)
+    if p is None:
+      raise ValueError(f"method {method!r} needs the official checkpoint {name}.npz (or .pt): pass "
+                       f"--nino-weights PATH/nino_no_posw.npz (with {name} next to it), or set "
+                       f"{weights_io.OFFICIAL_ENV} to their folder.")
+    return p
   return path
 
 
-def _nino_ours(dynamic: bool = False, rollback: bool = False, variant: str | None = None):
-  """NiNo with the weights shipped in optax_nowcast/pretrained (ours), k-decay from 40.
-
-  ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
-  ``rollback``: undo a jump when, 50 steps after it (nowcast's default window at interval 200), the running
-  mean of the loss exceeds 1.5x its running mean before the jump (the horizon then halves).
-  ``variant``: a ``NINO_VARIANTS`` method name: that variant's weights instead of the shipped ones.
-  """
-  def build(task: Task, s: Settings) -> optax.GradientTransformation:
-    base = s.ctx * s.interval
-    period = (onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic
-              else None)
-    horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-    kw = {"rollback_factor": 1.5} if rollback else {}  # window: min(50, interval // 4) steps
-    predictor = onc.predictors.nino(None if variant is None else variant_path(variant))
-    return optax.chain(task.optimizer(), onc.nowcast(predictor, interval=s.interval, ctx=s.ctx,
-                                                     period=period, horizon=horizon, **kw))
-  return build
+def _shipped(name: str) -> Callable[[], str]:
+  return lambda: weights_io.shipped_path(name)
 
 
 def _lfd2(task: Task, s: Settings) -> optax.GradientTransformation:
   """LFD-2 (shipped weights, n = 5 and m = 40 saved states): farcast from [w_0, w_n], k-decay from 40."""
-  predictor = onc.predictors.lfd2()
-  horizon = onc.schedules.k_decay(40, total_steps=task.spec.steps)
-  return optax.chain(task.optimizer(), onc.farcast(predictor, n=s.ctx, unit=s.interval, horizon=horizon))
+  return optax.chain(task.optimizer(), onc.farcast(onc.predictors.lfd2(), n=s.ctx, unit=s.interval,
+                                                   horizon=_k_decay(task)))
 
 
-METHODS: dict[str, Callable[[Task, Settings], optax.GradientTransformation]] = {
-    "adam": lambda task, s: task.optimizer(),
-    "linefit": _nowcast(onc.predictors.linefit),
-    "linefit+": _nowcast(onc.predictors.linefit_plus),
-    "nino": _nino,
-    "wnn+official": _wnn_plus_official,
-    "wnn": _nowcast(onc.predictors.wnn),  # shipped weights; ctx 5, a fixed jump of 5 intervals
-    "wnn+": _wnn_plus(),
-    # the same weights with half NiNo's horizons (k-decay from 20): WNN+'s jumps raise the 50-step training
-    # loss more than NiNo's (FM-32, median over 27 jumps: 1.94x against 1.22x for the official NiNo)
-    "wnn+k20": _wnn_plus(max_k=20),
-    **{m: _wnn_plus(variant=m) for m in WNN_PLUS_VARIANTS},
-    "lfd2": _lfd2,
-    "nino-ours": _nino_ours(),
-    "nino-ours+dp": _nino_ours(dynamic=True),
-    "nino-ours+rb": _nino_ours(rollback=True),
-    **{m: _nino_ours(variant=m) for m in NINO_VARIANTS},
-    # AdamW weight prediction (Guan 2023): gradients at the weights predicted s steps ahead.
-    "wp1": lambda task, s: task.optimizer(),
-    "wp2": lambda task, s: task.optimizer(),
-    "wp3": lambda task, s: task.optimizer(),
-    "linefit+wp2": _nowcast(onc.predictors.linefit),
-    "nino-ours+wp2": _nino_ours(),  # our NiNo's jumps on top of weight prediction with s = 2
+def weight_prediction_method(steps: int, label: str, then: Method | None = None) -> Method:
+  """AdamW weight prediction (Guan 2023): gradients at the weights predicted ``steps`` steps ahead, with
+  the task's optimizer alone or (``then``) with that method's jumps on top."""
+  build = then.build if then is not None else (lambda task, s: task.optimizer())
+  return Method(build, label, family="weight prediction", grad_at_predicted=steps,
+                weights=None if then is None else then.weights)
+
+
+_NINO_OFFICIAL = _official("nino_no_posw", "nino")
+_WNN_OFFICIAL = _official("nino_mlp", "wnn+official")
+_NINO_OURS = nowcast_method(onc.predictors.nino, "NiNo, our shipped weights, k-decay from 40",
+                            nino_horizon=True, weights=_shipped("nino"))
+_LINEFIT = nowcast_method(onc.predictors.linefit, "least-squares line through the ctx states")
+
+METHODS: dict[str, Method] = {
+    "adam": Method(lambda task, s: task.optimizer(), "the task's base optimizer (Adam or AdamW)", "base"),
+    "linefit": _LINEFIT,
+    "linefit+": nowcast_method(onc.predictors.linefit_plus, "linefit with NiNo's residual weights"),
+    "nino": nowcast_method(lambda: onc.predictors.nino(_NINO_OFFICIAL()),
+                           "NiNo, the official checkpoint (nino_no_posw), k-decay from 40",
+                           nino_horizon=True),
+    "wnn+official": nowcast_method(lambda: onc.predictors.wnn_plus(_WNN_OFFICIAL()),
+                                   "WNN+, the NiNo repository's checkpoint (nino_mlp), k-decay from 40",
+                                   nino_horizon=True),
+    "wnn": nowcast_method(onc.predictors.wnn, "WNN (Jang 2023), our shipped weights, 5 intervals ahead",
+                          weights=_shipped("wnn")),
+    "wnn+": nowcast_method(onc.predictors.wnn_plus, "WNN+, our shipped weights, k-decay from 40",
+                           nino_horizon=True, weights=_shipped("wnn_plus")),
+    "lfd2": Method(_lfd2, "LFD-2 farcasting from [w_0, w_n], our shipped weights, k-decay from 40",
+                   weights=_shipped("lfd2")),
+    "nino-ours": _NINO_OURS,
+    "nino-ours+dp": nowcast_method(onc.predictors.nino, "nino-ours with NiNo++'s dynamic period",
+                                   nino_horizon=True, dynamic=True, weights=_shipped("nino")),
+    "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
+                                   nino_horizon=True, rollback=True, weights=_shipped("nino")),
+    "wp1": weight_prediction_method(1, "AdamW weight prediction, s = 1"),
+    "wp2": weight_prediction_method(2, "AdamW weight prediction, s = 2"),
+    "wp3": weight_prediction_method(3, "AdamW weight prediction, s = 3"),
+    "linefit+wp2": weight_prediction_method(2, "linefit's jumps on top of weight prediction, s = 2",
+                                            then=_LINEFIT),
+    "nino-ours+wp2": weight_prediction_method(2, "nino-ours' jumps on top of weight prediction, s = 2",
+                                              then=_NINO_OURS),
 }
-# Methods that take their gradients at the weights predicted WP_STEPS[m] steps ahead.
-WP_STEPS = {"wp1": 1, "wp2": 2, "wp3": 3, "linefit+wp2": 2, "nino-ours+wp2": 2}
+
+
+def register(name: str, method: Method) -> None:
+  """Adds a method (e.g. an experiment's variant) to this process's benchmark; names are never reused."""
+  if name in METHODS:
+    raise ValueError(f"method {name!r} is already registered.")
+  METHODS[name] = method
 
 
 def _overrides(s: Settings) -> dict[str, int]:
@@ -233,21 +213,11 @@ def _spec_for(name: str, s: Settings):
   return dataclasses.replace(TASKS[name], **_overrides(s))
 
 
-# Methods whose numbers depend on a weights file: its hash joins the fingerprint, so retrained weights
-# recompute their runs instead of reusing old ones.
-WEIGHTS_OF = {"wnn": "wnn", "wnn+": "wnn_plus", "wnn+k20": "wnn_plus", "lfd2": "lfd2", "nino-ours": "nino",
-              "nino-ours+dp": "nino", "nino-ours+rb": "nino", "nino-ours+wp2": "nino"}
-
-
 def _weights_hash(method: str) -> str | None:
-  if method in VARIANTS:
-    path = variant_path(method)
-  elif method in WEIGHTS_OF:
-    from optax_nowcast import pretrained
-    path = pretrained.path(WEIGHTS_OF[method])
-  else:
+  weights = METHODS[method].weights
+  if weights is None:
     return None
-  with open(path, "rb") as f:
+  with open(weights(), "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
@@ -260,7 +230,7 @@ def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
   parts = [dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)]
   if method in METHOD_VERSION:
     parts.append(METHOD_VERSION[method])
-  if method in WEIGHTS_OF or method in VARIANTS:
+  if METHODS[method].weights is not None:
     parts.append(_weights_hash(method))
   blob = json.dumps(parts, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -269,12 +239,13 @@ def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
 def build_chunk(task: Task, method: str, s: Settings, seed: int):
   """``(chunk, carry)``: the jitted, donated ``chunk(carry, idx) -> (carry, mean loss)`` that trains
   ``method`` for ``len(idx)`` steps, and its initial ``(params, opt_state)`` carry."""
-  tx = optax.with_extra_args_support(METHODS[method](task, s))
+  m = METHODS[method]
+  tx = optax.with_extra_args_support(m.build(task, s))
   params = task.init(jax.random.PRNGKey(seed))
   carry = (params, tx.init(params))
 
-  if method in WP_STEPS:
-    vg = onc.weight_prediction.value_and_grad_at_predicted(task.loss, WP_STEPS[method],
+  if m.grad_at_predicted is not None:
+    vg = onc.weight_prediction.value_and_grad_at_predicted(task.loss, m.grad_at_predicted,
                                                            learning_rate=task.spec.learning_rate)
   else:
     vg = lambda p, o, idx: jax.value_and_grad(task.loss)(p, idx)
@@ -455,13 +426,13 @@ def weight_prediction_rows(summary: dict) -> list[dict[str, Any]]:
     adam = t["methods"]["adam"]
     base = {r["seed"]: r for r in adam["per_seed"]}
     for method, m in t["methods"].items():
-      if method not in WP_STEPS:
+      if METHODS[method].grad_at_predicted is None:
         continue
       pairs = [(r, base[r["seed"]]) for r in m["per_seed"] if r["seed"] in base]
       d_metric = [r["final_full_val_metric"] - b["final_full_val_metric"] for r, b in pairs]
       d_loss = [r["final_full_val_loss"] - b["final_full_val_loss"] for r, b in pairs]
       rows.append({
-          "task": task, "method": method, "steps": WP_STEPS[method], "n_seeds": len(pairs),
+          "task": task, "method": method, "steps": METHODS[method].grad_at_predicted, "n_seeds": len(pairs),
           "reduction_pct": m["median"]["reduction_pct"],
           "per_seed_steps": [r["steps_to_target"] for r in m["per_seed"]],
           "adam_steps": [r["steps_to_target"] for r in adam["per_seed"]],
@@ -478,24 +449,20 @@ def weight_prediction_rows(summary: dict) -> list[dict[str, Any]]:
 HELD_OUT = ("FM-32", "C10-32", "LM-3-64")  # never in the trajectories our predictors were trained on
 
 
-def format_matrix(suite: str, summary: dict) -> str:
+def format_matrix(suite: str, summary: dict, methods: Sequence[str] | None = None) -> str:
   """One line per task, one column per nowcasting method: the median step reduction (at a glance).
 
   A cell reads ``33.6`` (all seeds reached Adam's final value), ``(2/3) 35.9`` (the median of the seeds
-  that did, when some never did) or is empty (not run). Weight-prediction-only methods (``wp*``) and Adam
-  are left out; held-out tasks (no predictor was trained on them) are marked with ``*``.
+  that did, when some never did) or is empty (not run). Only the ``nowcast`` family is shown (not Adam, not
+  weight prediction; ``methods`` picks and orders the columns); held-out tasks (no predictor was trained
+  on them) are marked with ``*``.
   """
-  methods = [m for m in METHODS if m != "adam" and not m.startswith("wp")
+  methods = [m for m in (METHODS if methods is None else methods) if METHODS[m].family == "nowcast"
              and any(m in t["methods"] for t in summary.values())]
+  legend = "; ".join(f"`{m}`: {METHODS[m].label}" for m in methods)
   lines = [f"Suite `{suite}`: median reduction of Adam's steps to Adam's own final value, in % "
-           "(`(r/n) x`: only r of n seeds reached it, x is their median); `*` a held-out task; `nino` is the "
-           "official checkpoint, `nino-ours` our shipped weights, `+dp` dynamic period, `+rb` rollback, "
-           "`nino++c` / `nino++gru` / ... our NiNo retrained with one NiNo++ option (`NINO_VARIANTS`), "
-           "`wnn+` our shipped WNN+ (30 runs, C10-16 included; `wnn+k20`: k-decay from 20, not 40), "
-           "`wnn+noc10` the WNN+ shipped before it (24 runs, no C10-16), `wnn+h32` that one at hidden 32, "
-           "`wnn+official` the NiNo repository's WNN+ checkpoint (`nino_mlp`), "
-           "`nino-ours+c10` our shipped NiNo fine-tuned with C10-16 runs (`+rc`: on all 30 runs of the "
-           "recipe), `nino-recipe` our NiNo trained from scratch on those 30 runs.", "",
+           "(`(r/n) x`: only r of n seeds reached it, x is their median); `*` a held-out task (no predictor "
+           f"was trained on it). {legend}.", "",
            "| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
   for task, t in summary.items():
     cells = []
@@ -583,8 +550,11 @@ def plot_task(task: str, runs: dict[str, list[dict]], path: str) -> str | None:
 
 def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: Settings, out: str,
               data_dir: str | None = None, force: bool = False, quiet: bool = False,
-              only_seeds: list[int] | None = None) -> dict[str, Any]:
+              only_seeds: list[int] | None = None, read_runs: Sequence[str] = ()) -> dict[str, Any]:
   """Runs (or resumes) a suite and writes its JSON, table and plots. Returns the summary and counts.
+
+  ``read_runs``: more result folders whose finished runs count too (read, never written), e.g. the
+  committed baseline runs when an experiment writes its own results elsewhere.
 
   ``only_seeds`` computes just those of seeds ``0..seeds-1`` (finished runs of the others are still
   reported), so that one suite can be split across processes, one per core.
@@ -611,12 +581,10 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
       for seed in range(seeds):
         path = os.path.join(out, "runs", suite, name, method, f"seed{seed}.json")
         fp = _fingerprint(spec, method, seed, s)
-        if not force and os.path.exists(path):
-          with open(path) as f:
-            r = json.load(f)
-          if r.get("fingerprint") == fp:
-            loaded[(name, method, seed)] = r
-            continue
+        r = None if force else _load_run([out, *read_runs], suite, name, method, seed, fp)
+        if r is not None:
+          loaded[(name, method, seed)] = r
+          continue
         if only_seeds is not None and seed not in only_seeds:
           continue
         todo.append((name, method, seed, path, fp))
@@ -643,15 +611,29 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
   if bar is not None:
     bar.close()
 
-  rep = report(suite, seeds, s, out)
+  rep = report(suite, seeds, s, out, read_runs)
   return {**rep, "computed": computed, "reused": len(loaded) - computed}
 
 
-def _finished_runs(suite: str, seeds: int, s: Settings, out: str) -> dict[str, dict[str, list[dict]]]:
+def _load_run(roots: Sequence[str], suite: str, task: str, method: str, seed: int,
+              fingerprint: str) -> dict | None:
+  """The finished run with this fingerprint from the first of ``roots`` that has it, else None."""
+  for root in roots:
+    path = os.path.join(root, "runs", suite, task, method, f"seed{seed}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        r = json.load(f)
+      if r.get("fingerprint") == fingerprint:
+        return r
+  return None
+
+
+def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str]) -> dict[str, dict[str, list]]:
   """Every task of the suite with all ``seeds`` of Adam done, and each method with all seeds done."""
-  root = os.path.join(out, "runs", suite)
+  names = {n for root in roots if os.path.isdir(os.path.join(root, "runs", suite))
+           for n in os.listdir(os.path.join(root, "runs", suite))}
   found: dict[str, dict[str, list[dict]]] = {}
-  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+  for name in sorted(names):
     if name not in TASKS:
       continue
     spec = _spec_for(name, s)
@@ -659,12 +641,11 @@ def _finished_runs(suite: str, seeds: int, s: Settings, out: str) -> dict[str, d
     for method in METHODS:
       rs = []
       for seed in range(seeds):
-        path = os.path.join(root, name, method, f"seed{seed}.json")
-        if not os.path.exists(path):
-          break
-        with open(path) as f:
-          r = json.load(f)
-        if r.get("fingerprint") != _fingerprint(spec, method, seed, s):
+        try:
+          r = _load_run(roots, suite, name, method, seed, _fingerprint(spec, method, seed, s))
+        except (FileNotFoundError, ValueError):  # a method whose weights are not at hand has no runs here
+          r = None
+        if r is None:
           break
         rs.append(r)
       if len(rs) == seeds:
@@ -674,10 +655,10 @@ def _finished_runs(suite: str, seeds: int, s: Settings, out: str) -> dict[str, d
   return found
 
 
-def report(suite: str, seeds: int, s: Settings, out: str) -> dict[str, Any]:
+def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[str] = ()) -> dict[str, Any]:
   """Summarises every finished (task, method) of the suite: ``<suite>.json``, ``.md`` and plots."""
   order = list(SUITES[suite][1]) if suite in SUITES else []
-  found = _finished_runs(suite, seeds, s, out)
+  found = _finished_runs(suite, seeds, s, [out, *read_runs])
   summary = {}
   for name in sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n)):
     runs = found[name]
@@ -707,11 +688,9 @@ def write_results(out: str, name: str, payload: dict[str, Any], table: str) -> N
 
 
 def default_data_dir() -> str | None:
-  """``$OPTAX_NOWCAST_DATA_DIR`` if set, else this workplace's ``../shared/data`` if present, else None."""
-  if os.environ.get("OPTAX_NOWCAST_DATA_DIR"):
-    return os.environ["OPTAX_NOWCAST_DATA_DIR"]
-  shared = os.path.join(os.path.dirname(REPO), "shared", "data")
-  return shared if os.path.isdir(shared) else None
+  """``$OPTAX_NOWCAST_DATA_DIR`` (a folder with ``fashion-mnist/``, ``cifar10/``, ``tiny_shakespeare/``) if
+  set, else None: each loader then searches its own places (``optax_nowcast.tasks.datasets``)."""
+  return os.environ.get("OPTAX_NOWCAST_DATA_DIR") or None
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -721,7 +700,9 @@ def main(argv=None) -> dict[str, Any]:
                       help="default: full (quick with --quick)")
   parser.add_argument("--quick", action="store_true", help="the CI smoke suite: 300 steps, 1 seed")
   parser.add_argument("--tasks", default=None, help=f"comma-separated, from {sorted(TASKS)}")
-  parser.add_argument("--methods", default="adam,linefit,linefit+", help=f"from {sorted(METHODS)}")
+  parser.add_argument("--methods", default="adam,linefit,linefit+",
+                      help="comma-separated, from: "
+                      + "; ".join(f"{m} ({x.label})" for m, x in METHODS.items()))
   parser.add_argument("--seeds", type=int, default=None)
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   parser.add_argument("--data-dir", default=None,
@@ -730,6 +711,8 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--force", action="store_true", help="recompute finished runs")
   parser.add_argument("--only-seeds", default=None,
                       help="comma-separated seeds to compute in this process (split a suite across cores)")
+  parser.add_argument("--read-runs", default="",
+                      help="comma-separated result folders whose finished runs count too (read only)")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
   if args.nino_weights:
@@ -741,7 +724,8 @@ def main(argv=None) -> dict[str, Any]:
   t0 = time.perf_counter()
   res = run_suite(suite, tasks, args.methods.split(","), seeds, s, args.out,
                   args.data_dir or default_data_dir(), args.force, args.quiet,
-                  [int(k) for k in args.only_seeds.split(",")] if args.only_seeds else None)
+                  [int(k) for k in args.only_seeds.split(",")] if args.only_seeds else None,
+                  [d for d in args.read_runs.split(",") if d])
   print(res["table"])
   print(f"\n{res['computed']} runs computed, {res['reused']} reused, {time.perf_counter() - t0:.0f} s; wrote "
         f"{args.out}/{suite}.json, .md and {suite}_<task>.png")

@@ -10,6 +10,8 @@ COMMANDS = {"demo": "Adam vs Adam + nowcast(linefit) on sklearn digits (the READ
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if argv and argv[0] not in ("-h", "--help"):
+      print(f"optax-nowcast: unknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}.", file=sys.stderr)
     print("usage: python -m optax_nowcast COMMAND [options]\n\ncommands:")
     for name, text in COMMANDS.items():
       print(f"  {name:8s} {text}")

@@ -151,3 +151,11 @@ def fm16_end_to_end(reference_dir):
   template = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
   states = [torch_flat_to_flax(s, meta, template) for s in z["states"]]
   return z, meta, template, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """The notebooks are slow end-to-end runs: the default command leaves them to ``-m slow`` (CI runs both)."""
+  for item in items:
+    if item.path.suffix == ".ipynb":
+      item.add_marker(pytest.mark.slow)

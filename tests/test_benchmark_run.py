@@ -128,6 +128,7 @@ def test_bad_arguments(tmp_path):
     bench.run_suite("t", ["FM"], ["adam"], 1, SMALL, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_quick_cli_on_real_data(tmp_path, data_dir):
   """The CI smoke run of the real tasks: FM-16 and LM-3-24, Adam vs linefit, shortened further."""
   res = bench.main(["--quick", "--methods", "adam,linefit", "--out", str(tmp_path), "--quiet",
@@ -140,35 +141,6 @@ def test_quick_cli_on_real_data(tmp_path, data_dir):
   assert lm["adam"]["median"]["final_val_metric"] < 20  # perplexity, from ~65 at init
 
 
-def test_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
-  """A retrained variant (NiNo++ option, WNN+ on other data) reads ``<folder>/<name>.msgpack``; missing, the
-  error gives the command that trains it; its runs are keyed by the file's hash, so retrained weights are not
-  mixed with old runs; with the shipped weights under its name it trains exactly as the shipped method."""
-  import shutil
-
-  from optax_nowcast import pretrained
-
-  monkeypatch.setenv("OPTAX_NOWCAST_WEIGHT_VARIANTS", str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="--head gru"):
-    bench.variant_path("nino++gru")
-  with pytest.raises(FileNotFoundError, match="wnn_plus_noc10.msgpack.*--tasks digits,FM-16"):
-    bench.variant_path("wnn+noc10")
-  for shipped, name in (("nino", "nino_gru"), ("wnn_plus", "wnn_plus_noc10")):  # stand-ins: shipped weights
-    for ext in ("msgpack", "json"):
-      shutil.copy(pretrained.path(shipped)[: -len("msgpack")] + ext, tmp_path / f"{name}.{ext}")
-  s = dataclasses.replace(SMALL, ctx=5)
-  spec = bench._spec_for("digits", s)
-  before = bench._fingerprint(spec, "nino++gru", 0, s)
-  methods = ["adam", "nino++gru", "wnn+", "wnn+noc10"]
-  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path / "out"), quiet=True)
-  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
-  assert runs["nino++gru"]["n_jumps"] == runs["wnn+noc10"]["n_jumps"] == 2  # every interval * ctx = 20 of 60
-  assert runs["wnn+noc10"]["final_full_val_loss"] == runs["wnn+"]["final_full_val_loss"]
-  with open(tmp_path / "nino_gru.msgpack", "ab") as f:
-    f.write(b"\0")
-  assert bench._fingerprint(spec, "nino++gru", 0, s) != before
-
-
 def test_a_changed_method_definition_recomputes_its_runs(monkeypatch):
   """Bumping ``METHOD_VERSION`` (the method's definition changed) changes its runs' fingerprint only."""
   spec = bench._spec_for("digits", SMALL)
@@ -178,10 +150,11 @@ def test_a_changed_method_definition_recomputes_its_runs(monkeypatch):
   assert bench._fingerprint(spec, "nino-ours", 0, SMALL) == before["nino-ours"]
 
 
+@pytest.mark.slow
 def test_every_shipped_method_runs_end_to_end(tmp_path):
   """Each method that needs no file from outside the package completes a short run and records its jumps:
   a method's code path is exercised here before an hour-long benchmark finds it broken."""
-  outside = {"nino", "wnn+official", *bench.VARIANTS}  # official checkpoints, retrained variants
+  outside = {"nino", "wnn+official"}  # the official checkpoints
   methods = [m for m in bench.METHODS if m not in outside]
   s = dataclasses.replace(SMALL, steps=120, interval=12, ctx=5)  # interval > rollback window + 1
   res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path), quiet=True)

@@ -30,3 +30,12 @@ def test_quick_demo_end_to_end(tmp_path):
   assert rows["adam"]["steps_to_acc_target"] is not None  # Adam reaches its own final accuracy
   assert rows["adam"]["final_val_acc"] > 0.8  # it really learned the digits
   assert "adam+nowcast(linefit)" in result["table"]
+
+
+def test_cli_names_an_unknown_command(capsys):
+  from optax_nowcast.__main__ import main
+
+  assert main(["bogus"]) == 2
+  out = capsys.readouterr()
+  assert "unknown command 'bogus'" in out.err and "demo" in out.out
+  assert main(["--help"]) == 0

@@ -102,3 +102,21 @@ def test_product_does_not_import_research():
       text = path.read_text()
       assert "research" not in _top_level_imports(text), f"{path} imports research"
       assert not re.search(r"(?<![\w.-])research/", text), f"{path} refers to research/"
+
+
+def test_the_core_reads_like_optax():
+  """``nowcast``'s update is a short composition of named steps, both transformations share one jump gate,
+  and the history's placement is one object, not branches."""
+  import importlib
+  import inspect
+
+  _gate, farcast, transform = (importlib.import_module(f"optax_nowcast.{m}")
+                               for m in ("_gate", "farcast", "transform"))
+
+  update = inspect.getsource(transform._update)
+  assert len(update.splitlines()) < 80
+  for step in ("_record(", "_jump(", "_rollback("):
+    assert step in update
+  assert "host" not in update
+  assert farcast.jump_gate is _gate.jump_gate and transform.jump_gate is _gate.jump_gate
+  assert "jump_gate(" in inspect.getsource(farcast.farcast)

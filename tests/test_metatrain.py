@@ -13,6 +13,7 @@ from optax_nowcast.predictors import wnn
 from optax_nowcast.tasks import make_task
 
 
+@pytest.mark.slow
 def test_collect_digits_vmapped_equals_plain_training(tmp_path):
   runs = plan_runs([0, 1], lr_scales=[1.0, 2.0])
   assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
@@ -86,6 +87,7 @@ def test_collect_train_load_nowcast_on_digits(digits_runs, tmp_path):
     wnn(str(tmp_path / "weights" / "wnn_plus.msgpack"))
 
 
+@pytest.mark.slow
 def test_cli_trains_wnn_and_nowcast_uses_it(digits_runs, tmp_path):
   from optax_nowcast import nowcast
   from optax_nowcast.metatrain.__main__ import main
@@ -118,6 +120,7 @@ def test_lfd2_trained_on_runs_beats_repeating_and_farcasts(digits_runs, tmp_path
   assert int(s[1].n_jumps) == 1 and int(s[1].last_jump_step) == 100
 
 
+@pytest.mark.slow
 def test_nino_meta_training_lowers_the_loss_and_the_weights_nowcast(digits_runs, tmp_path):
   from optax_nowcast import nowcast
   from optax_nowcast.metatrain import NiNoTrainConfig, find_runs, train_nino

@@ -184,6 +184,7 @@ def test_recurrent_head_is_the_cell_unrolled_over_the_horizons(head):
   assert scratch(head) < 2 * scratch("mlp")
 
 
+@pytest.mark.slow
 def test_subgraphs_equal_nino_on_each_module_alone(official, fm16_end_to_end):
   """NiNo by module subgraphs: each module's prediction is NiNo's on that module as a model of its own,
   and every parameter is predicted exactly once."""

@@ -74,6 +74,7 @@ def test_wnn_architecture_and_normalisation():
     wnn({"conv": params})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [None, 7, 64, 10_000])
 def test_chunked_prediction_matches_the_model_leaf_by_leaf(chunk):
   """Rows of every leaf batched and cut into chunks (padding included) give each leaf's own prediction."""

@@ -56,7 +56,8 @@ class LFDSpec:
 
 
 def lfd_spec(kind: str, n: int = 20, m: int = 180) -> LFDSpec:
-  """The inputs of ``kind``: lfd2 [w_0, w_n], lfn all states, lfl [w_n], lfs [w_n, w_.7n, w_.4n, w_0]."""
+  """The inputs of ``kind``: lfd2 ``[w_0, w_n]``, lfn all states, lfl ``[w_n]``, lfs
+  ``[w_n, w_.7n, w_.4n, w_0]``."""
   if not (isinstance(n, int) and n >= 1 and isinstance(m, int) and m >= 1):
     raise ValueError(f"n and m must be positive ints (observed steps, predicted steps), got n={n}, m={m}.")
   inputs = {"lfd2": (0, n), "lfn": tuple(range(n + 1)), "lfl": (n,),

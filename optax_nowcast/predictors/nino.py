@@ -22,7 +22,7 @@ Network (``D = 128``, ``M = 3``, SiLU), for an edge ``u -> v``:
 * head (DMS): ``Linear -> SiLU -> Linear(D -> 9 K)``, one output per slot and horizon ``k = 1..K``; NiNo++
   options: an LSTM or GRU run over the horizons instead (``head="lstm"`` / ``"gru"``, state width
   ``rnn_hidden``, 32 by default, since the cell's gate work over K horizons and every edge dominates a
-  training step: ``benchmarks/weights/README.md``), its input the edge embedding at every step and a
+  training step), its input the edge embedding at every step and a
   ``Linear(rnn_hidden -> 9)`` read-out per horizon.
 
 ``nino(weights=...)`` loads the official checkpoint (``.pt``, read with ``weights_only=True`` if torch is

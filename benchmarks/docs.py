@@ -1,0 +1,137 @@
+"""The results pages of the documentation and README's headline table, generated from ``benchmarks/results``.
+
+    python -m benchmarks.docs    # README's headline figure and table (the docs build writes docs/results)
+
+Nothing here is typed by hand: every table is a file the benchmarks wrote (``benchmarks/results/*.md``), and
+the headline table is computed from ``full.json``. The docs build (``docs/conf.py``) calls
+:func:`write_pages`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+from benchmarks.run import FULL, REPO, _finished_runs, format_matrix, plot_task
+
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+# The README's headline: the safe default, our two learned predictors, and the authors' NiNo checkpoint.
+HEADLINE = ("linefit+", "wnn+", "nino-ours", "nino")
+
+# page -> (title, introduction, [result files: tables (.md) and figures (.png)], the command)
+PAGES = {
+    "steps_to_target": (
+        "Steps to target on NiNo's tasks",
+        "Every method of a seed sees the same minibatches; validation every 50 steps on a fixed subset, the "
+        "whole split at the end. The target is Adam's own final smoothed validation value per seed (and, "
+        "for vision, the NiNo paper's fixed target); reduction = 1 - steps / Adam's steps. nowcast: "
+        "interval 200, ctx 5 (a jump every 1,000 steps), k = 5 for the line fits, k-decay from 40 for the "
+        "learned predictors. Held-out tasks (`*`) are in no predictor's training data. Time columns come "
+        "from runs made hours apart on a shared machine: compare times only on the paired-time page.",
+        ["full_matrix.md", "full.md", "full_FM-16.png", "full_C10-16.png", "full_FM-32.png",
+         "full_C10-32.png", "full_LM-3-24.png", "full_LM-2-32.png", "full_LM-3-64.png", "full_digits.png"],
+        "python -m benchmarks.run --tasks FM-16 --methods adam,linefit+,nino-ours --seeds 3"),
+    "paired_time": (
+        "Paired wall time",
+        "Wall time to Adam's final value, with the costs of each method and of Adam measured side by side "
+        "in one process (alternating chunks), so that machine load cancels out.",
+        ["paired_time.md"], "python -m benchmarks.paired_time --tasks FM-32 --methods wnn+,nino-ours"),
+    "weight_prediction": (
+        "AdamW weight prediction",
+        "Gradients at the weights predicted s steps ahead (Guan 2023), alone and under nowcasting's jumps; "
+        "final metrics paired with Adam's on the same seed.",
+        ["full_weight_prediction.md"], "python -m benchmarks.run --methods adam,wp1,wp2,wp3,linefit+wp2"),
+    "cost": (
+        "Memory and per-step cost",
+        "What nowcasting costs between jumps (per-step time and state), what a jump costs, and how fast "
+        "the learned predictors run.",
+        ["memory.md", "overhead.md", "overhead.png", "chunk_speed.md", "nino_speed.md"],
+        "python -m benchmarks.memory; python -m benchmarks.overhead; python -m benchmarks.chunk_speed"),
+    "demo": (
+        "The demo (sklearn digits)",
+        "`python -m optax_nowcast demo`: Adam vs Adam + nowcast(linefit) on sklearn's digits, 3 seeds.",
+        ["demo_digits.md", "demo_digits.png"], "python -m optax_nowcast demo"),
+    "lfd_synthetic": (
+        "LFD-2 on the paper's synthetic sequences",
+        "Shou et al.'s synthetic benchmark, regenerated.",
+        ["lfd_synthetic.md"], "python -m benchmarks.lfd_synthetic"),
+}
+
+
+FIGURE = os.path.join(RESULTS, "nowcasting_FM-16.png")
+
+
+def headline_figure(path: str = FIGURE, task: str = "FM-16",
+                    methods: tuple[str, ...] = ("adam", "linefit+", "nino-ours", "nino")) -> str:
+  """README's and the docs' figure: a few methods' validation and training curves on one task (the runs in
+  ``benchmarks/results/runs/full``)."""
+  runs = _finished_runs("full", 3, FULL, [RESULTS])[task]
+  plot_task(task, {m: runs[m] for m in methods if m in runs}, path)
+  return path
+
+
+def headline_matrix() -> str:
+  """The median step reductions of the headline methods, from ``full.json`` (legend and table)."""
+  with open(os.path.join(RESULTS, "full.json")) as f:
+    summary = json.load(f)["summary"]
+  return format_matrix("full", summary, methods=HEADLINE)
+
+
+def headline_table() -> str:
+  """README's table: :func:`headline_matrix` and a link to every method's."""
+  text = headline_matrix()
+  link = "[`benchmarks/results/full_matrix.md`](benchmarks/results/full_matrix.md)"
+  return f"{text}\n\nEvery method and task: {link} and the documentation's results pages."
+
+
+def _page(title: str, intro: str, files: list[str], command: str, out_dir: str) -> str:
+  lines = [f"# {title}", "", intro, "", f"Regenerate: `{command}`.", ""]
+  for name in files:
+    path = os.path.join(RESULTS, name)
+    if not os.path.exists(path):
+      continue
+    if name.endswith(".png"):
+      shutil.copy(path, os.path.join(out_dir, name))
+      lines += [f"![{name}]({name})", ""]
+    else:
+      with open(path) as f:
+        lines += [f"## `{name}`", "", f.read().strip(), ""]
+  return "\n".join(lines)
+
+
+def write_pages(out_dir: str) -> list[str]:
+  """Writes ``out_dir/index.md`` and one page per entry of :data:`PAGES`; returns the pages' paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  for name, (title, intro, files, command) in PAGES.items():
+    path = os.path.join(out_dir, f"{name}.md")
+    with open(path, "w") as f:
+      f.write(_page(title, intro, files, command, out_dir) + "\n")
+    written.append(path)
+  index = ["# Results", "",
+           "Generated from `benchmarks/results` by `benchmarks/docs.py` at every build of these pages; each "
+           "page names the command that regenerates its numbers.", "", headline_matrix(),
+           "", "```{toctree}", ":maxdepth: 1", "", *PAGES, "```", ""]
+  path = os.path.join(out_dir, "index.md")
+  with open(path, "w") as f:
+    f.write("\n".join(index))
+  return [path, *written]
+
+
+def update_readme(path: str = os.path.join(REPO, "README.md")) -> None:
+  """Replaces README's ``<!-- headline -->`` ... ``<!-- /headline -->`` block with :func:`headline_table`."""
+  with open(path) as f:
+    text = f.read()
+  block = f"<!-- headline -->\n{headline_table()}\n<!-- /headline -->"
+  text, n = re.subn(r"<!-- headline -->.*?<!-- /headline -->", lambda m: block, text, flags=re.S)
+  if n != 1:
+    raise ValueError(f"{path} has {n} headline sections, expected 1.")
+  with open(path, "w") as f:
+    f.write(text)
+
+
+if __name__ == "__main__":
+  headline_figure()
+  update_readme()

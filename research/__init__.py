@@ -1,0 +1,1 @@
+"""One-off experiments: retrained predictor variants and their benchmark runs (not shipped)."""

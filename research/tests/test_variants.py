@@ -1,0 +1,51 @@
+"""The research variants: their weights, their errors and their registration in the benchmark."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from benchmarks import run as bench
+from research import variants
+
+SMALL = bench.Settings(steps=60, eval_every=10, smooth=2, interval=4, ctx=3, horizon=2, val_size=None)
+
+
+def test_variant_methods_load_their_own_weights(tmp_path, monkeypatch):
+  """A retrained variant (NiNo++ option, WNN+ on other data) reads ``<folder>/<name>.msgpack``; missing, the
+  error gives the command that trains it; its runs are keyed by the file's hash, so retrained weights are not
+  mixed with old runs; with the shipped weights under its name it trains exactly as the shipped method."""
+  import shutil
+
+  from optax_nowcast import pretrained
+
+  monkeypatch.setenv("OPTAX_NOWCAST_WEIGHT_VARIANTS", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="--head gru"):
+    variants.variant_path("nino++gru")
+  with pytest.raises(FileNotFoundError, match="wnn_plus_noc10.msgpack.*--tasks digits,FM-16"):
+    variants.variant_path("wnn+noc10")
+  for shipped, name in (("nino", "nino_gru"), ("wnn_plus", "wnn_plus_noc10")):  # stand-ins: shipped weights
+    for ext in ("msgpack", "json"):
+      shutil.copy(pretrained.path(shipped)[: -len("msgpack")] + ext, tmp_path / f"{name}.{ext}")
+  s = dataclasses.replace(SMALL, ctx=5)
+  spec = bench._spec_for("digits", s)
+  before = bench._fingerprint(spec, "nino++gru", 0, s)
+  methods = ["adam", "nino++gru", "wnn+", "wnn+noc10"]
+  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path / "out"), quiet=True)
+  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
+  assert runs["nino++gru"]["n_jumps"] == runs["wnn+noc10"]["n_jumps"] == 2  # every interval * ctx = 20 of 60
+  assert runs["wnn+noc10"]["final_full_val_loss"] == runs["wnn+"]["final_full_val_loss"]
+  with open(tmp_path / "nino_gru.msgpack", "ab") as f:
+    f.write(b"\0")
+  assert bench._fingerprint(spec, "nino++gru", 0, s) != before
+
+
+def test_variants_are_not_product_methods():
+  import subprocess
+  import sys
+
+  out = subprocess.run([sys.executable, "-c", "from benchmarks import run; print(sorted(run.METHODS))"],
+                       capture_output=True, text=True, check=True, cwd=bench.REPO).stdout
+  assert "nino++gru" not in out and "wnn+k20" not in out and "nino-ours" in out
+  assert "nino++gru" in bench.METHODS  # registered in this process by importing research.variants

@@ -1,0 +1,86 @@
+"""Retrained variants of our predictors, benchmarked but not shipped (results: ``research/results``).
+
+Each variant reads its weights from ``research/weights`` (or ``$OPTAX_NOWCAST_WEIGHT_VARIANTS``); the
+command that trains it is kept with it. Importing this module registers the variants as methods of
+``benchmarks.run`` for this process only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import optax_nowcast as onc
+from benchmarks import run as bench
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# method name -> (weights file name, the command that trains it; DIR = trajectories, OUT = an output folder).
+# NiNo++ options (Knyazev 2025): a NiNo trained by our pipeline with that one option changed.
+_NINO_TRAIN = "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --steps 2000 --out OUT"
+_NINO_HEAD = ("python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
+              "--tasks digits,FM-16,LM-3-24 --steps 1000 --head-edges 4096 --out OUT")
+NINO_VARIANTS = {
+    "nino++c": ("nino_c6", f"{_NINO_TRAIN} --node-features lpe+centrality --lpe 6",
+                "our NiNo with 5 eigenvectors + centrality as node features"),
+    "nino++gru": ("nino_gru", f"{_NINO_HEAD} --head gru", "our NiNo with a GRU head"),
+    "nino++lstm": ("nino_lstm", f"{_NINO_HEAD} --head lstm", "our NiNo with an LSTM head"),
+    "nino++lpe5": ("nino_lpe5", f"{_NINO_TRAIN} --lpe 5", "our NiNo with 5 Laplacian eigenvectors"),
+    "nino-ours+c10": ("nino_c10", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
+                                  "--tasks digits,FM-16,LM-3-24,C10-16 --init "
+                                  "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
+                                  "--out OUT", "our shipped NiNo fine-tuned with C10-16 runs"),
+    "nino-ours+rc": ("nino_rc", "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --init "
+                                "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
+                                "--out OUT", "our shipped NiNo fine-tuned on all 30 runs of the recipe"),
+    "nino-recipe": ("nino_recipe", _NINO_TRAIN, "our NiNo trained from scratch on the recipe's 30 runs"),
+}
+WNN_PLUS_VARIANTS = {
+    "wnn+noc10": ("wnn_plus_noc10", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
+                                    "--tasks digits,FM-16,LM-2-32,LM-3-24 --steps 4000 --elements 512 "
+                                    "--out OUT", "the WNN+ shipped until 2026-12-01 (24 runs, no C10-16)"),
+    "wnn+h32": ("wnn_plus_h32", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
+                                "--tasks digits,FM-16,LM-2-32,LM-3-24 --hidden 32 --steps 4000 "
+                                "--elements 512 --out OUT", "wnn+noc10 at hidden 32"),
+}
+VARIANTS = {**NINO_VARIANTS, **WNN_PLUS_VARIANTS}
+
+
+def variant_path(method: str) -> str:
+  """The weights file of a ``VARIANTS`` method; a clear error, with the command that makes it, if absent."""
+  name, command, _ = VARIANTS[method]
+  folder = os.environ.get("OPTAX_NOWCAST_WEIGHT_VARIANTS", os.path.join(HERE, "weights"))
+  path = os.path.join(folder, f"{name}.msgpack")
+  if not os.path.exists(path):
+    kind = "nino" if method in NINO_VARIANTS else "wnn_plus"
+    raise FileNotFoundError(
+        f"method {method!r} needs {path}: train it with `{command}` and copy OUT/{kind}.msgpack and "
+        f"OUT/{kind}.json there as {name}.msgpack and {name}.json (or set OPTAX_NOWCAST_WEIGHT_VARIANTS to "
+        "their folder).")
+  return path
+
+
+def _variant(method: str) -> bench.Method:
+  predictor = onc.predictors.nino if method in NINO_VARIANTS else onc.predictors.wnn_plus
+  return bench.nowcast_method(lambda: predictor(variant_path(method)), VARIANTS[method][2],
+                              nino_horizon=True, weights=lambda: variant_path(method))
+
+
+def _wnn_plus_k20() -> bench.Method:
+  def build(task, s):
+    horizon = onc.schedules.k_decay(20, total_steps=task.spec.steps)
+    return bench.optax.chain(task.optimizer(), onc.nowcast(onc.predictors.wnn_plus(), interval=s.interval,
+                                                           ctx=s.ctx, horizon=horizon))
+  return bench.Method(build, "our shipped WNN+ with k-decay from 20 (not 40)",
+                      weights=lambda: onc.weights_io.shipped_path("wnn_plus"))
+
+
+def register_all() -> None:
+  """Registers every variant (idempotent)."""
+  for m in VARIANTS:
+    if m not in bench.METHODS:
+      bench.register(m, _variant(m))
+  if "wnn+k20" not in bench.METHODS:
+    bench.register("wnn+k20", _wnn_plus_k20())
+
+
+register_all()
