@@ -194,7 +194,7 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args(argv)
   s, _, seeds = R.SUITES["full"]
-  found = R._finished_runs("full", seeds, s, RESULTS)
+  found = R._finished_runs("full", seeds, s, [RESULTS])
   if args.quick:
     args.tasks, args.methods, args.repeats = "digits", "linefit,wnn+", 2
   tasks = args.tasks.split(",") if args.tasks else list(found)

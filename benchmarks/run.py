@@ -630,6 +630,7 @@ def _load_run(roots: Sequence[str], suite: str, task: str, method: str, seed: in
 
 def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str]) -> dict[str, dict[str, list]]:
   """Every task of the suite with all ``seeds`` of Adam done, and each method with all seeds done."""
+  roots = [roots] if isinstance(roots, str) else list(roots)
   names = {n for root in roots if os.path.isdir(os.path.join(root, "runs", suite))
            for n in os.listdir(os.path.join(root, "runs", suite))}
   found: dict[str, dict[str, list[dict]]] = {}

@@ -67,3 +67,11 @@ def test_official_checkpoint_comes_from_the_environment(monkeypatch, tmp_path):
   (tmp_path / "nino_mlp.npz").write_bytes(b"")
   monkeypatch.setenv("OPTAX_NOWCAST_OFFICIAL_DIR", str(tmp_path))
   assert run.official_weights("nino_mlp") == str(tmp_path / "nino_mlp.npz")
+
+
+def test_committed_runs_are_found_under_their_fingerprints():
+  """The committed ``full`` runs still match the product methods' fingerprints (a registry change that
+  altered them would silently orphan every committed run), from one root or several."""
+  found = run._finished_runs("full", 3, run.FULL, os.path.join(docs.RESULTS))
+  assert {"adam", "linefit+", "nino-ours", "wnn+", "lfd2", "wp2"} <= set(found["FM-16"])
+  assert run._finished_runs("full", 3, run.FULL, [docs.RESULTS, "/nonexistent"]).keys() == found.keys()
