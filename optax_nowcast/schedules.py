@@ -167,6 +167,11 @@ class HorizonSchedule(abc.ABC):
     """Returns a schedule with anything that depends on the jump schedule filled in."""
     return self
 
+  def max_horizon(self) -> int:
+    """The largest ``k`` the schedule gives (a static bound, for the learning-rate clock of ``nowcast``)."""
+    raise NotImplementedError(f"{type(self).__name__} has no max_horizon(); implement it to use it with "
+                              "nowcast(learning_rate=...).")
+
 
 @dataclasses.dataclass(frozen=True)
 class ConstantHorizon(HorizonSchedule):
@@ -180,6 +185,9 @@ class ConstantHorizon(HorizonSchedule):
 
   def __call__(self, jump_index):
     return jnp.full((), self.k, jnp.int32)
+
+  def max_horizon(self) -> int:
+    return self.k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +226,9 @@ class KDecay(HorizonSchedule):
       raise ValueError(f"k_decay(total_steps={self.total_steps}) allows no jump with this period "
                        f"schedule (first jump after step {self.total_steps}); raise total_steps.")
     return dataclasses.replace(self, n_jumps=n)
+
+  def max_horizon(self) -> int:
+    return self.max_k
 
   def table(self) -> np.ndarray:
     if self.n_jumps is None:

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_nowcast import schedules as schedules_lib
@@ -49,11 +51,13 @@ class RingState(NamedTuple):
 
   Attributes:
     slot_steps: int32 ``(ctx,)``, the step of the state in each slot, ``-1`` while empty.
+    slot_clock: float32 ``(ctx,)``, the clock (:attr:`NowcastState.clock`) when each slot was written.
     next_slot: int32, the slot the next state is written to.
     filled: int32, states recorded since the last jump (capped at ``ctx``).
   """
 
   slot_steps: jax.Array
+  slot_clock: jax.Array
   next_slot: jax.Array
   filled: jax.Array
 
@@ -86,6 +90,8 @@ class NowcastState(NamedTuple):
 
   Attributes:
     count: int32, number of ``update`` calls so far (the step reached after the last update).
+    clock: float32, the cumulative learning rate of those updates, ``sum_{i < count} lr(i)`` with
+      ``nowcast(learning_rate=schedule)``, else ``count``.
     history: pytree like ``params``; each float leaf has shape ``(ctx, *param.shape)`` in the history
       dtype, non-float leaves are ``optax.MaskedNode()``. A ring buffer: slot ``i`` holds the state of
       step ``ring.slot_steps[i]``.
@@ -100,6 +106,7 @@ class NowcastState(NamedTuple):
   """
 
   count: jax.Array
+  clock: jax.Array
   history: Any
   ring: RingState
   n_jumps: jax.Array
@@ -138,6 +145,8 @@ class _Config:
   max_jump_ratio: float | None
   rollback: _Rollback | None
   store: DeviceHistory
+  learning_rate: Callable[[jax.Array], jax.Array] | None  # the base optimizer's schedule: a rate clock
+  max_k: int  # a static bound on the horizon (for the rate clock's look-ahead)
 
 
 def _init(cfg: _Config, params: Any) -> NowcastState:
@@ -154,36 +163,65 @@ def _init(cfg: _Config, params: Any) -> NowcastState:
   zero = lambda: jnp.zeros((), jnp.int32)
   nan = lambda: jnp.full((), jnp.nan, jnp.float32)
   return NowcastState(
-      count=zero(), history=jax.tree.map(hist_leaf, params),
-      ring=RingState(slot_steps=jnp.full((cfg.ctx,), -1, jnp.int32), next_slot=zero(), filled=zero()),
+      count=zero(), clock=jnp.zeros((), jnp.float32), history=jax.tree.map(hist_leaf, params),
+      ring=RingState(slot_steps=jnp.full((cfg.ctx,), -1, jnp.int32),
+                     slot_clock=jnp.zeros((cfg.ctx,), jnp.float32), next_slot=zero(), filled=zero()),
       n_jumps=zero(), n_rejected=zero(), last_jump_step=jnp.full((), -1, jnp.int32),
       predictor_state=cfg.predictor.init(float_params(params)),
       rollback=RollbackState(loss_ema=nan(), pre_jump_loss=nan(), post_jump_loss=jnp.zeros((), jnp.float32),
                              n_rollbacks=zero(), horizon_scale=jnp.ones((), jnp.float32)))
 
 
-def _record(cfg: _Config, history: list, ring: RingState, x: list, step: jax.Array) -> tuple[list, RingState]:
+def _record(cfg: _Config, history: list, ring: RingState, x: list, step: jax.Array,
+            clock: jax.Array) -> tuple[list, RingState]:
   """Writes the parameters ``x`` (float leaves) into the ring's next slot."""
   history = [jax.lax.dynamic_update_index_in_dim(h, cfg.store.put(jnp.asarray(p).astype(h.dtype)),
                                                  ring.next_slot, 0) for h, p in zip(history, x, strict=True)]
   return history, RingState(slot_steps=ring.slot_steps.at[ring.next_slot].set(step),
+                            slot_clock=ring.slot_clock.at[ring.next_slot].set(clock),
                             next_slot=(ring.next_slot + 1) % cfg.ctx,
                             filled=jnp.minimum(ring.filled + 1, cfg.ctx))
 
 
-def _jump(cfg: _Config, h_treedef, history: list, ring: RingState, x: list, k: jax.Array, pstate: Any):
-  """Predicts from the ring (oldest state first) and gates the jump: ``(Gate, predictor state)``."""
+def _rate_clock(cfg: _Config, ring: RingState, order: jax.Array, jump_step: jax.Array, k: jax.Array):
+  r"""Times and horizon measured in cumulative learning rate ``C(s) = sum_{i<s} lr(i)``.
+
+  With :math:`\bar\eta` the mean rate over the recorded window and :math:`u = \bar\eta\,\Delta` the
+  clock of one interval at that rate, the states sit at :math:`t_i = (C(s_i) - C(J)) / u` and the jump
+  reads the fit :math:`k' = (C(J + k\Delta) - C(J)) / u` intervals ahead: only as far as the rate left in
+  the next ``k`` intervals carries the parameters. With a constant rate, ``t_i`` and ``k' = k`` are the
+  step-time ones. Returns ``(times, k', go)``; ``go`` is False when ``k' < 1/2`` (the schedule has all
+  but ended: no jump).
+  """
+  steps, clocks = ring.slot_steps[order], ring.slot_clock[order]
+  rate = (clocks[-1] - clocks[0]) / jnp.maximum(steps[-1] - steps[0], 1).astype(jnp.float32)
+  unit = jnp.maximum(rate * cfg.interval, jnp.finfo(jnp.float32).tiny)
+  ahead_steps = jnp.arange(cfg.max_k * cfg.interval)
+  lrs = jnp.asarray(cfg.learning_rate(jump_step + ahead_steps), jnp.float32)
+  ahead = jnp.sum(jnp.where(ahead_steps < k * cfg.interval, lrs, 0.0))
+  k_eff = ahead / unit
+  return (clocks - clocks[-1]) / unit, k_eff, (k_eff >= 0.5) & (rate > 0)
+
+
+def _jump(cfg: _Config, h_treedef, history: list, ring: RingState, x: list, k: jax.Array, pstate: Any,
+          jump_step: jax.Array):
+  """Predicts from the ring (oldest state first) and gates the jump: ``(Gate, go, predictor state)``;
+  ``go`` is False when the rate clock says the schedule has ended (the jump is skipped, not rejected)."""
   order = (ring.next_slot + jnp.arange(cfg.ctx)) % cfg.ctx  # oldest first
   chrono = [jnp.take(cfg.store.get(h), order, axis=0) for h in history]
-  steps = ring.slot_steps[order]
-  times = (steps - steps[-1]).astype(jnp.float32) / cfg.interval
+  if cfg.learning_rate is None:
+    steps = ring.slot_steps[order]
+    times, go = (steps - steps[-1]).astype(jnp.float32) / cfg.interval, jnp.array(True)
+  else:
+    times, k, go = _rate_clock(cfg, ring, order, jump_step, k)
+    k = k if cfg.predictor.fractional_k else jnp.round(k).astype(jnp.int32)
   prediction, pstate = full_precision(cfg.predictor.predict)(
       jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
   prediction = jax.tree.leaves(prediction)
   chex.assert_equal(len(prediction), len(x))
   gate = jump_gate(prediction, x, k, max_jump_ratio=cfg.max_jump_ratio, span=cfg.ctx - 1,
                    recent=lambda: ([c[0] for c in chrono], [c[-1] for c in chrono]))
-  return gate, pstate
+  return gate, go, pstate
 
 
 def _horizon(cfg: _Config, jump_index: jax.Array, rollback: RollbackState) -> jax.Array:
@@ -248,12 +286,13 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
   do_record = (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
 
   def jump(h, ring, pstate):
-    gate, pstate = _jump(cfg, h_treedef, h, ring, x, _horizon(cfg, jump_index, state.rollback), pstate)
+    k = _horizon(cfg, jump_index, state.rollback)
+    gate, go, pstate = _jump(cfg, h_treedef, h, ring, x, k, pstate, step)
     h, carried = store.stash(h, gate.deltas, ring.next_slot)
-    return h, (gate.ok, ~gate.ok), pstate, carried
+    return h, (gate.ok & go, ~gate.ok & go), pstate, carried
 
   def record(h, ring, pstate):
-    h, ring = _record(cfg, h, ring, x, step)
+    h, ring = _record(cfg, h, ring, x, step, state.clock)
     is_jump = (to_jump == 0) & (ring.filled >= cfg.ctx)
     h, flags, pstate, carried = jax.lax.cond(
         is_jump, jump, lambda h, r, s: (list(h), no_jump, s, store.nothing_carried(x)), h, ring, pstate)
@@ -275,8 +314,9 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
   out_leaves = list(u_leaves)
   for o, i in zip(out, float_ix, strict=True):
     out_leaves[i] = o
+  rate = 1.0 if cfg.learning_rate is None else jnp.asarray(cfg.learning_rate(step), jnp.float32)
   return jax.tree.unflatten(treedef, out_leaves), NowcastState(
-      count=step + 1, history=jax.tree.unflatten(h_treedef, h_leaves), ring=ring,
+      count=step + 1, clock=state.clock + rate, history=jax.tree.unflatten(h_treedef, h_leaves), ring=ring,
       n_jumps=state.n_jumps + applied.astype(jnp.int32),
       n_rejected=state.n_rejected + rejected.astype(jnp.int32),
       last_jump_step=jnp.where(applied, step, state.last_jump_step), predictor_state=pstate,
@@ -296,8 +336,9 @@ def nowcast(
     rollback_window: int | None = None,
     rollback_shrink: float = 0.5,
     history_memory: str = "device",
+    learning_rate: float | optax.Schedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Periodically replaces the parameters by a predictor's nowcast of their future.
+  r"""Periodically replaces the parameters by a predictor's nowcast of their future.
 
   Place it last in an ``optax.chain``, after the optimizer whose trajectory it extrapolates;
   ``update`` needs ``params``.
@@ -336,6 +377,14 @@ def nowcast(
       States travel to the host when recorded and back only for a jump (and a rollback); the jump's
       ``prediction - params`` is then held on the device until it is applied. Needs a backend with host
       memory spaces (CPU, GPU and TPU in current JAX).
+    learning_rate: the base optimizer's learning-rate schedule (``step -> rate``, as given to it), to
+      measure the history's times and the horizon in cumulative learning rate instead of steps: with
+      :math:`C(s) = \sum_{i<s} \eta(i)`, the states sit at :math:`C(s_i)` and the jump lands where the
+      fit reaches :math:`C(J + k\Delta)`, so late in a decaying schedule the jump extrapolates only as far
+      as the remaining rate carries the parameters, and when less than half an interval's worth of rate
+      (at the window's mean rate) is left, no jump is made. Predictors with ``fractional_k`` (the line
+      fits) read the fit at the exact fractional horizon; the others at the nearest whole interval.
+      ``None`` or a number (a constant rate): steps, as in the papers.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; extra keyword arguments to ``update`` are accepted
@@ -388,9 +437,18 @@ def nowcast(
     if not jnp.issubdtype(history_dtype, jnp.floating):
       raise ValueError(f"history_dtype must be a float dtype such as jnp.bfloat16 or None, "
                        f"got {history_dtype}.")
+  if learning_rate is not None and not callable(learning_rate):
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.number)):
+      raise ValueError(f"learning_rate must be the base optimizer's schedule (a callable step -> rate, e.g. "
+                       f"optax.cosine_decay_schedule(...)), a number or None, got {learning_rate!r}.")
+    learning_rate = None  # a constant rate: the clock is the step count
+  max_k = 0
+  if learning_rate is not None:
+    max_k = horizon_schedule.max_horizon()
   cfg = _Config(predictor=predictor, interval=interval, ctx=ctx, period=period_schedule,
                 horizon=horizon_schedule, history_dtype=history_dtype, max_jump_ratio=max_jump_ratio,
-                rollback=rollback, store=placement(history_memory))
+                rollback=rollback, store=placement(history_memory), learning_rate=learning_rate,
+                max_k=max_k)
   return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg), functools.partial(_update, cfg))
 
 

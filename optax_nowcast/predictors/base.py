@@ -11,7 +11,9 @@ A predictor is a pair of pure functions, in the spirit of an optax transformatio
     stored in the history dtype (compute in float32 and let ``nowcast`` cast back);
   - ``times``: float32 array ``(ctx,)``, the step of each state relative to the latest one, divided by
     ``interval``: ``[-(ctx-1), ..., -1, 0]`` when states are recorded at a regular interval;
-  - ``k``: int32 scalar, the horizon in intervals: predict the state at ``times[-1] + k``;
+  - ``k``: int32 scalar, the horizon in intervals: predict the state at ``times[-1] + k`` (a float32
+    scalar for predictors with ``fractional_k=True``, when ``nowcast`` measures time in cumulative
+    learning rate and the horizon is not a whole number of intervals);
   - returns a pytree with the structure of one state (``history`` without the leading axis).
 
 ``predict`` is traced inside ``jax.jit``; it must not branch in Python on traced values.
@@ -37,6 +39,7 @@ class Predictor(NamedTuple):
   predict: Callable[[History, jax.Array, jax.Array, PredictorState], tuple[Any, PredictorState]]
   name: str = "predictor"
   min_ctx: int = 2
+  fractional_k: bool = False  # predict accepts a float32 horizon (else nowcast rounds it)
 
 
 def full_precision(predict: Callable[..., Any]) -> Callable[..., Any]:

@@ -61,7 +61,7 @@ def _make(weighted: bool, name: str) -> Predictor:
 
     return jax.tree.map(leaf, history), state
 
-  return Predictor(init=no_state, predict=full_precision(predict), name=name, min_ctx=2)
+  return Predictor(init=no_state, predict=full_precision(predict), name=name, min_ctx=2, fractional_k=True)
 
 
 def linefit() -> Predictor:
