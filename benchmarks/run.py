@@ -40,7 +40,7 @@ import optax
 
 import optax_nowcast as onc
 from optax_nowcast import weights_io
-from optax_nowcast.tasks import TASKS, Task, make_task
+from optax_nowcast.tasks import GENERAL_TASKS, TASKS, Task, make_task, spec_record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,10 +60,34 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(steps=300, eval_every=10, smooth=3, interval=20, ctx=5, horizon=5, val_size=500)
+GENERAL = Settings(interval=100)  # the held-out configurations' own steps (2,000-3,000), a jump every 500
+GENERAL_QUICK = Settings(steps=200, eval_every=10, smooth=3, interval=10, ctx=5, horizon=5, val_size=500)
 SUITES = {
     "full": (FULL, ["FM-16", "C10-16", "FM-32", "C10-32", "LM-3-24", "LM-2-32", "LM-3-64"], 3),
     "quick": (QUICK, ["FM-16", "LM-3-24"], 1),
+    # Held-out configurations (optax_nowcast.tasks.GENERAL_TASKS): models, optimizers and schedules no
+    # predictor was trained on. "<config>@<p>" is the configuration with its schedule stretched to p % of
+    # its steps (the decaying schedules' length sweep).
+    "general": (GENERAL, list(GENERAL_TASKS), 3),
+    "general-quick": (GENERAL_QUICK, ["G-digits-MLP1-nesterov-step", "G-digits-MLP2-adabelief",
+                                      "G-digits-MLP4-lion-lin"], 1),
 }
+# Per suite and task: Settings fields that differ from the suite's (the digits configurations record
+# every 40 steps: 2,000 steps hold 10 jumps).
+TASK_SETTINGS = {"general": {n: {"interval": 40} for n, t in GENERAL_TASKS.items() if t.kind == "digits"}}
+ALL_TASKS = {**TASKS, **GENERAL_TASKS}
+LENGTHS = (40, 55, 70, 85)  # % of a decaying configuration's steps, besides 100
+
+
+def base_name(name: str) -> str:
+  """``"G-FM-MLP3-adamw-cos@70"`` -> ``"G-FM-MLP3-adamw-cos"``."""
+  return name.split("@")[0]
+
+
+def settings_for(suite: str, name: str, s: Settings) -> Settings:
+  """The settings of one task of a suite (``TASK_SETTINGS`` over the suite's)."""
+  over = TASK_SETTINGS.get(suite, {}).get(base_name(name))
+  return dataclasses.replace(s, **over) if over else s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +117,7 @@ def _k_decay(task: Task) -> onc.schedules.KDecay:
 
 
 def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_horizon: bool = False,
-                   dynamic: bool = False, rollback: bool = False,
+                   dynamic: bool = False, rollback: bool = False, rate_clock: bool = False,
                    weights: Callable[[], str] | None = None) -> Method:
   """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
 
@@ -101,6 +125,8 @@ def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_h
   ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
   ``rollback``: undo a jump when, ``min(50, interval // 4)`` steps after it, the running mean of the loss
   exceeds 1.5x its running mean before the jump (the horizon then halves).
+  ``rate_clock``: ``nowcast(learning_rate=<the task's schedule>)``, times and horizons in cumulative
+  learning rate (the same as steps with a constant rate).
   """
   def build(task: Task, s: Settings) -> optax.GradientTransformation:
     pred = predictor()  # first: a missing weights file is the first error
@@ -108,6 +134,8 @@ def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_h
     period = onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic else None
     horizon = _k_decay(task) if nino_horizon else s.horizon
     kw = {"rollback_factor": 1.5} if rollback else {}
+    if rate_clock:
+      kw["learning_rate"] = task.learning_rate_schedule()
     return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
                                                      period=period, horizon=horizon, **kw))
   return Method(build, label, weights=weights)
@@ -188,6 +216,10 @@ METHODS: dict[str, Method] = {
                                    nino_horizon=True, dynamic=True, weights=_shipped("nino")),
     "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
                                    nino_horizon=True, rollback=True, weights=_shipped("nino")),
+    "linefit+/rate": nowcast_method(onc.predictors.linefit_plus, "linefit+ on the learning-rate clock",
+                                    rate_clock=True),
+    "nino-ours/rate": nowcast_method(onc.predictors.nino, "nino-ours on the learning-rate clock",
+                                     nino_horizon=True, rate_clock=True, weights=_shipped("nino")),
     "wp1": weight_prediction_method(1, "AdamW weight prediction, s = 1"),
     "wp2": weight_prediction_method(2, "AdamW weight prediction, s = 2"),
     "wp3": weight_prediction_method(3, "AdamW weight prediction, s = 3"),
@@ -209,8 +241,18 @@ def _overrides(s: Settings) -> dict[str, int]:
   return {k: v for k, v in (("steps", s.steps), ("val_size", s.val_size)) if v is not None}
 
 
+def _extra(name: str, s: Settings) -> dict[str, Any]:
+  """The spec fields of a length-sweep task ``<config>@<p>``: its name and p % of the steps."""
+  if "@" not in name:
+    return {}
+  spec = dataclasses.replace(ALL_TASKS[base_name(name)], **_overrides(s))
+  pct = int(name.split("@")[1])
+  steps = max(s.eval_every, round(spec.steps * pct / 100 / s.eval_every) * s.eval_every)
+  return {"name": name, "steps": steps}
+
+
 def _spec_for(name: str, s: Settings):
-  return dataclasses.replace(TASKS[name], **_overrides(s))
+  return dataclasses.replace(ALL_TASKS[base_name(name)], **_overrides(s), **_extra(name, s))
 
 
 def _weights_hash(method: str) -> str | None:
@@ -227,7 +269,7 @@ METHOD_VERSION = {"nino-ours+rb": 2}
 
 
 def _fingerprint(spec, method: str, seed: int, s: Settings) -> str:
-  parts = [dataclasses.asdict(spec), method, seed, dataclasses.asdict(s)]
+  parts = [spec_record(spec), method, seed, dataclasses.asdict(s)]
   if method in METHOD_VERSION:
     parts.append(METHOD_VERSION[method])
   if METHODS[method].weights is not None:
@@ -391,7 +433,7 @@ def format_table(suite: str, summary: dict, s: Settings) -> str:
       "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for task, t in summary.items():
-    spec = TASKS[task]
+    spec = ALL_TASKS[base_name(task)]
     pct = spec.metric == "accuracy"
     vfmt = ".4f" if pct else ".3f"
     for method, m in t["methods"].items():
@@ -441,7 +483,8 @@ def weight_prediction_rows(summary: dict) -> list[dict[str, Any]]:
           "delta_metric_mean": float(np.mean(d_metric)) if pairs else None,
           "delta_metric_per_seed": d_metric,
           "delta_loss_mean": float(np.mean(d_loss)) if pairs else None,
-          "better_seeds": sum((d > 0) == TASKS[task].higher_is_better for d in d_metric if d != 0),
+          "better_seeds": sum((d > 0) == ALL_TASKS[base_name(task)].higher_is_better
+                              for d in d_metric if d != 0),
       })
   return rows
 
@@ -495,7 +538,7 @@ def format_weight_prediction_table(rows: list[dict[str, Any]]) -> str:
       "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    pct = TASKS[r["task"]].metric == "accuracy"
+    pct = ALL_TASKS[base_name(r["task"])].metric == "accuracy"
     scale, unit, f = (100, " pt", "+.2f") if pct else (1, "", "+.3f")
     vfmt = ".4f" if pct else ".3f"
     per = ", ".join(_fmt(x, "d", "never") for x in r["per_seed_steps"])
@@ -517,7 +560,7 @@ def plot_task(task: str, runs: dict[str, list[dict]], path: str) -> str | None:
     import matplotlib.pyplot as plt
   except ImportError:  # pragma: no cover
     return None
-  spec = TASKS[task]
+  spec = ALL_TASKS[base_name(task)]
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
   for i, (method, rs) in enumerate(runs.items()):
     color = f"C{i}"
@@ -572,15 +615,16 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
     raise ValueError(f"only_seeds {sorted(only_seeds)} must lie in 0..{seeds - 1}: raise seeds or drop them.")
   todo, loaded, computed = [], {}, 0
   for name in tasks:
-    if name not in TASKS:
-      raise ValueError(f"Unknown task {name!r}; choose from {sorted(TASKS)}.")
+    if base_name(name) not in ALL_TASKS:
+      raise ValueError(f"Unknown task {name!r}; choose from {sorted(ALL_TASKS)}.")
   # Resolve which runs exist before loading any data (a finished suite needs no data at all).
   for name in tasks:
-    spec = _spec_for(name, s)
+    st = settings_for(suite, name, s)
+    spec = _spec_for(name, st)
     for method in methods:
       for seed in range(seeds):
         path = os.path.join(out, "runs", suite, name, method, f"seed{seed}.json")
-        fp = _fingerprint(spec, method, seed, s)
+        fp = _fingerprint(spec, method, seed, st)
         r = None if force else _load_run([out, *read_runs], suite, name, method, seed, fp)
         if r is not None:
           loaded[(name, method, seed)] = r
@@ -588,16 +632,17 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
         if only_seeds is not None and seed not in only_seeds:
           continue
         todo.append((name, method, seed, path, fp))
-  total = sum(_spec_for(n, s).steps for n, *_ in todo)
+  total = sum(_spec_for(n, settings_for(suite, n, s)).steps for n, *_ in todo)
   bar = tqdm(total=total, unit="step", disable=quiet or not todo) if tqdm else None
   task_cache: dict[str, Task] = {}
   for name, method, seed, path, fp in todo:
+    st = settings_for(suite, name, s)
     if name not in task_cache:
       task_cache.clear()  # one task's data on the device at a time
-      task_cache[name] = make_task(name, data_dir, **_overrides(s))
+      task_cache[name] = make_task(base_name(name), data_dir, **_overrides(st), **_extra(name, st))
     if bar is not None:
       bar.set_postfix_str(f"{name} {method} seed {seed}")
-    r = train_one(task_cache[name], method, seed, s, bar)
+    r = train_one(task_cache[name], method, seed, st, bar)
     r["fingerprint"] = fp
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -635,15 +680,16 @@ def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str]) ->
            for n in os.listdir(os.path.join(root, "runs", suite))}
   found: dict[str, dict[str, list[dict]]] = {}
   for name in sorted(names):
-    if name not in TASKS:
+    if base_name(name) not in ALL_TASKS:
       continue
-    spec = _spec_for(name, s)
+    st = settings_for(suite, name, s)
+    spec = _spec_for(name, st)
     runs = {}
     for method in METHODS:
       rs = []
       for seed in range(seeds):
         try:
-          r = _load_run(roots, suite, name, method, seed, _fingerprint(spec, method, seed, s))
+          r = _load_run(roots, suite, name, method, seed, _fingerprint(spec, method, seed, st))
         except (FileNotFoundError, ValueError):  # a method whose weights are not at hand has no runs here
           r = None
         if r is None:
@@ -665,18 +711,175 @@ def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[st
     runs = found[name]
     summary[name] = {"spec": dataclasses.asdict(_spec_for(name, s)),
                      "methods": summarise_task(runs, _spec_for(name, s), s)}
-    plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
+    if "@" not in name:
+      plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
   table = format_table(suite, summary, s)
   write_results(out, suite, {"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds,
                              "summary": summary, "backend": jax.default_backend(),
                              "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, table)
   with open(os.path.join(out, f"{suite}_matrix.md"), "w") as f:
     f.write(format_matrix(suite, summary) + "\n")
+  if suite.startswith("general"):
+    rows = general_rows(found, s)
+    write_results(out, f"{suite}_summary", {"suite": suite, "rows": rows}, format_general(suite, rows))
+    plot_general(rows, os.path.join(out, f"{suite}_summary.png"))
   wp = weight_prediction_rows(summary)
   if wp:
     write_results(out, f"{suite}_weight_prediction", {"suite": suite, "rows": wp},
                   format_weight_prediction_table(wp))
   return {"summary": summary, "table": table, "weight_prediction": wp}
+
+
+ROBUST_GAIN = 0.05  # the robust target: the base's final value less 5 % of its total gain
+
+
+def _final_smoothed(r: dict, s: Settings) -> float:
+  return float(moving_average(r["val_metric"], s.smooth)[-1])
+
+
+def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings) -> list[dict[str, Any]]:
+  """Per configuration and method of the generalization suite (runs as ``_finished_runs`` finds them):
+
+  * ``reduction``: the median over seeds of ``1 - steps / base's steps`` to the base's own final smoothed
+    value (``None`` if a seed never reaches it; ``never`` counts those seeds), and ``robust_reduction`` to
+    the base's final value less ``ROBUST_GAIN`` of its total gain (a target float rounding cannot flip);
+  * ``final_diff``: the mean over seeds of the method's final metric (whole validation split) minus the
+    base's on the same seed, against ``base_spread`` (max - min of the base's over seeds), signed so that
+    positive is better;
+  * ``length_saving`` (decaying schedules, with ``<config>@<p>`` runs): per seed, the shortest schedule
+    length whose final metric reaches the base's final metric at full length, ``1 - L / L_base``; median.
+  """
+  rows = []
+  for name in [n for n in found if "@" not in n]:
+    spec = ALL_TASKS[base_name(name)]
+    hib, sign = spec.higher_is_better, (1.0 if spec.higher_is_better else -1.0)
+    runs = found[name]
+    base = {r["seed"]: r for r in runs["adam"]}
+    spread = np.ptp([r["final_full_val_metric"] for r in base.values()])
+    for method, rs in runs.items():
+      if method == "adam":
+        continue
+      red, robust, never, diffs, lengths = [], [], 0, [], []
+      for r in rs:
+        b = base.get(r["seed"])
+        if b is None:
+          continue
+        target = _final_smoothed(b, s)
+        first = float(b["val_metric"][0])
+        easy = target - sign * ROBUST_GAIN * abs(target - first)
+        for goal, out in ((target, red), (easy, robust)):
+          st = steps_to_target(r["val_metric"], r["eval_steps"], goal, s.smooth, hib)
+          sb = steps_to_target(b["val_metric"], b["eval_steps"], goal, s.smooth, hib)
+          out.append(100 * (1 - st / sb) if st and sb else None)
+        never += red[-1] is None
+        diffs.append(sign * (r["final_full_val_metric"] - b["final_full_val_metric"]))
+        lengths.append(_length_saving(found, name, method, r["seed"], b["final_full_val_metric"], hib))
+      got = [x for x in lengths if x is not None]
+      rows.append({
+          "config": name, "method": method, "schedule": spec.schedule, "optimizer": spec.optimizer,
+          "seeds": len(diffs), "never": never,
+          "reduction": None if never else _median(red), "reduction_reached": _median(red),
+          "robust_reduction": _median(robust) if all(x is not None for x in robust) else None,
+          "final_diff": float(np.mean(diffs)) if diffs else None, "base_spread": float(spread),
+          "length_saving": _median(got) if got and len(got) == len(lengths) else None,
+      })
+  return rows
+
+
+def _length_saving(found, name: str, method: str, seed: int, goal: float, hib: bool) -> float | None:
+  """``1 - L_method / L_base``: the shortest lengths (``<name>@<p>`` and 100 %) reaching ``goal``."""
+  def shortest(m: str) -> int | None:
+    for pct in (*LENGTHS, 100):
+      key = name if pct == 100 else f"{name}@{pct}"
+      rs = [r for r in found.get(key, {}).get(m, []) if r["seed"] == seed]
+      if not rs:
+        return None
+      v = rs[0]["final_full_val_metric"]
+      if (v >= goal - 1e-12) if hib else (v <= goal + 1e-12):
+        return pct
+    return None
+
+  if not any(f"{name}@{p}" in found for p in LENGTHS):
+    return None
+  mine, theirs = shortest(method), shortest("adam")
+  return None if mine is None or theirs is None else 100 * (1 - mine / theirs)
+
+
+def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
+  """One table of the generalization suite: a line per configuration and method."""
+  lines = [
+      f"Suite `{suite}`: held-out configurations (models, optimizers, schedules no predictor was trained "
+      "on). Reduction: median over seeds of 1 - steps / the base's steps to the base's own final smoothed "
+      f"value (`never`: seeds that never reach it); robust: to that value less {100 * ROBUST_GAIN:.0f} % of "
+      "the base's total gain; final: the method's final metric minus the base's on the same seed (mean; "
+      "positive is better; accuracy in points, perplexity in units) against the base's seed-to-seed spread "
+      "(max - min); length saving (decaying schedules): 1 - the shortest schedule length (40, 55, 70, 85, "
+      "100 %) whose final metric reaches the base's at full length, over the base's own.", "",
+      "| configuration | schedule | method | seeds | reduction | never | robust reduction | final vs base "
+      "(spread) | length saving |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    scale = 100 if ALL_TASKS[base_name(r["config"])].metric == "accuracy" else 1
+    fd = ("—" if r["final_diff"] is None
+          else f"{scale * r['final_diff']:+.2f} ({scale * r['base_spread']:.2f})")
+    lines.append(
+        f"| {r['config']} | {r['schedule']} | {r['method']} | {r['seeds']} | "
+        f"{_fmt(r['reduction'], '.1f')} % | {r['never']} | {_fmt(r['robust_reduction'], '.1f')} % | {fd} | "
+        f"{_fmt(r['length_saving'], '.0f')} % |")
+  by_method: dict[str, list[dict]] = {}
+  for r in rows:
+    by_method.setdefault(r["method"], []).append(r)
+  lines += ["", "| method | configurations | median reduction (constant rate) | seeds never reaching "
+            "(constant) | median length saving (decaying) | configurations where the final metric is worse "
+            "than the base's by more than its spread |", "|---|---|---|---|---|---|"]
+  for m, rs in by_method.items():
+    const = [r for r in rs if r["schedule"] == "constant"]
+    red = _median([r["reduction_reached"] for r in const])
+    saving = _median([r["length_saving"] for r in rs if r["schedule"] != "constant"])
+    worse = sum(r["final_diff"] is not None and r["final_diff"] < -r["base_spread"] for r in rs)
+    lines.append(f"| {m} | {len(rs)} | {_fmt(red, '.1f')} % | {sum(r['never'] for r in const)} | "
+                 f"{_fmt(saving, '.0f')} % | {worse} of {len(rs)} |")
+  return "\n".join(lines)
+
+
+def plot_general(rows: list[dict[str, Any]], path: str) -> str | None:
+  """One figure: per configuration, each method's step reduction (bars) and final-metric change (dots)."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:  # pragma: no cover
+    return None
+  if not rows:
+    return None
+  configs = list(dict.fromkeys(r["config"] for r in rows))
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(configs) + 1.5), sharey=True)
+  h = 0.8 / len(methods)
+  for j, m in enumerate(methods):
+    for i, c in enumerate(configs):
+      r = next((r for r in rows if r["config"] == c and r["method"] == m), None)
+      if r is None:
+        continue
+      y = i + (j - (len(methods) - 1) / 2) * h
+      red = r["reduction_reached"] or 0.0
+      axes[0].barh(y, red, h, color=f"C{j}", label=m if i == 0 else None,
+                   hatch="//" if r["never"] else None)
+      scale = 100 if ALL_TASKS[base_name(c)].metric == "accuracy" else 1
+      if r["final_diff"] is not None:
+        axes[1].plot(scale * r["final_diff"], y, "o", color=f"C{j}")
+        axes[1].plot([-scale * r["base_spread"], scale * r["base_spread"]], [i, i], color="0.8", lw=4,
+                     zorder=0)
+  axes[0].set_yticks(range(len(configs)), configs, fontsize=8)
+  axes[0].axvline(0, color="k", lw=0.5)
+  axes[1].axvline(0, color="k", lw=0.5)
+  axes[0].set_xlabel("step reduction to the base's final value (%; hatched: some seed never reached it)")
+  axes[1].set_xlabel("final metric - base's (points / perplexity units, better > 0); grey: base's spread")
+  axes[0].legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
 
 
 def write_results(out: str, name: str, payload: dict[str, Any], table: str) -> None:

@@ -9,13 +9,23 @@ from optax_nowcast.tasks.datasets import (
     load_tiny_shakespeare,
 )
 from optax_nowcast.tasks.digits import DigitsData, load_digits_split
-from optax_nowcast.tasks.models import CNN, GPT, MLP
-from optax_nowcast.tasks.tasks import TASKS, Task, TaskSpec, conv_as_matmul, make_task
+from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN
+from optax_nowcast.tasks.tasks import (
+    GENERAL_TASKS,
+    TASKS,
+    Task,
+    TaskSpec,
+    conv_as_matmul,
+    make_task,
+    spec_record,
+)
 
 __all__ = [
     "CNN",
+    "GENERAL_TASKS",
     "GPT",
     "MLP",
+    "ResCNN",
     "TASKS",
     "DigitsData",
     "ImageData",
@@ -29,4 +39,5 @@ __all__ = [
     "load_fashion_mnist",
     "load_tiny_shakespeare",
     "make_task",
+    "spec_record",
 ]

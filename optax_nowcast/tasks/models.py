@@ -86,16 +86,42 @@ class GPT(nn.Module):
 
 
 class MLP(nn.Module):
-  """Multi-layer perceptron with ReLU hidden layers."""
+  """Multi-layer perceptron with ReLU hidden layers (an image input is flattened first)."""
 
   features: Sequence[int] = (128, 128)
   num_classes: int = 10
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape((x.shape[0], -1))
     for f in self.features:
       x = nn.relu(nn.Dense(f)(x))
     return nn.Dense(self.num_classes)(x)
 
 
-__all__ = ["CNN", "GPT", "MLP", "Block"]
+class ResCNN(nn.Module):
+  """A small residual CNN with GroupNorm: a stem convolution, then per stage a stride-2 convolution and a
+  residual block ``x + Conv(ReLU(GroupNorm(Conv(ReLU(GroupNorm(x))))))``, global pooling and a classifier.
+
+  Every stage halves the resolution. GroupNorm (not BatchNorm) keeps the model a pure function of its parameters, as the tasks' ``loss``
+  needs. ``features`` are the stages' widths (each divisible by ``groups``).
+  """
+
+  features: Sequence[int] = (16, 32)
+  groups: int = 4
+  num_classes: int = 10
+  conv: Callable[..., jax.Array] | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = {} if self.conv is None else {"conv_general_dilated": self.conv}
+    for i, f in enumerate(self.features):
+      x = nn.Conv(f, (3, 3), strides=2, padding="SAME", name=f"down{i}", **kw)(x)
+      h = nn.Conv(f, (3, 3), padding="SAME", name=f"res{i}_a", **kw)(
+          nn.relu(nn.GroupNorm(self.groups, name=f"norm{i}_a")(x)))
+      x = x + nn.Conv(f, (3, 3), padding="SAME", name=f"res{i}_b", **kw)(
+          nn.relu(nn.GroupNorm(self.groups, name=f"norm{i}_b")(h)))
+    return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
+
+
+__all__ = ["CNN", "GPT", "MLP", "Block", "ResCNN"]

@@ -49,7 +49,7 @@ import optax
 
 from optax_nowcast.tasks import datasets
 from optax_nowcast.tasks.digits import load_digits_split
-from optax_nowcast.tasks.models import CNN, GPT, MLP
+from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN
 
 Params = Any
 
@@ -96,10 +96,85 @@ class TaskSpec:
   lm_shape: tuple[int, int, int] = (0, 0, 0)  # layers, units, heads
   block_size: int = 64
   val_size: int = 2000  # examples (vision) or sequences (lm) in the fixed validation subset
+  # The base optimizer: "adam" (AdamW when weight_decay > 0), "sgd" (momentum 0.9), "nesterov" (SGD with
+  # Nesterov momentum 0.9), "lion", "adabelief".
+  optimizer: str = "adam"
+  # Its learning-rate schedule: "constant", "warmup_cosine" (linear warmup over 5 % of the steps, cosine
+  # decay to 0), "linear" (the same warmup, linear decay to 0) or "step" (x0.1 at 50 % and 75 %).
+  schedule: str = "constant"
+  arch: str = ""  # "": the kind's model (vision CNN, digits MLP); "mlp"; "resnet" (ResCNN)
 
   @property
   def higher_is_better(self) -> bool:
     return self.metric == "accuracy"
+
+  def learning_rate_schedule(self, peak: float | None = None) -> float | optax.Schedule:
+    """The task's learning rate: a number (constant) or a schedule ``step -> rate`` over ``steps``."""
+    lr, total = self.learning_rate if peak is None else peak, self.steps
+    warm = max(1, total // 20)
+    if self.schedule == "constant":
+      return lr
+    if self.schedule == "warmup_cosine":
+      return optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, end_value=0.0)
+    if self.schedule == "linear":
+      return optax.join_schedules([optax.linear_schedule(0.0, lr, warm),
+                                   optax.linear_schedule(lr, 0.0, total - warm)], [warm])
+    if self.schedule == "step":
+      return optax.piecewise_constant_schedule(lr, {total // 2: 0.1, 3 * total // 4: 0.1})
+    raise ValueError(f"TaskSpec {self.name}: unknown schedule {self.schedule!r}; use constant, "
+                     "warmup_cosine, linear or step.")
+
+
+# Held-out configurations of the generalization suite (`python -m benchmarks.run --suite general`): model
+# families, widths, optimizers, schedules and batch sizes that no shipped predictor was trained on (the
+# meta-training recipe draws from ``TASKS`` only). Each is short enough for a CPU core (about 2 minutes).
+def _g(name, kind, dataset, steps, batch, lr, optimizer, schedule, *, wd=0.0, arch="", features=(),
+       lm_shape=(0, 0, 0), val_size=2000):
+  metric = "perplexity" if kind == "lm" else "accuracy"
+  return TaskSpec(name, kind, steps, batch, lr, wd, metric=metric, dataset=dataset, features=features,
+                  lm_shape=lm_shape, val_size=val_size, optimizer=optimizer, schedule=schedule, arch=arch)
+
+
+GENERAL_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    _g("G-FM-MLP2-adam", "vision", "fashion_mnist", 3000, 128, 1e-3, "adam", "constant", arch="mlp",
+       features=(256, 128)),
+    _g("G-FM-MLP3-adamw-cos", "vision", "fashion_mnist", 3000, 128, 1e-3, "adam", "warmup_cosine", wd=1e-2,
+       arch="mlp", features=(512, 256, 128)),
+    _g("G-digits-MLP1-nesterov-step", "digits", "digits", 2000, 64, 0.05, "nesterov", "step",
+       features=(256,), val_size=359),
+    _g("G-digits-MLP4-lion-lin", "digits", "digits", 2000, 32, 1e-4, "lion", "linear",
+       features=(64, 64, 64, 64), val_size=359),
+    _g("G-digits-MLP2-adabelief", "digits", "digits", 2000, 16, 1e-3, "adabelief", "constant",
+       features=(96, 48), val_size=359),
+    _g("G-FM-CNN8-sgd", "vision", "fashion_mnist", 3000, 64, 0.05, "sgd", "constant", features=(8, 16, 16)),
+    _g("G-FM-CNN24-adam-cos", "vision", "fashion_mnist", 2000, 64, 3e-3, "adam", "warmup_cosine",
+       features=(24, 48, 48)),
+    _g("G-C10-CNN12-adabelief", "vision", "cifar10", 2000, 128, 3e-3, "adabelief", "constant",
+       features=(12, 24, 24)),
+    _g("G-C10-CNN20-adamw-step", "vision", "cifar10", 2000, 64, 2e-3, "adam", "step", wd=1e-2,
+       features=(20, 40, 40)),
+    _g("G-FM-Res-adam", "vision", "fashion_mnist", 2000, 128, 3e-3, "adam", "constant", arch="resnet",
+       features=(16, 32)),
+    _g("G-C10-Res-nesterov-cos", "vision", "cifar10", 2000, 64, 0.05, "nesterov", "warmup_cosine",
+       arch="resnet", features=(16, 32)),
+    _g("G-LM-4-16-adamw", "lm", "tiny_shakespeare", 3000, 32, 3e-3, "adam", "constant", wd=1e-2,
+       lm_shape=(4, 16, 2), val_size=256),
+    _g("G-LM-1-48-lion-cos", "lm", "tiny_shakespeare", 3000, 32, 3e-4, "lion", "warmup_cosine", wd=1e-2,
+       lm_shape=(1, 48, 4), val_size=256),
+    _g("G-LM-2-40-adam-lin", "lm", "tiny_shakespeare", 3000, 64, 3e-3, "adam", "linear",
+       lm_shape=(2, 40, 4), val_size=256),
+]}
+
+
+# The fields added after the paper tasks' runs were recorded; at these defaults they leave a spec's
+# fingerprint (benchmarks) unchanged.
+SPEC_DEFAULTS_SINCE_V2 = {"optimizer": "adam", "schedule": "constant", "arch": ""}
+
+
+def spec_record(spec: TaskSpec) -> dict[str, Any]:
+  """``dataclasses.asdict(spec)`` without the later fields that are at their defaults."""
+  d = dataclasses.asdict(spec)
+  return {k: v for k, v in d.items() if not (k in SPEC_DEFAULTS_SINCE_V2 and v == SPEC_DEFAULTS_SINCE_V2[k])}
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -164,11 +239,26 @@ class Task:
   def name(self) -> str:
     return self.spec.name
 
+  def learning_rate_schedule(self) -> float | optax.Schedule:
+    """The base optimizer's learning rate (a number, or a schedule ``step -> rate``)."""
+    return self.spec.learning_rate_schedule()
+
   def optimizer(self, learning_rate: float | None = None) -> optax.GradientTransformation:
-    lr = self.spec.learning_rate if learning_rate is None else learning_rate
-    if self.spec.weight_decay:
-      return optax.adamw(lr, weight_decay=self.spec.weight_decay)
-    return optax.adam(lr)
+    """The task's base optimizer; ``learning_rate`` replaces the (peak) rate of its schedule."""
+    spec = self.spec
+    lr = spec.learning_rate_schedule(learning_rate)
+    wd = spec.weight_decay
+    if spec.optimizer == "adam":
+      return optax.adamw(lr, weight_decay=wd) if wd else optax.adam(lr)
+    if spec.optimizer in ("sgd", "nesterov"):
+      sgd = optax.sgd(lr, momentum=0.9, nesterov=spec.optimizer == "nesterov")
+      return optax.chain(optax.add_decayed_weights(wd), sgd) if wd else sgd
+    if spec.optimizer == "lion":
+      return optax.lion(lr, weight_decay=wd)
+    if spec.optimizer == "adabelief":
+      return optax.adabelief(lr)
+    raise ValueError(f"TaskSpec {spec.name}: unknown optimizer {spec.optimizer!r}; use adam, sgd, nesterov, "
+                     "lion or adabelief.")
 
   def batch_indices(self, seed: int, start: int, num_steps: int) -> np.ndarray:
     """Minibatch indices for steps ``start .. start+num_steps-1`` of run ``seed``: int32 ``(num_steps, B)``.
@@ -276,21 +366,23 @@ def make_task(name: str, data_dir: str | None = None, fast_conv: bool | None = N
     fast_conv: compute convolutions as im2col matmuls (``conv_as_matmul``); default: on CPU only.
     **overrides: ``TaskSpec`` fields to change, e.g. ``steps=300, val_size=500``.
   """
-  if name not in TASKS:
-    raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)}.")
+  known = {**TASKS, **GENERAL_TASKS}
+  if name not in known:
+    raise ValueError(f"Unknown task {name!r}; choose one of {sorted(known)}.")
   fields = {f.name for f in dataclasses.fields(TaskSpec)}
   if bad := sorted(set(overrides) - fields):
     raise ValueError(f"Unknown TaskSpec field(s) {bad}; the fields are {sorted(fields)}.")
-  spec = dataclasses.replace(TASKS[name], **overrides)
+  spec = dataclasses.replace(known[name], **overrides)
   data = _load(spec.dataset, data_dir)
   if spec.kind == "lm":
     return _lm_task(spec, data)
-  if spec.kind == "digits":
+  if spec.kind == "digits" or spec.arch == "mlp":
     return _classifier_task(spec, data, MLP(spec.features))
   if fast_conv is None:
     fast_conv = jax.default_backend() == "cpu"
-  model = CNN(spec.features, conv=conv_as_matmul if fast_conv else None)
+  conv = conv_as_matmul if fast_conv else None
+  model = ResCNN(spec.features, conv=conv) if spec.arch == "resnet" else CNN(spec.features, conv=conv)
   return _classifier_task(spec, data, model)
 
 
-__all__ = ["TASKS", "Task", "TaskSpec", "conv_as_matmul", "make_task"]
+__all__ = ["GENERAL_TASKS", "TASKS", "Task", "TaskSpec", "conv_as_matmul", "make_task", "spec_record"]
