@@ -33,6 +33,13 @@ PAGES = {
         ["full_matrix.md", "full.md", "full_FM-16.png", "full_C10-16.png", "full_FM-32.png",
          "full_C10-32.png", "full_LM-3-24.png", "full_LM-2-32.png", "full_LM-3-64.png", "full_digits.png"],
         "python -m benchmarks.run --tasks FM-16 --methods adam,linefit+,nino-ours --seeds 3"),
+    "general": (
+        "Generalization: held-out configurations",
+        "Models, optimizers and learning-rate schedules no predictor was trained on "
+        "(`optax_nowcast.tasks.GENERAL_TASKS`), 3 seeds each; the decaying schedules also at 40-85 % of "
+        "their length. Configurations not yet run are absent.",
+        ["general_summary.md", "general_summary.png"],
+        "python -m benchmarks.run --suite general --methods adam,linefit+,nino-ours"),
     "paired_time": (
         "Paired wall time",
         "Wall time to Adam's final value, with the costs of each method and of Adam measured side by side "

@@ -182,7 +182,9 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv=None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.paired_time", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--tasks", default=None, help="comma-separated; default: every task in full.json")
+  parser.add_argument("--suite", default="full", choices=sorted(R.SUITES),
+                      help="whose finished runs give the steps and jumps (default: full)")
+  parser.add_argument("--tasks", default=None, help="comma-separated; default: every task of the suite")
   parser.add_argument("--methods", default=None, help="comma-separated; default: every method of the task")
   parser.add_argument("--steps", type=int, default=None,
                       help="steps per timed chunk (a multiple of ctx); default: see --chunk-seconds")
@@ -193,12 +195,14 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args(argv)
-  s, _, seeds = R.SUITES["full"]
-  found = R._finished_runs("full", seeds, s, [RESULTS])
+  s0, _, seeds = R.SUITES[args.suite]
+  found = R._finished_runs(args.suite, seeds, s0, [RESULTS])
   if args.quick:
     args.tasks, args.methods, args.repeats = "digits", "linefit,wnn+", 2
   tasks = args.tasks.split(",") if args.tasks else list(found)
   name_out = "paired_time_quick" if args.quick else "paired_time"
+  if args.suite != "full":
+    name_out += f"_{args.suite}"
   path = os.path.join(args.out, f"{name_out}.json")
   result = {"steps": args.steps, "repeats": args.repeats, "backend": jax.default_backend(),
             "cpu_count": os.cpu_count(), "machine": platform.machine(), "tasks": {}}
@@ -208,14 +212,17 @@ def main(argv=None) -> dict[str, Any]:
   table = format_table(result)
   for name in tasks:
     if name not in found:
-      raise ValueError(f"task {name!r} has no finished Adam runs in {RESULTS}/runs/full: run "
-                       f"`python -m benchmarks.run --tasks {name} --methods adam,...` first.")
+      raise ValueError(f"task {name!r} has no finished Adam runs in {RESULTS}/runs/{args.suite}: run "
+                       f"`python -m benchmarks.run --suite {args.suite} --tasks {name} --methods adam,...` "
+                       "first.")
     runs = found[name]
     methods = [m for m in (args.methods.split(",") if args.methods else runs) if m != "adam"]
     missing = [m for m in methods if m not in runs]
     if missing:
       raise ValueError(f"task {name}: no finished runs of {missing}; choose from {sorted(runs)}.")
-    task = R.make_task(name, args.data_dir or R.default_data_dir(), **R._overrides(s))
+    s = R.settings_for(args.suite, name, s0)
+    task = R.make_task(R.base_name(name), args.data_dir or R.default_data_dir(), **R._overrides(s),
+                       **R._extra(name, s))
     t0 = time.perf_counter()
     steps = args.steps or chunk_steps(task, s, args.chunk_seconds)
     costs = measure(task, methods, s, steps, args.repeats)

@@ -1,0 +1,115 @@
+"""The generalization suite: held-out configurations, their optimizers and schedules, and its report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import run as bench
+from optax_nowcast.metatrain.pretrained import RECIPE
+from optax_nowcast.tasks import GENERAL_TASKS, TASKS, ResCNN, spec_record
+from optax_nowcast.tasks.tasks import Task
+
+
+def test_configurations_are_held_out_and_diverse():
+  assert len(GENERAL_TASKS) >= 12
+  assert not set(GENERAL_TASKS) & set(TASKS) and not {t for t, *_ in RECIPE} & set(GENERAL_TASKS)
+  specs = GENERAL_TASKS.values()
+  assert {s.optimizer for s in specs} >= {"adam", "sgd", "nesterov", "lion", "adabelief"}
+  assert any(s.optimizer == "adam" and s.weight_decay for s in specs)  # AdamW
+  assert {s.schedule for s in specs} == {"constant", "warmup_cosine", "linear", "step"}
+  assert {s.arch for s in specs} >= {"mlp", "resnet"} and len({s.batch_size for s in specs}) >= 3
+  for paper in TASKS.values():  # other shapes than the paper tasks'
+    assert all((s.features, s.lm_shape, s.arch) != (paper.features, paper.lm_shape, "") for s in specs)
+
+
+@pytest.mark.parametrize("name", sorted(GENERAL_TASKS))
+def test_each_optimizer_and_schedule_builds_and_steps(name):
+  spec = GENERAL_TASKS[name]
+  task = Task(spec, None, None, None, None, None, 0)
+  tx = task.optimizer()
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+  assert jnp.all(jnp.isfinite(updates["w"]))
+  lr = spec.learning_rate_schedule()
+  if spec.schedule == "constant":
+    assert lr == spec.learning_rate
+  else:  # warms up (or starts at the peak), decays, ends at or below a tenth of the peak
+    rates = np.asarray([lr(s) for s in (0, spec.steps // 10, spec.steps // 2 + 1, spec.steps - 1)])
+    assert rates.max() == pytest.approx(spec.learning_rate, rel=0.2) and rates[-1] <= 0.1 * rates.max() + 1e-9
+
+
+def test_spec_record_keeps_the_paper_tasks_fingerprints():
+  d = spec_record(TASKS["FM-16"])
+  assert "optimizer" not in d and "schedule" not in d and "arch" not in d
+  assert spec_record(GENERAL_TASKS["G-FM-MLP3-adamw-cos"])["schedule"] == "warmup_cosine"
+
+
+def test_residual_cnn_has_norm_layers_and_residual_blocks():
+  params = ResCNN((8, 16)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  assert {"norm0_a", "norm1_b", "res0_a", "down1", "Dense_0"} <= set(params)
+  out = ResCNN((8, 16)).apply({"params": params}, jnp.ones((2, 28, 28, 1)))
+  assert out.shape == (2, 10)
+
+
+def test_length_tasks_stretch_the_schedule():
+  s = bench.GENERAL
+  spec = bench._spec_for("G-FM-MLP3-adamw-cos@70", s)
+  assert spec.steps == 2100 and spec.name == "G-FM-MLP3-adamw-cos@70"
+  lr = spec.learning_rate_schedule()
+  assert float(lr(2099)) < 1e-5 < float(lr(1500))  # the cosine ends at the shorter length
+  assert bench.settings_for("general", "G-digits-MLP1-nesterov-step@40", s).interval == 40
+
+
+def _run(seed, final, curve=None):
+  curve = curve or [0.5, final]
+  return {"seed": seed, "final_full_val_metric": final, "val_metric": curve, "eval_steps": [10, 20]}
+
+
+def test_length_saving_is_the_shortest_length_reaching_the_base():
+  found = {"c": {"adam": [_run(0, 0.90)], "m": [_run(0, 0.91)]}}
+  for pct, (a, m) in zip(bench.LENGTHS, [(0.80, 0.86), (0.84, 0.90), (0.88, 0.92), (0.90, 0.93)],
+                         strict=True):
+    found[f"c@{pct}"] = {"adam": [_run(0, a)], "m": [_run(0, m)]}
+  # m reaches 0.90 at 55 %, the base only at 85 %: 1 - 55 / 85
+  assert bench._length_saving(found, "c", "m", 0, 0.90, True) == pytest.approx(100 * (1 - 55 / 85))
+  assert bench._length_saving({"c": found["c"]}, "c", "m", 0, 0.90, True) is None  # no sweep
+
+
+def test_general_quick_writes_one_table_and_one_plot(tmp_path):
+  res = bench.main(["--suite", "general-quick", "--methods", "adam,linefit+,linefit+/rate", "--out",
+                    str(tmp_path), "--quiet"])
+  assert res["computed"] == 3 * len(bench.SUITES["general-quick"][1])
+  with open(tmp_path / "general-quick_summary.json") as f:
+    rows = json.load(f)["rows"]
+  assert {r["method"] for r in rows} == {"linefit+", "linefit+/rate"} and len(rows) == 6
+  assert os.path.getsize(tmp_path / "general-quick_summary.png") > 0
+  assert all(r["final_diff"] is not None for r in rows)
+  # on the constant-rate configuration the rate clock is the step clock: the same run
+  const = [r for r in rows if r["schedule"] == "constant"]
+  assert const[0]["final_diff"] == const[1]["final_diff"]
+
+
+def test_rate_methods_pass_the_tasks_schedule():
+  """``linefit+/rate`` clocks the task's own schedule (here Lion's linear warmup and decay)."""
+  import optax_nowcast as onc
+
+  spec = dataclasses.replace(GENERAL_TASKS["G-digits-MLP4-lion-lin"], steps=200)
+  task = Task(spec, None, None, None, None, None, 0)
+  tx = bench.METHODS["linefit+/rate"].build(task, bench.GENERAL_QUICK)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  for _ in range(7):
+    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+  want = sum(float(spec.learning_rate_schedule()(i)) for i in range(7))
+  assert float(onc.find_nowcast_state(state).clock) == pytest.approx(want, rel=1e-5)
+  plain = bench.METHODS["linefit+"].build(task, bench.GENERAL_QUICK)
+  state = plain.init(params)
+  _, state = plain.update({"w": jnp.ones(2)}, state, params)
+  assert float(onc.find_nowcast_state(state).clock) == 1.0  # the step clock
