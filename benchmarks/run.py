@@ -829,7 +829,11 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
   by_method: dict[str, list[dict]] = {}
   for r in rows:
     by_method.setdefault(r["method"], []).append(r)
-  lines += ["", "| method | configurations | median reduction (constant rate) | seeds never reaching "
+  lines += ["", "Overall, per method: the median over the constant-rate configurations of their median "
+            "reduction (over the seeds that reached the target; the next column counts those that did "
+            "not), the median length saving over the decaying ones, and how often the final metric fell "
+            "below the base's by more than the base's spread.", "",
+            "| method | configurations | median reduction (constant rate) | seeds never reaching "
             "(constant) | median length saving (decaying) | configurations where the final metric is worse "
             "than the base's by more than its spread |", "|---|---|---|---|---|---|"]
   for m, rs in by_method.items():

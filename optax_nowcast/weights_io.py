@@ -116,6 +116,8 @@ def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np
   conversion, or a mapping already in memory."""
   if isinstance(path, Mapping):
     return {k: np.asarray(v) for k, v in path.items()}
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no such checkpoint file: {path}")
   if str(path).endswith(".npz"):
     with np.load(path) as z:
       return {k: z[k] for k in z.files}

@@ -84,3 +84,11 @@ def test_default_lfd2_farcasts_forward():
   assert config["n"] == 5 and params["A"].shape == (2, config["m"])
   tx = optax.chain(optax.adam(1e-2), onc.farcast(predictor, n=config["n"], unit=2, horizon=3))
   tx.init({"w": jnp.zeros(3)})
+
+
+def test_a_missing_checkpoint_is_named_before_anything_else(tmp_path):
+  import optax_nowcast as onc
+
+  for path in (tmp_path / "nope.pt", tmp_path / "nope.npz", tmp_path / "nope.msgpack"):
+    with pytest.raises(FileNotFoundError, match="nope"):
+      onc.predictors.nino(str(path))
