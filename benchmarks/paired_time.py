@@ -221,8 +221,7 @@ def main(argv=None) -> dict[str, Any]:
     if missing:
       raise ValueError(f"task {name}: no finished runs of {missing}; choose from {sorted(runs)}.")
     s = R.settings_for(args.suite, name, s0)
-    task = R.make_task(R.base_name(name), args.data_dir or R.default_data_dir(), **R._overrides(s),
-                       **R._extra(name, s))
+    task = R.make_suite_task(name, args.data_dir or R.default_data_dir(), s)
     t0 = time.perf_counter()
     steps = args.steps or chunk_steps(task, s, args.chunk_seconds)
     costs = measure(task, methods, s, steps, args.repeats)

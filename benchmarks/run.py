@@ -252,7 +252,15 @@ def _extra(name: str, s: Settings) -> dict[str, Any]:
 
 
 def _spec_for(name: str, s: Settings):
-  return dataclasses.replace(ALL_TASKS[base_name(name)], **_overrides(s), **_extra(name, s))
+  return dataclasses.replace(ALL_TASKS[base_name(name)], **{**_overrides(s), **_extra(name, s)})
+
+
+def make_suite_task(name: str, data_dir: str | None, s: Settings) -> Task:
+  """The task of a suite entry (``<config>`` or ``<config>@<p>``) with the settings' overrides."""
+  extra = _extra(name, s)
+  steps = {"steps": extra["steps"]} if extra else {}
+  task = make_task(base_name(name), data_dir, **{**_overrides(s), **steps})
+  return dataclasses.replace(task, spec=_spec_for(name, s)) if extra else task
 
 
 def _weights_hash(method: str) -> str | None:
@@ -639,7 +647,7 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
     st = settings_for(suite, name, s)
     if name not in task_cache:
       task_cache.clear()  # one task's data on the device at a time
-      task_cache[name] = make_task(base_name(name), data_dir, **_overrides(st), **_extra(name, st))
+      task_cache[name] = make_suite_task(name, data_dir, st)
     if bar is not None:
       bar.set_postfix_str(f"{name} {method} seed {seed}")
     r = train_one(task_cache[name], method, seed, st, bar)

@@ -67,6 +67,15 @@ def test_length_tasks_stretch_the_schedule():
   assert bench.settings_for("general", "G-digits-MLP1-nesterov-step@40", s).interval == 40
 
 
+def test_a_length_task_trains_at_its_length(tmp_path):
+  name = "G-digits-MLP4-lion-lin@40"
+  res = bench.run_suite("general-quick", [name], ["adam"], 1, bench.GENERAL_QUICK, str(tmp_path), quiet=True)
+  run = res["summary"][name]["methods"]["adam"]
+  assert res["computed"] == 1 and run["per_seed"][0]["seed"] == 0
+  with open(tmp_path / "runs" / "general-quick" / name / "adam" / "seed0.json") as f:
+    assert json.load(f)["eval_steps"][-1] == 80  # 40 % of the quick suite's 200 steps
+
+
 def _run(seed, final, curve=None):
   curve = curve or [0.5, final]
   return {"seed": seed, "final_full_val_metric": final, "val_metric": curve, "eval_steps": [10, 20]}
