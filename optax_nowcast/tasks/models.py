@@ -100,11 +100,12 @@ class MLP(nn.Module):
 
 
 class ResCNN(nn.Module):
-  """A small residual CNN with GroupNorm: a stem convolution, then per stage a stride-2 convolution and a
-  residual block ``x + Conv(ReLU(GroupNorm(Conv(ReLU(GroupNorm(x))))))``, global pooling and a classifier.
+  """A small residual CNN with GroupNorm: per stage a stride-2 convolution and a residual block
+  ``x + Conv(ReLU(GroupNorm(Conv(ReLU(GroupNorm(x))))))``, then global pooling and a classifier.
 
-  Every stage halves the resolution. GroupNorm (not BatchNorm) keeps the model a pure function of its parameters, as the tasks' ``loss``
-  needs. ``features`` are the stages' widths (each divisible by ``groups``).
+  Every stage halves the resolution. GroupNorm (not BatchNorm) keeps the model a pure function of its
+  parameters, as the tasks' ``loss`` needs. ``features`` are the stages' widths (each divisible by
+  ``groups``).
   """
 
   features: Sequence[int] = (16, 32)
