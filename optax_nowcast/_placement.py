@@ -31,8 +31,6 @@ class DeviceHistory:
   """The history lives next to the parameters. A jump waits in the ring's oldest slot (stale after the
   jump) until the update reads it, so a jump costs no extra parameter copy."""
 
-  name = "device"
-
   def check_backend(self) -> None:
     pass
 
@@ -68,8 +66,6 @@ class DeviceHistory:
 class HostHistory(DeviceHistory):
   """The history lives in host memory (``jax.memory.Space.Host``): states go there when recorded and come
   back only for a jump or a rollback; a jump is carried on the device until it is applied."""
-
-  name = "host"
 
   def check_backend(self) -> None:
     kinds = {m.kind for m in jax.devices()[0].addressable_memories()}

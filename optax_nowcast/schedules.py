@@ -167,10 +167,10 @@ class HorizonSchedule(abc.ABC):
     """Returns a schedule with anything that depends on the jump schedule filled in."""
     return self
 
+  @abc.abstractmethod
   def max_horizon(self) -> int:
-    """The largest ``k`` the schedule gives (a static bound, for the learning-rate clock of ``nowcast``)."""
-    raise NotImplementedError(f"{type(self).__name__} has no max_horizon(); implement it to use it with "
-                              "nowcast(learning_rate=...).")
+    """The largest ``k`` the schedule gives: a static bound (``nowcast(learning_rate=...)`` sums the rate
+    over that many intervals ahead of a jump)."""
 
 
 @dataclasses.dataclass(frozen=True)
