@@ -28,8 +28,8 @@ def _history_sharding(p: Any) -> jax.sharding.Sharding | None:
 
 @dataclasses.dataclass(frozen=True)
 class DeviceHistory:
-  """The history lives next to the parameters. A jump waits in the ring's oldest slot (stale after the
-  jump) until the update reads it, so a jump costs no extra parameter copy."""
+  """The history lives next to the parameters. A jump waits in slot 0 (the window's oldest state, stale
+  after the jump) until the update reads it, so a jump costs no extra parameter copy."""
 
   def check_backend(self) -> None:
     pass
@@ -43,19 +43,18 @@ class DeviceHistory:
   def get(self, x: jax.Array) -> jax.Array:
     return x
 
-  def stash(self, history: Sequence[jax.Array], deltas: Sequence[jax.Array],
-            slot: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
-    """``(history, carried)`` after a jump: the deltas written into ``slot``; nothing carried."""
-    return [jax.lax.dynamic_update_index_in_dim(h, d.astype(h.dtype), slot, 0)
+  def stash(self, history: Sequence[jax.Array],
+            deltas: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+    """``(history, carried)`` after a jump: the deltas written into slot 0; nothing carried."""
+    return [jax.lax.dynamic_update_index_in_dim(h, d.astype(h.dtype), 0, 0)
             for h, d in zip(history, deltas, strict=True)], []
 
   def nothing_carried(self, params: Sequence[Any]) -> list[jax.Array]:
     return []
 
-  def jump(self, history: Sequence[jax.Array], carried: Sequence[jax.Array],
-           slot: jax.Array) -> list[jax.Array]:
+  def jump(self, history: Sequence[jax.Array], carried: Sequence[jax.Array]) -> list[jax.Array]:
     """The stashed deltas, one per float leaf."""
-    return [jax.lax.dynamic_index_in_dim(h, slot, 0, keepdims=False) for h in history]
+    return [jax.lax.index_in_dim(h, 0, 0, keepdims=False) for h in history]
 
   def when(self, pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
     """``fn(operand)``, where ``fn`` itself selects on ``pred`` (fused, no branch)."""
@@ -82,13 +81,13 @@ class HostHistory(DeviceHistory):
   def get(self, x: jax.Array) -> jax.Array:
     return jax.device_put(x, jax.memory.Space.Device)
 
-  def stash(self, history, deltas, slot):
+  def stash(self, history, deltas):
     return list(history), list(deltas)
 
   def nothing_carried(self, params):
     return [jnp.zeros(jnp.shape(p), jnp.float32) for p in params]
 
-  def jump(self, history, carried, slot):
+  def jump(self, history, carried):
     return list(carried)
 
   def when(self, pred, fn, operand):

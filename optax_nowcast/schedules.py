@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import bisect
 import dataclasses
 import math
 
@@ -66,6 +67,11 @@ class PeriodSchedule(abc.ABC):
   def min_gap(self) -> int:
     """Smallest distance between two jumps, the first jump counted from step 0."""
 
+  def next_jump_host(self, step: int) -> int:
+    """:meth:`next_jump`'s ``J`` on the host, for a Python ``int`` step (used by
+    :func:`optax_nowcast.is_plain_step` every step, so the built-in schedules answer in pure Python)."""
+    return int(self.next_jump(step)[0])
+
 
 @dataclasses.dataclass(frozen=True)
 class ConstantPeriod(PeriodSchedule):
@@ -83,6 +89,9 @@ class ConstantPeriod(PeriodSchedule):
 
   def jump_steps(self, total_steps):
     return np.arange(self.period, total_steps + 1, self.period, dtype=np.int64)
+
+  def next_jump_host(self, step):
+    return (max(step - 1, 0) // self.period + 1) * self.period
 
   def min_gap(self):
     return self.period
@@ -120,6 +129,7 @@ class DynamicPeriod(PeriodSchedule):
     if not (isinstance(self.power, (int, float)) and math.isfinite(self.power) and self.power > 0):
       raise ValueError(f"power must be a positive finite number, got {self.power!r}.")
     object.__setattr__(self, "_table", self._build_table())
+    object.__setattr__(self, "_host_table", [int(j) for j in self._table])
 
   def period_at(self, step: float) -> int:
     frac = min(1.0, max(0.0, step / self.total_steps)) ** self.power
@@ -154,6 +164,13 @@ class DynamicPeriod(PeriodSchedule):
 
   def min_gap(self):
     return int(np.min(np.diff(self._table, prepend=0))) if len(self._table) else self.min_period
+
+  def next_jump_host(self, step):
+    idx = bisect.bisect_left(self._host_table, step)
+    if idx < len(self._host_table):
+      return self._host_table[idx]
+    last = self._host_table[-1]
+    return last + -(-max(step - last, 0) // self.max_period) * self.max_period
 
 
 class HorizonSchedule(abc.ABC):

@@ -2,7 +2,7 @@ r"""``nowcast``: an optax transformation that periodically jumps the parameters 
 
 Steps are counted as optax counts them: the update call made with ``state.count == s`` receives the
 parameters :math:`\theta_s` reached after ``s`` updates. Between jumps ``nowcast`` passes the base
-optimizer's updates through untouched. For each scheduled jump step ``J`` it records, in a ring buffer,
+optimizer's updates through untouched. For each scheduled jump step ``J`` it records, in ``ctx`` slots,
 the ``ctx`` states :math:`\theta_{J-(ctx-1)\Delta}, \dots, \theta_{J-\Delta}, \theta_J`
 (:math:`\Delta` = ``interval``), each when it arrives as ``params``. In the update call that receives
 :math:`\theta_J` a predictor maps the ``ctx`` states to the state ``k`` intervals ahead,
@@ -43,23 +43,30 @@ from optax_nowcast._placement import DeviceHistory, placement
 from optax_nowcast.farcast import FarcastState
 from optax_nowcast.predictors.base import Predictor, full_precision
 
-__all__ = ["NowcastState", "RingState", "RollbackState", "find_nowcast_state", "nowcast"]
+__all__ = ["NowcastState", "RollbackState", "WindowState", "find_nowcast_state", "is_plain_step", "nowcast"]
 
 
-class RingState(NamedTuple):
-  """Where the recorded states sit in the history's ring buffer.
+class WindowState(NamedTuple):
+  """The states recorded for the next jump, in the history's ``ctx`` slots.
+
+  The ``i``-th state recorded since the last jump goes to slot ``i``, so at the jump the slots hold the
+  window oldest first and the predictor reads the history as it is stored (no reordering copy). After the
+  jump, slot 0 (stale) holds the jump until it is applied, and slot ``ctx - 1`` the pre-jump state (read
+  back by a rollback) until the next window's last recording.
 
   Attributes:
     slot_steps: int32 ``(ctx,)``, the step of the state in each slot, ``-1`` while empty.
     slot_clock: float32 ``(ctx,)``, the clock (:attr:`NowcastState.clock`) when each slot was written.
-    next_slot: int32, the slot the next state is written to.
-    filled: int32, states recorded since the last jump (capped at ``ctx``).
+    filled: int32, states recorded since the last jump: the slot the next one goes to.
+    missed: int32, recordings (and rollback checks) that were due at an update marked
+      ``nowcast_plain=True`` (see :func:`is_plain_step`); each restarts the window, so no jump is made from
+      an incomplete one.
   """
 
   slot_steps: jax.Array
   slot_clock: jax.Array
-  next_slot: jax.Array
   filled: jax.Array
+  missed: jax.Array
 
 
 class RollbackState(NamedTuple):
@@ -85,7 +92,7 @@ class NowcastState(NamedTuple):
 
   >>> import jax.numpy as jnp, optax, optax_nowcast as onc
   >>> state = onc.nowcast(onc.predictors.linefit(), interval=10, ctx=3).init({"w": jnp.zeros(4)})
-  >>> state.history["w"].shape, int(state.count), int(state.n_jumps), state.ring.slot_steps.tolist()
+  >>> state.history["w"].shape, int(state.count), int(state.n_jumps), state.window.slot_steps.tolist()
   ((3, 4), 0, 0, [-1, -1, -1])
 
   Attributes:
@@ -93,31 +100,31 @@ class NowcastState(NamedTuple):
     clock: float32, the cumulative learning rate of those updates, ``sum_{i < count} lr(i)`` with
       ``nowcast(learning_rate=schedule)``, else ``count``.
     history: pytree like ``params``; each float leaf has shape ``(ctx, *param.shape)`` in the history
-      dtype, non-float leaves are ``optax.MaskedNode()``. A ring buffer: slot ``i`` holds the state of
-      step ``ring.slot_steps[i]``.
-    ring: :class:`RingState`, the ring buffer's bookkeeping.
+      dtype, non-float leaves are ``optax.MaskedNode()``. Slot ``i`` holds the state of step
+      ``window.slot_steps[i]``.
+    window: :class:`WindowState`, which state sits in which slot.
     n_jumps: int32, jumps applied.
     n_rejected: int32, jumps skipped because the prediction was not finite (or too long).
     last_jump_step: int32, step of the last applied jump, ``-1`` before the first.
     predictor_state: whatever the predictor keeps.
     rollback: :class:`RollbackState` (unused without ``rollback_factor``).
 
-  The fields of ``ring`` and ``rollback`` are also readable directly (``state.n_rollbacks``).
+  The fields of ``window`` and ``rollback`` are also readable directly (``state.n_rollbacks``).
   """
 
   count: jax.Array
   clock: jax.Array
   history: Any
-  ring: RingState
+  window: WindowState
   n_jumps: jax.Array
   n_rejected: jax.Array
   last_jump_step: jax.Array
   predictor_state: Any
   rollback: RollbackState
 
-  slot_steps = property(lambda self: self.ring.slot_steps)
-  next_slot = property(lambda self: self.ring.next_slot)
-  filled = property(lambda self: self.ring.filled)
+  slot_steps = property(lambda self: self.window.slot_steps)
+  filled = property(lambda self: self.window.filled)
+  n_missed = property(lambda self: self.window.missed)
   loss_ema = property(lambda self: self.rollback.loss_ema)
   pre_jump_loss = property(lambda self: self.rollback.pre_jump_loss)
   post_jump_loss = property(lambda self: self.rollback.post_jump_loss)
@@ -164,26 +171,26 @@ def _init(cfg: _Config, params: Any) -> NowcastState:
   nan = lambda: jnp.full((), jnp.nan, jnp.float32)
   return NowcastState(
       count=zero(), clock=jnp.zeros((), jnp.float32), history=jax.tree.map(hist_leaf, params),
-      ring=RingState(slot_steps=jnp.full((cfg.ctx,), -1, jnp.int32),
-                     slot_clock=jnp.zeros((cfg.ctx,), jnp.float32), next_slot=zero(), filled=zero()),
+      window=WindowState(slot_steps=jnp.full((cfg.ctx,), -1, jnp.int32),
+                         slot_clock=jnp.zeros((cfg.ctx,), jnp.float32), filled=zero(), missed=zero()),
       n_jumps=zero(), n_rejected=zero(), last_jump_step=jnp.full((), -1, jnp.int32),
       predictor_state=cfg.predictor.init(float_params(params)),
       rollback=RollbackState(loss_ema=nan(), pre_jump_loss=nan(), post_jump_loss=jnp.zeros((), jnp.float32),
                              n_rollbacks=zero(), horizon_scale=jnp.ones((), jnp.float32)))
 
 
-def _record(cfg: _Config, history: list, ring: RingState, x: list, step: jax.Array,
-            clock: jax.Array) -> tuple[list, RingState]:
-  """Writes the parameters ``x`` (float leaves) into the ring's next slot."""
-  history = [jax.lax.dynamic_update_index_in_dim(h, cfg.store.put(jnp.asarray(p).astype(h.dtype)),
-                                                 ring.next_slot, 0) for h, p in zip(history, x, strict=True)]
-  return history, RingState(slot_steps=ring.slot_steps.at[ring.next_slot].set(step),
-                            slot_clock=ring.slot_clock.at[ring.next_slot].set(clock),
-                            next_slot=(ring.next_slot + 1) % cfg.ctx,
-                            filled=jnp.minimum(ring.filled + 1, cfg.ctx))
+def _record(cfg: _Config, history: list, win: WindowState, x: list, step: jax.Array,
+            clock: jax.Array) -> tuple[list, WindowState]:
+  """Writes the parameters ``x`` (float leaves) into the window's next slot, in place."""
+  slot = jnp.minimum(win.filled, cfg.ctx - 1)
+  history = [jax.lax.dynamic_update_index_in_dim(h, cfg.store.put(jnp.asarray(p).astype(h.dtype)), slot, 0)
+             for h, p in zip(history, x, strict=True)]
+  return history, win._replace(slot_steps=win.slot_steps.at[slot].set(step),
+                               slot_clock=win.slot_clock.at[slot].set(clock),
+                               filled=jnp.minimum(win.filled + 1, cfg.ctx))
 
 
-def _rate_clock(cfg: _Config, ring: RingState, order: jax.Array, jump_step: jax.Array, k: jax.Array):
+def _rate_clock(cfg: _Config, win: WindowState, jump_step: jax.Array, k: jax.Array):
   r"""Times and horizon measured in cumulative learning rate ``C(s) = sum_{i<s} lr(i)``.
 
   With :math:`\bar\eta` the mean rate over the recorded window and :math:`u = \bar\eta\,\Delta` the
@@ -193,7 +200,7 @@ def _rate_clock(cfg: _Config, ring: RingState, order: jax.Array, jump_step: jax.
   step-time ones. Returns ``(times, k', go)``; ``go`` is False when ``k' < 1/2`` (the schedule has all
   but ended: no jump).
   """
-  steps, clocks = ring.slot_steps[order], ring.slot_clock[order]
+  steps, clocks = win.slot_steps, win.slot_clock
   rate = (clocks[-1] - clocks[0]) / jnp.maximum(steps[-1] - steps[0], 1).astype(jnp.float32)
   unit = jnp.maximum(rate * cfg.interval, jnp.finfo(jnp.float32).tiny)
   ahead_steps = jnp.arange(cfg.max_k * cfg.interval)
@@ -203,24 +210,25 @@ def _rate_clock(cfg: _Config, ring: RingState, order: jax.Array, jump_step: jax.
   return (clocks - clocks[-1]) / unit, k_eff, (k_eff >= 0.5) & (rate > 0)
 
 
-def _jump(cfg: _Config, h_treedef, history: list, ring: RingState, x: list, k: jax.Array, pstate: Any,
+def _jump(cfg: _Config, h_treedef, history: list, win: WindowState, x: list, k: jax.Array, pstate: Any,
           jump_step: jax.Array):
-  """Predicts from the ring (oldest state first) and gates the jump: ``(Gate, go, predictor state)``;
-  ``go`` is False when the rate clock says the schedule has ended (the jump is skipped, not rejected)."""
-  order = (ring.next_slot + jnp.arange(cfg.ctx)) % cfg.ctx  # oldest first
-  chrono = [jnp.take(cfg.store.get(h), order, axis=0) for h in history]
+  """Predicts from the full window (slots oldest first) and gates the jump: ``(Gate, go, predictor
+  state)``; ``go`` is False when the rate clock says the schedule has ended (skipped, not rejected)."""
+  states = [cfg.store.get(h) for h in history]
   if cfg.learning_rate is None:
-    steps = ring.slot_steps[order]
+    steps = win.slot_steps
     times, go = (steps - steps[-1]).astype(jnp.float32) / cfg.interval, jnp.array(True)
   else:
-    times, k, go = _rate_clock(cfg, ring, order, jump_step, k)
+    times, k, go = _rate_clock(cfg, win, jump_step, k)
     k = k if cfg.predictor.fractional_k else jnp.round(k).astype(jnp.int32)
   prediction, pstate = full_precision(cfg.predictor.predict)(
-      jax.tree.unflatten(h_treedef, chrono), times, k, pstate)
-  prediction = jax.tree.leaves(prediction)
+      jax.tree.unflatten(h_treedef, states), times, k, pstate)
+  # Materialised (a barrier): a prediction that is a view of the history (its last state, say) would
+  # otherwise be read after the jump is written into slot 0, and XLA would copy the whole history.
+  prediction = jax.lax.optimization_barrier(jax.tree.leaves(prediction))
   chex.assert_equal(len(prediction), len(x))
   gate = jump_gate(prediction, x, k, max_jump_ratio=cfg.max_jump_ratio, span=cfg.ctx - 1,
-                   recent=lambda: ([c[0] for c in chrono], [c[-1] for c in chrono]))
+                   recent=lambda: ([c[0] for c in states], [c[-1] for c in states]))
   return gate, go, pstate
 
 
@@ -231,10 +239,11 @@ def _horizon(cfg: _Config, jump_index: jax.Array, rollback: RollbackState) -> ja
   return k
 
 
-def _rollback(cfg: _Config, rb: RollbackState, value: Any, step: jax.Array, last_jump_step: jax.Array,
-              applied: jax.Array, history: list, ring: RingState, x: list, out: list):
-  """Tracks the loss around jumps; ``rollback.window`` steps after a jump whose running mean loss exceeds
-  ``rollback.factor`` times the pre-jump mean, returns to the pre-jump state. ``(out, RollbackState)``."""
+def _rollback_check(cfg: _Config, rb: RollbackState, value: Any, step: jax.Array, last_jump_step: jax.Array,
+                    applied: jax.Array) -> tuple[jax.Array, RollbackState]:
+  """Tracks the loss around jumps (scalars only): ``(roll, RollbackState)``; ``roll`` is True
+  ``rollback.window`` steps after a jump whose running mean loss exceeds ``rollback.factor`` times the
+  pre-jump mean. The returned state counts the rollback; the caller reads the pre-jump state back."""
   r = cfg.rollback
   loss = jnp.asarray(value, jnp.float32)
   since = step - last_jump_step - 1  # 0 at the first call after a jump
@@ -245,29 +254,55 @@ def _rollback(cfg: _Config, rb: RollbackState, value: Any, step: jax.Array, last
   pre_jump = jnp.where(applied, loss_ema, rb.pre_jump_loss)
   post = jnp.where(in_window, jnp.where(since == 0, loss, 0.9 * rb.post_jump_loss + 0.1 * loss), 0.0)
   roll = in_window & (since == r.window) & (post > r.factor * pre_jump)
-  # theta_J sits in the newest recorded slot until ctx more recordings (>= interval steps away).
-  newest = (ring.next_slot - 1) % cfg.ctx
+  return roll, RollbackState(loss_ema=loss_ema, pre_jump_loss=pre_jump, post_jump_loss=post,
+                             n_rollbacks=rb.n_rollbacks + roll.astype(jnp.int32),
+                             horizon_scale=jnp.where(roll, rb.horizon_scale * r.shrink, rb.horizon_scale))
 
-  def roll_back(out):
+
+def _roll_back(cfg: _Config, roll: jax.Array, history: list, x: list, out: list) -> list:
+  """Where ``roll``, the updates that return to the pre-jump state ``theta_J`` (the window's last slot
+  until the next window is complete, >= ``interval`` steps after the jump)."""
+  def back(out):
     out = list(out)
     for j, (h, p) in enumerate(zip(history, x, strict=True)):
-      theta_j = cfg.store.get(jax.lax.dynamic_index_in_dim(h, newest, 0, keepdims=False))
-      back = theta_j.astype(jnp.float32) - jnp.asarray(p).astype(jnp.float32)
-      out[j] = jnp.where(roll, back.astype(jnp.result_type(out[j])), out[j])
+      theta_j = cfg.store.get(jax.lax.index_in_dim(h, cfg.ctx - 1, 0, keepdims=False))
+      delta = theta_j.astype(jnp.float32) - jnp.asarray(p).astype(jnp.float32)
+      out[j] = jnp.where(roll, delta.astype(jnp.result_type(out[j])), out[j])
     return out
 
-  out = cfg.store.when(roll, roll_back, out)
-  return out, RollbackState(loss_ema=loss_ema, pre_jump_loss=pre_jump, post_jump_loss=post,
-                            n_rollbacks=rb.n_rollbacks + roll.astype(jnp.int32),
-                            horizon_scale=jnp.where(roll, rb.horizon_scale * r.shrink, rb.horizon_scale))
+  return cfg.store.when(roll, back, out)
+
+
+def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any) -> tuple[Any, NowcastState]:
+  """An update marked ``nowcast_plain=True``: the base updates and the history pass through untouched;
+  only scalars change. A recording (or rollback check) that was due is counted in ``window.missed`` and
+  restarts the window."""
+  step = state.count
+  jump_step, _ = cfg.period.next_jump(step)
+  to_jump = jump_step - step
+  due = (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
+  rollback = state.rollback
+  if cfg.rollback is not None:
+    roll, checked = _rollback_check(cfg, rollback, value, step, state.last_jump_step, jnp.array(False))
+    rollback = checked._replace(n_rollbacks=rollback.n_rollbacks, horizon_scale=rollback.horizon_scale)
+    due = due | roll
+  win = state.window
+  win = win._replace(filled=jnp.where(due, 0, win.filled), missed=win.missed + due.astype(jnp.int32))
+  rate = 1.0 if cfg.learning_rate is None else jnp.asarray(cfg.learning_rate(step), jnp.float32)
+  return updates, state._replace(count=step + 1, clock=state.clock + rate, window=win, rollback=rollback)
 
 
 def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None, *, value: Any = None,
-            **extra_args: Any) -> tuple[Any, NowcastState]:
+            nowcast_plain: bool = False, **extra_args: Any) -> tuple[Any, NowcastState]:
   del extra_args
   if cfg.rollback is not None and value is None:
     raise ValueError("nowcast(rollback_factor=...) needs the loss: call tx.update(updates, state, params, "
                      "value=loss).")
+  if not isinstance(nowcast_plain, bool):
+    raise ValueError(f"nowcast_plain must be a Python bool known when the step is traced (mark it static: "
+                     f"jax.jit(..., static_argnames=...)), got {type(nowcast_plain).__name__}.")
+  if nowcast_plain:
+    return _plain(cfg, updates, state, value)
   if params is None:
     raise ValueError(
         "nowcast needs the current parameters to record their trajectory: call "
@@ -285,38 +320,39 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
   to_jump = jump_step - step
   do_record = (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
 
-  def jump(h, ring, pstate):
+  def jump(h, win, pstate):
     k = _horizon(cfg, jump_index, state.rollback)
-    gate, go, pstate = _jump(cfg, h_treedef, h, ring, x, k, pstate, step)
-    h, carried = store.stash(h, gate.deltas, ring.next_slot)
+    gate, go, pstate = _jump(cfg, h_treedef, h, win, x, k, pstate, step)
+    h, carried = store.stash(h, gate.deltas)
     return h, (gate.ok & go, ~gate.ok & go), pstate, carried
 
-  def record(h, ring, pstate):
-    h, ring = _record(cfg, h, ring, x, step, state.clock)
-    is_jump = (to_jump == 0) & (ring.filled >= cfg.ctx)
+  def record(h, win, pstate):
+    h, win = _record(cfg, h, win, x, step, state.clock)
+    is_jump = (to_jump == 0) & (win.filled >= cfg.ctx)
     h, flags, pstate, carried = jax.lax.cond(
-        is_jump, jump, lambda h, r, s: (list(h), no_jump, s, store.nothing_carried(x)), h, ring, pstate)
-    return h, ring._replace(filled=jnp.where(is_jump, 0, ring.filled)), flags, pstate, carried
+        is_jump, jump, lambda h, w, s: (list(h), no_jump, s, store.nothing_carried(x)), h, win, pstate)
+    return h, win._replace(filled=jnp.where(is_jump, 0, win.filled)), flags, pstate, carried
 
-  def keep(h, ring, pstate):
-    return list(h), ring, no_jump, pstate, store.nothing_carried(x)
+  def keep(h, win, pstate):
+    return list(h), win, no_jump, pstate, store.nothing_carried(x)
 
-  # Non-recording steps only pay for this predicate and the fused `where` below.
-  h_leaves, ring, (applied, rejected), pstate, carried = jax.lax.cond(
-      do_record, record, keep, h_leaves, state.ring, state.predictor_state)
-  jumps = store.jump(h_leaves, carried, ring.next_slot)
+  # Steps that do not record pay for this predicate and, with a device history, the fused `where` below
+  # (one read of slot 0); `nowcast_plain=True` pays for neither.
+  h_leaves, win, (applied, rejected), pstate, carried = jax.lax.cond(
+      do_record, record, keep, h_leaves, state.window, state.predictor_state)
+  jumps = store.jump(h_leaves, carried)
   out = [jnp.where(applied, d.astype(jnp.result_type(u_leaves[i])), u_leaves[i])
          for d, i in zip(jumps, float_ix, strict=True)]
   rollback = state.rollback
   if cfg.rollback is not None:
-    out, rollback = _rollback(cfg, rollback, value, step, state.last_jump_step, applied, h_leaves, ring, x,
-                              out)
+    roll, rollback = _rollback_check(cfg, rollback, value, step, state.last_jump_step, applied)
+    out = _roll_back(cfg, roll, h_leaves, x, out)
   out_leaves = list(u_leaves)
   for o, i in zip(out, float_ix, strict=True):
     out_leaves[i] = o
   rate = 1.0 if cfg.learning_rate is None else jnp.asarray(cfg.learning_rate(step), jnp.float32)
   return jax.tree.unflatten(treedef, out_leaves), NowcastState(
-      count=step + 1, clock=state.clock + rate, history=jax.tree.unflatten(h_treedef, h_leaves), ring=ring,
+      count=step + 1, clock=state.clock + rate, history=jax.tree.unflatten(h_treedef, h_leaves), window=win,
       n_jumps=state.n_jumps + applied.astype(jnp.int32),
       n_rejected=state.n_rejected + rejected.astype(jnp.int32),
       last_jump_step=jnp.where(applied, step, state.last_jump_step), predictor_state=pstate,
@@ -450,6 +486,53 @@ def nowcast(
                 rollback=rollback, store=placement(history_memory), learning_rate=learning_rate,
                 max_k=max_k)
   return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg), functools.partial(_update, cfg))
+
+
+@functools.lru_cache(maxsize=64)
+def _events(interval: int, ctx: int, period: Any, rollback_window: int | None) -> tuple:
+  return schedules_lib.resolve_period(period, ctx, interval), interval, ctx, rollback_window
+
+
+def is_plain_step(step: int, *, interval: int, ctx: int = 5,
+                  period: int | schedules_lib.PeriodSchedule | None = None,
+                  rollback_window: int | None = None) -> bool:
+  r"""Whether the update call with ``state.count == step`` neither records, nor jumps, nor checks a rollback.
+
+  Pass the same ``interval``, ``ctx`` and ``period`` as to :func:`nowcast` (and its ``rollback_window``
+  when it has a ``rollback_factor``; ``nowcast``'s default window is ``min(50, interval // 4)``). Answered
+  in pure Python on the host, so a training loop can pick between two compiled steps without waiting
+  for the device: mark the update ``tx.update(..., nowcast_plain=True)`` on plain steps (a static
+  argument of the jitted step) and that step's program leaves the history alone: no read, no write,
+  no scratch, nothing but the base optimizer and a few scalars. The other steps (``interval`` apart
+  before each jump, and the rollback check) run the full update. A recording marked plain by mistake is
+  not silently lost: ``state.n_missed`` counts it and that window makes no jump.
+
+  With the default period the steps that are not plain are, for ``J`` the jumps,
+  :math:`J - i\Delta` for :math:`i = 0, \dots, ctx - 1` (and :math:`J + 1 + w` with a rollback window
+  :math:`w`).
+
+  >>> import optax_nowcast as onc
+  >>> [s for s in range(0, 31) if not onc.is_plain_step(s, interval=5, ctx=3)]
+  [5, 10, 15, 20, 25, 30]
+  >>> [s for s in range(0, 31) if not onc.is_plain_step(s, interval=5, ctx=3, period=25)]
+  [15, 20, 25]
+
+  A training loop (``step_fn`` jitted with ``static_argnames="plain"``, calling
+  ``tx.update(grads, opt_state, params, nowcast_plain=plain)``)::
+
+    for step in range(num_steps):
+      plain = onc.is_plain_step(step, interval=200, ctx=5)
+      params, opt_state, loss = step_fn(params, opt_state, batch, plain=plain)
+  """
+  period_schedule, interval, ctx, window = _events(interval, ctx, period, rollback_window)
+  step = int(step)
+  to_jump = period_schedule.next_jump_host(step) - step
+  if to_jump % interval == 0 and to_jump <= (ctx - 1) * interval:
+    return False
+  if window is not None and step > window:
+    before = step - window - 1  # the jump whose rollback check this step would be
+    return period_schedule.next_jump_host(before) != before
+  return True
 
 
 def find_nowcast_state(opt_state: Any) -> Any:  # NowcastState, FarcastState or None
