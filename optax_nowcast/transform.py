@@ -331,7 +331,8 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
     is_jump = (to_jump == 0) & (win.filled >= cfg.ctx)
     h, flags, pstate, carried = jax.lax.cond(
         is_jump, jump, lambda h, w, s: (list(h), no_jump, s, store.nothing_carried(x)), h, win, pstate)
-    return h, win._replace(filled=jnp.where(is_jump, 0, win.filled)), flags, pstate, carried
+    # Every scheduled jump step ends the window, also one left incomplete by a missed recording.
+    return h, win._replace(filled=jnp.where(to_jump == 0, 0, win.filled)), flags, pstate, carried
 
   def keep(h, win, pstate):
     return list(h), win, no_jump, pstate, store.nothing_carried(x)

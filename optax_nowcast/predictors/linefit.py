@@ -9,7 +9,7 @@ For each coordinate, fit a line :math:`a x + b` through the ``ctx`` recorded sta
 linefit uses :math:`\mu_i = 1`; linefit+ weights recent states more, :math:`\mu_i = i / ctx`.
 Because the fit is linear in the states, the prediction is a fixed combination
 :math:`\hat w = \sum_i c_i w_i` whose coefficients depend only on the times and ``k``; we compute ``c``
-once per jump and apply it to every coordinate with one contraction (the same result as
+once per jump and apply it to every coordinate in one fused elementwise pass (the same result as
 ``jax.vmap`` of the scalar fit over coordinates, see :func:`linefit_trajectory`, at a fraction of
 the memory traffic).
 """
@@ -56,7 +56,9 @@ def _make(weighted: bool, name: str) -> Predictor:
     c = linefit_coefficients(times, k, weighted)
 
     def leaf(h):
-      out = jnp.tensordot(c, h.astype(jnp.float32), axes=(0, 0))
+      # A reduction over the states: the prediction is a buffer of its own, so the jump that follows
+      # reads it rather than the history (which it then overwrites in place).
+      out = jnp.sum(c.reshape((-1,) + (1,) * (h.ndim - 1)) * h.astype(jnp.float32), axis=0)
       return out.astype(h.dtype)
 
     return jax.tree.map(leaf, history), state

@@ -1,0 +1,218 @@
+"""What a step that does not jump costs, read from the compiled program (issue: zero cost between jumps).
+
+The train step is the one a user writes: jitted, state donated, ``tx.update`` then ``apply_updates``.
+A step marked ``nowcast_plain=True`` must leave the history alone (each history buffer goes straight to
+the output it is aliased with), need no scratch beyond the base optimizer's and move nothing between
+host and device; the full step (records and jumps inside ``lax.cond``) must never copy the history.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_nowcast as onc
+from optax_nowcast import schedules
+from optax_nowcast.tasks import MLP
+
+INTERVAL, CTX = 4, 3
+
+
+def _train_step(tx, model, x, y, plain):
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state):
+    def loss_fn(p):
+      return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    kwargs = {} if plain is None else {"nowcast_plain": plain}
+    updates, opt_state = tx.update(grads, opt_state, params, value=loss, **kwargs)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return step
+
+
+def _compiled(tx, plain, hidden=(256, 256), batch=16):
+  model = MLP(hidden)
+  x, y = jnp.ones((batch, 64)), jnp.zeros((batch,), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), x[:1])
+  state = tx.init(params)
+  return _train_step(tx, model, x, y, plain).lower(params, state).compile(), params
+
+
+def _entry(hlo: str) -> list[str]:
+  lines = hlo.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
+  end = next(i for i in range(start, len(lines)) if lines[i].startswith("}"))
+  return lines[start + 1:end]
+
+
+def _history_names(entry: list[str]) -> list[str]:
+  names = [m.group(1) for line in entry
+           if (m := re.match(r"\s*(%\S+) = .* parameter\(\d+\).*op_name=\"opt_state\[1\]\.history", line))]
+  return names
+
+
+def _history_shapes(params) -> set[str]:
+  return {f"[{CTX},{','.join(map(str, p.shape))}]" for p in jax.tree.leaves(params)}
+
+
+def _nowcast(**kw):
+  return onc.nowcast(onc.predictors.linefit(), interval=INTERVAL, ctx=CTX, **kw)
+
+
+ADAM = optax.adam(1e-3)
+
+
+@pytest.mark.parametrize("options", [{}, {"history_dtype": jnp.bfloat16}, {"history_memory": "host"},
+                                     {"rollback_factor": 1.5, "rollback_window": 1}],
+                         ids=["f32", "bf16", "host", "rollback"])
+def test_plain_step_leaves_the_history_alone(options):
+  tx = optax.chain(ADAM, _nowcast(**options))
+  compiled, params = _compiled(tx, plain=True)
+  hlo = compiled.as_text()
+  entry = _entry(hlo)
+  names = _history_names(entry)
+  assert len(names) == len(jax.tree.leaves(params))
+  root = next(line for line in entry if line.lstrip().startswith("ROOT"))
+  for name in names:
+    users = [line for line in entry if re.search(re.escape(name) + r"[,)\s]", line)
+             and not line.lstrip().startswith(name + " ")]
+    assert users == [root], f"{name} is read by {users[:2]}"
+  # Nothing of the history is copied, moved or branched on anywhere in the program.
+  for shape in _history_shapes(params):
+    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), shape
+  assert "MoveToHost" not in hlo and "MoveToDevice" not in hlo and "conditional(" not in hlo
+  base, _ = _compiled(ADAM, plain=None)
+  assert compiled.memory_analysis().temp_size_in_bytes <= base.memory_analysis().temp_size_in_bytes + 4096
+  # Every history buffer is donated and handed back in place.
+  assert compiled.memory_analysis().alias_size_in_bytes >= sum(
+      x.size * x.dtype.itemsize for x in jax.tree.leaves(tx.init(params)[1].history))
+
+
+@pytest.mark.parametrize("options", [{}, {"history_dtype": jnp.bfloat16}, {"history_memory": "host"}],
+                         ids=["f32", "bf16", "host"])
+def test_full_step_never_copies_the_history(options):
+  """The step that may record or jump: the recording writes one slot in place and the jump reads the
+  slots as stored (no reordering copy) and stages itself in slot 0. The scratch beyond the base
+  optimizer's is the linefit prediction's (about a quarter of a parameter copy here; with a host
+  history, plus the jump carried on the device), not ``ctx`` copies; a bfloat16 history is read in
+  float32 at the jump (documented in the memory guide)."""
+  tx = optax.chain(ADAM, _nowcast(**options))
+  compiled, params = _compiled(tx, plain=False)
+  hlo = compiled.as_text()
+  for shape in _history_shapes(params):
+    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), shape
+  if "history_dtype" not in options:
+    n_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
+    base, _ = _compiled(ADAM, plain=None)
+    extra = compiled.memory_analysis().temp_size_in_bytes - base.memory_analysis().temp_size_in_bytes
+    assert extra <= (1.5 if "history_memory" in options else 0.5) * n_bytes, (extra, n_bytes)
+
+
+def _run(tx, n_steps, mark, params=None, seed=0):
+  model = MLP((16,))
+  x = jax.random.normal(jax.random.PRNGKey(seed), (32, 64))
+  y = jax.random.randint(jax.random.PRNGKey(seed + 1), (32,), 0, 10)
+  params = model.init(jax.random.PRNGKey(2), x[:1]) if params is None else params
+  state = tx.init(params)
+
+  @functools.partial(jax.jit, static_argnames="plain")
+  def step(params, state, plain):
+    loss, grads = jax.value_and_grad(
+        lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean())(params)
+    updates, state = tx.update(grads, state, params, value=loss, nowcast_plain=plain)
+    return optax.apply_updates(params, updates), state
+
+  for s in range(n_steps):
+    params, state = step(params, state, plain=mark(s))
+  return params, state
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"period": 20},
+    {"period": schedules.dynamic_period(12, 24, total_steps=60)},
+    {"rollback_factor": 1.0, "rollback_window": 1, "horizon": 40},
+    {"history_memory": "host"},
+], ids=["default", "period", "dynamic", "rollback", "host"])
+def test_plain_steps_marked_by_is_plain_step_change_nothing(kw):
+  """Marking the steps :func:`is_plain_step` calls plain gives the same run: the same recordings, jumps
+  and rollbacks, the parameters equal to float32 rounding (two compiled programs may fuse Adam's
+  arithmetic differently; a plain step is bitwise the base optimizer's, see below)."""
+  tx = optax.chain(optax.adam(3e-2), _nowcast(**kw))
+  window = kw.get("rollback_window")
+  plain = functools.partial(onc.is_plain_step, interval=INTERVAL, ctx=CTX, period=kw.get("period"),
+                            rollback_window=window)
+  n = 75
+  p_auto, s_auto = _run(tx, n, lambda s: False)
+  p_marked, s_marked = _run(tx, n, plain)
+  assert sum(not plain(s) for s in range(n)) < n / 2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6),
+               (p_auto, s_auto), (p_marked, s_marked))
+  for a, b in zip(jax.tree.leaves(onc.find_nowcast_state(s_auto).window),
+                  jax.tree.leaves(onc.find_nowcast_state(s_marked).window), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  nc = onc.find_nowcast_state(s_marked)
+  assert int(nc.n_jumps) >= 2 and int(nc.n_missed) == 0
+  if "rollback_factor" in kw:
+    assert int(nc.n_rollbacks) >= 1
+
+
+def test_a_recording_marked_plain_is_counted_and_makes_no_jump():
+  tx = optax.chain(optax.adam(3e-2), _nowcast())
+  p_all_plain, s = _run(tx, 40, lambda s: True)
+  nc = onc.find_nowcast_state(s)
+  assert int(nc.n_jumps) == 0 and int(nc.n_missed) == 9  # steps 4, 8, ..., 36
+  # One missed recording (step 16, the first of the second window) loses that window's jump (24) only;
+  # the next window (28, 32, 36) is whole again.
+  p_one, s_one = _run(tx, 40, lambda s: s == 16 or onc.is_plain_step(s, interval=INTERVAL, ctx=CTX))
+  nc = onc.find_nowcast_state(s_one)
+  assert int(nc.n_missed) == 1 and int(nc.n_jumps) == 2 and int(nc.last_jump_step) == 36
+  assert nc.window.slot_steps.tolist()[1:] == [32, 36]
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves((p_all_plain, p_one)))
+
+
+def test_all_plain_is_the_base_optimizer():
+  tx = optax.chain(optax.adam(3e-2), _nowcast())
+  p_plain, _ = _run(tx, 30, lambda s: True)
+  p_adam, _ = _run(optax.adam(3e-2), 30, lambda s: False)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), p_plain, p_adam)
+
+
+@pytest.mark.parametrize("period", [None, 20, schedules.dynamic_period(12, 24, total_steps=60)])
+@pytest.mark.parametrize("window", [None, 2])
+def test_is_plain_step_agrees_with_the_device(period, window):
+  """The host answer equals the traced schedule's, step by step (recordings and rollback checks)."""
+  resolved = schedules.resolve_period(period, CTX, INTERVAL)
+  steps = np.arange(200)
+  jumps = np.asarray(jax.vmap(lambda s: resolved.next_jump(s)[0])(steps))
+  to_jump = jumps - steps
+  event = (to_jump % INTERVAL == 0) & (to_jump <= (CTX - 1) * INTERVAL)
+  if window is not None:
+    is_jump = np.isin(steps, resolved.jump_steps(200))
+    event |= np.isin(steps, steps[is_jump] + window + 1)
+  host = np.array([onc.is_plain_step(int(s), interval=INTERVAL, ctx=CTX, period=period,
+                                     rollback_window=window) for s in steps])
+  np.testing.assert_array_equal(host, ~event)
+
+
+def test_nowcast_plain_must_be_a_python_bool():
+  tx = _nowcast()
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="nowcast_plain must be a Python bool"):
+    jax.jit(lambda s, f: tx.update(params, s, params, nowcast_plain=f))(state, True)
+
+
+def test_plain_step_under_vmap():
+  tx = _nowcast()
+  params = {"w": jnp.ones((4, 3))}
+  states = jax.vmap(tx.init)(params)
+  upd, new = jax.vmap(lambda u, s, p: tx.update(u, s, p, nowcast_plain=True))(params, states, params)
+  np.testing.assert_array_equal(np.asarray(upd["w"]), np.ones((4, 3)))
+  assert new.count.tolist() == [1, 1, 1, 1]
