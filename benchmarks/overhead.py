@@ -1,13 +1,22 @@
-"""Per-step overhead of ``nowcast`` on a jitted, donated training step of a ~1.1M-parameter MLP.
+"""Per-step cost of ``nowcast`` against the base optimizer, over model sizes, side by side in one process.
 
-Adam and Adam + nowcast(linefit, interval=200, ctx=5) train the same MLP (64-1024-1024-10) on sklearn
-digits minibatches (batch 128) in the same process. Steps are timed one by one (each blocked on its
-loss) in alternating blocks, so machine noise hits both alike. Reported: median and mean time of
-non-jump steps and their ratio to Adam (the target is < 1.02), the latency of the recording and jump
-steps, and the optimizer state's bytes.
+For each size (an MLP 64-w-w-10: 1M, 2M, 4M, 16M and 50M parameters) Adam and Adam + nowcast(linefit)
+train on the same fixed batch with a jitted, donated step, in alternating blocks so that machine noise
+hits every method alike. The nowcast variants:
 
-    python -m benchmarks.overhead            # 3 jumps per method, ~1 min on 2 CPU cores
-    python -m benchmarks.overhead --quick    # 1 jump, for CI
+* ``full``: every update is the full step (``lax.cond`` around the recording and the jump);
+* ``plain``: the training loop marks the steps :func:`optax_nowcast.is_plain_step` calls plain
+  (``nowcast_plain=True``, a second compiled step that leaves the history alone); the other steps run
+  the full step;
+* ``plain, bf16`` / ``plain, host``: the same with a bfloat16 history / the history in host memory.
+
+Each step is timed on its own (blocked on its loss). Reported per method: the median time of the
+non-recording steps, of the recording steps and of the jump steps, each as a ratio to Adam's median
+step. ``interval`` is short (10, ctx 3) so that every kind of step occurs often; the cost of a
+non-recording step does not depend on it.
+
+    python -m benchmarks.overhead            # 1M-50M parameters, ~15 min on 2 CPU cores
+    python -m benchmarks.overhead --quick    # 1M and 2M, fewer steps (CI-sized, ~1 min)
 """
 
 from __future__ import annotations
@@ -25,146 +34,164 @@ import numpy as np
 import optax
 
 import optax_nowcast as onc
-from optax_nowcast.tasks import MLP, load_digits_split
+from optax_nowcast.tasks import MLP
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
+INTERVAL, CTX = 10, 3
+WIDTHS = {"1M": 1000, "2M": 1400, "4M": 2000, "16M": 4000, "50M": 7000}
+BIG = ("16M", "50M")  # sizes at which only adam, full and plain run (memory and time on 2 cores)
 
 
-def _state_bytes(tree) -> int:
-  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+def methods(size: str) -> dict[str, tuple[optax.GradientTransformation, bool]]:
+  """``name -> (tx, marks plain steps)``."""
+  lf = onc.predictors.linefit()
+  nc = functools.partial(onc.nowcast, lf, interval=INTERVAL, ctx=CTX)
+  out = {"adam": (optax.adam(1e-4), False),
+         "full": (optax.chain(optax.adam(1e-4), nc()), False),
+         "plain": (optax.chain(optax.adam(1e-4), nc()), True)}
+  if size not in BIG:
+    out["plain, bf16"] = (optax.chain(optax.adam(1e-4), nc(history_dtype=jnp.bfloat16)), True)
+    out["plain, host"] = (optax.chain(optax.adam(1e-4), nc(history_memory="host")), True)
+  return out
 
 
-def run(steps: int, block: int, interval: int = 200, ctx: int = 5, batch: int = 128, seed: int = 0):
-  data = load_digits_split()
-  x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  model = MLP((1024, 1024))
-  params0 = model.init(jax.random.PRNGKey(seed), x[:1])
+def step_kind(step: int) -> str:
+  """``plain``, ``record`` or ``jump`` for the update call with ``state.count == step``."""
+  if onc.is_plain_step(step, interval=INTERVAL, ctx=CTX):
+    return "plain"
+  return "jump" if step % (INTERVAL * CTX) == 0 else "record"
+
+
+def run_size(size: str, periods: int, batch: int = 128, seed: int = 0) -> dict:
+  width = WIDTHS[size]
+  model = MLP((width, width))
+  x = jax.random.normal(jax.random.PRNGKey(seed), (batch, 64))
+  y = jax.random.randint(jax.random.PRNGKey(seed + 1), (batch,), 0, 10)
+  params0 = model.init(jax.random.PRNGKey(seed + 2), x[:1])
   n_params = sum(p.size for p in jax.tree.leaves(params0))
-  methods = {
-      "adam": optax.adam(1e-3),
-      "adam+nowcast(linefit)": optax.chain(
-          optax.adam(1e-3), onc.nowcast(onc.predictors.linefit(), interval=interval, ctx=ctx)),
-  }
 
   def make_step(tx):
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, key):
-      idx = jax.random.randint(key, (batch,), 0, x.shape[0])
+    @functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames="plain")
+    def step(params, opt_state, plain=False):
       def loss_fn(p):
-        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x[idx]), y[idx]).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
       loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
+      kw = {"nowcast_plain": plain} if plain else {}
+      updates, opt_state = tx.update(grads, opt_state, params, **kw)
       return optax.apply_updates(params, updates), opt_state, loss
     return step
 
   runs = {}
-  for name, tx in methods.items():
+  for name, (tx, marks) in methods(size).items():
+    step = make_step(tx)
     params = jax.tree.map(jnp.array, params0)
-    opt_state = tx.init(params)
-    runs[name] = {"step": make_step(tx), "params": params, "opt_state": opt_state,
-                  "state_bytes": _state_bytes(opt_state), "times": [], "done": 0}
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), steps)
-  # Warm-up (compilation) on a throwaway copy so both timed runs start at step 0.
-  for r in runs.values():
-    p, s = jax.tree.map(jnp.array, r["params"]), jax.tree.map(jnp.array, r["opt_state"])
-    jax.block_until_ready(r["step"](p, s, keys[0]))
+    state = tx.init(params)
+    for plain in {False, marks}:  # compile (and warm) both programs on a throwaway copy
+      p, s = jax.tree.map(jnp.array, params), jax.tree.map(jnp.array, state)
+      jax.block_until_ready(step(p, s, plain=plain))
+    runs[name] = {"step": step, "marks": marks, "params": params, "state": state, "times": [], "done": 0}
+  steps = periods * INTERVAL * CTX + 1
+  block = INTERVAL * CTX
   order = list(runs)
   while any(r["done"] < steps for r in runs.values()):
     for name in order:
       r = runs[name]
       for _ in range(min(block, steps - r["done"])):
+        plain = r["marks"] and step_kind(r["done"]) == "plain"
         t0 = time.perf_counter()
-        r["params"], r["opt_state"], loss = r["step"](r["params"], r["opt_state"], keys[r["done"]])
+        r["params"], r["state"], loss = r["step"](r["params"], r["state"], plain=plain)
         loss.block_until_ready()
         r["times"].append(time.perf_counter() - t0)
         r["done"] += 1
     order.reverse()
-
-  # Call s (0-based) receives the params after s steps; states are recorded at multiples of
-  # `interval` in each window and the jump replaces the update at multiples of ctx * interval.
-  calls = np.arange(steps)
-  period = ctx * interval
-  is_jump = (calls % period == 0) & (calls > 0)
-  is_record = (calls % interval == 0) & (calls > 0) & ~is_jump
-  plain = ~(is_jump | is_record)
-  out = {"n_params": int(n_params), "steps": steps, "interval": interval, "ctx": ctx, "batch": batch,
+  kinds = np.array([step_kind(s) for s in range(steps)])
+  kinds[0] = "first"  # step 0 follows compilation in its block's first call: left out
+  base = float(np.median(np.asarray(runs["adam"]["times"])[kinds != "first"]))
+  out = {"size": size, "width": width, "n_params": int(n_params), "steps": steps, "adam_ms": base * 1e3,
          "methods": {}}
   for name, r in runs.items():
-    t = np.asarray(r["times"]) * 1e3
-    nc_state = onc.find_nowcast_state(r["opt_state"])
-    out["methods"][name] = {
-        "median_step_ms": float(np.median(t[plain])), "mean_step_ms": float(np.mean(t[plain])),
-        "p90_step_ms": float(np.percentile(t[plain], 90)),
-        "record_step_ms": float(np.median(t[is_record])) if is_record.any() else None,
-        "jump_step_ms": [float(v) for v in t[is_jump]],
-        "state_bytes": r["state_bytes"],
-        "n_jumps": int(nc_state.n_jumps) if nc_state is not None else 0,
-        "times_ms": t.tolist(),
-    }
-  base, nc = out["methods"]["adam"], out["methods"]["adam+nowcast(linefit)"]
-  out["ratio_median_non_jump"] = nc["median_step_ms"] / base["median_step_ms"]
-  out["ratio_mean_non_jump"] = nc["mean_step_ms"] / base["mean_step_ms"]
-  out["ratio_total_time"] = float(np.sum(nc["times_ms"]) / np.sum(base["times_ms"]))
-  out["ratio_state_bytes"] = nc["state_bytes"] / base["state_bytes"]
-  out["environment"] = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
-                        "jax": jax.__version__, "optax": optax.__version__,
-                        "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    t = np.asarray(r["times"])
+    row = {}
+    for kind in ("plain", "record", "jump"):
+      sel = t[kinds == kind]
+      row[f"{kind}_ms"] = float(np.median(sel) * 1e3)
+      row[f"{kind}_ratio"] = float(np.median(sel) / base)
+    nc = onc.find_nowcast_state(r["state"])
+    row["n_jumps"] = int(nc.n_jumps) if nc is not None else 0
+    row["n_missed"] = int(nc.n_missed) if nc is not None else 0
+    out["methods"][name] = row
   return out
 
 
-def markdown(res) -> str:
-  base, nc = res["methods"]["adam"], res["methods"]["adam+nowcast(linefit)"]
+def markdown(res: dict) -> str:
   env = res["environment"]
   lines = [
-      f"MLP 64-1024-1024-10 ({res['n_params']:,} params), batch {res['batch']}, {res['steps']} steps "
-      f"per method, jitted + donated step; nowcast(linefit, interval={res['interval']}, "
-      f"ctx={res['ctx']}); backend {env['backend']} ({env['device']}, {env['cpu_count']} cores)",
+      f"MLP 64-w-w-10, batch {res['batch']}, jitted + donated step, Adam + nowcast(linefit, "
+      f"interval={INTERVAL}, ctx={CTX}); median step time as a ratio to Adam's, by kind of step "
+      f"(non-recording, recording, jump); {res['periods']} periods of {INTERVAL * CTX} steps per method "
+      f"(half at 16M and 50M) in alternating blocks. Backend {env['backend']} ({env['cpu_count']} cores), "
+      f"jax {env['jax']}. Regenerate: `python -m benchmarks.overhead`.",
       "",
-      "| method | median non-jump step (ms) | mean non-jump step (ms) | p90 (ms) | recording step (ms) "
-      "| jump step (ms) | optimizer state (MB) |",
+      "| parameters | Adam step (ms) | method | non-recording step | recording step | jump step | jumps |",
       "|---|---|---|---|---|---|---|",
   ]
-  for name, m in res["methods"].items():
-    jump = ", ".join(f"{v:.1f}" for v in m["jump_step_ms"]) or "-"
-    rec = f"{m['record_step_ms']:.2f}" if m["record_step_ms"] is not None else "-"
-    lines.append(f"| {name} | {m['median_step_ms']:.3f} | {m['mean_step_ms']:.3f} | "
-                 f"{m['p90_step_ms']:.3f} | {rec} | {jump} | {m['state_bytes'] / 2**20:.1f} |")
-  lines += ["", f"Ratio to Adam, non-jump steps: median **{res['ratio_median_non_jump']:.3f}**, "
-            f"mean {res['ratio_mean_non_jump']:.3f}; all steps incl. jumps: "
-            f"{res['ratio_total_time']:.3f}; optimizer state bytes: {res['ratio_state_bytes']:.2f}x "
-            f"(Adam's 2 moments + {nc['state_bytes'] / base['state_bytes'] * 2 - 2:.1f} parameter "
-            f"copies of history)."]
+  for r in res["sizes"]:
+    for name, m in r["methods"].items():
+      if name == "adam":
+        continue
+      lines.append(f"| {r['n_params'] / 1e6:.1f}M | {r['adam_ms']:.1f} | {name} | {m['plain_ratio']:.3f} | "
+                   f"{m['record_ratio']:.3f} | {m['jump_ratio']:.2f} | {m['n_jumps']} |")
+  lines += ["", "`full`: every step runs the program with the recording and the jump behind `lax.cond`. "
+            "`plain`: the loop marks non-recording steps `nowcast_plain=True` (`onc.is_plain_step`), a "
+            "program that leaves the history alone; recordings and jumps run the full program."]
   return "\n".join(lines)
 
 
-def plot(res, path):
+def plot(res: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(9, 3.5))
-  for name, m in res["methods"].items():
-    ax.plot(m["times_ms"], lw=0.6, label=f"{name} (median {m['median_step_ms']:.2f} ms)")
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("step time (ms)")
-  ax.set_title(f"per-step time, {res['n_params']:,}-param MLP (spikes: record every "
-               f"{res['interval']}, jump every {res['interval'] * res['ctx']})")
-  ax.legend()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  sizes = [r["n_params"] / 1e6 for r in res["sizes"]]
+  names = [n for n in res["sizes"][0]["methods"] if n != "adam"]
+  for name in names:
+    for ax, kind in zip(axes, ("plain", "record"), strict=True):
+      pts = [(s, r["methods"][name][f"{kind}_ratio"]) for s, r in zip(sizes, res["sizes"], strict=True)
+             if name in r["methods"]]
+      ax.plot(*zip(*pts, strict=True), "o-", label=name)
+  for ax, title, bound in zip(axes, ("non-recording step", "recording step"), (1.02, 1.10), strict=True):
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(bound, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("time / Adam's step")
+    ax.set_title(title)
+  axes[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--quick", action="store_true", help="1,200 steps (one jump), for CI")
-  parser.add_argument("--steps", type=int, default=3200)
-  parser.add_argument("--block", type=int, default=100, help="steps per alternating block")
+  parser.add_argument("--quick", action="store_true", help="1M and 2M parameters, 2 periods (CI)")
+  parser.add_argument("--sizes", default=",".join(WIDTHS), help=f"subset of {','.join(WIDTHS)}")
+  parser.add_argument("--periods", type=int, default=6, help="periods (of interval * ctx steps) per method")
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args(argv)
-  steps = 1200 if args.quick else args.steps
-  res = run(steps, args.block)
+  sizes = ["1M", "2M"] if args.quick else [s for s in args.sizes.split(",") if s]
+  for s in sizes:
+    if s not in WIDTHS:
+      raise SystemExit(f"--sizes: unknown size {s!r}; choose from {', '.join(WIDTHS)}")
+  periods = 2 if args.quick else args.periods
+  res = {"batch": 128, "periods": periods, "sizes": [],
+         "environment": {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
+                         "jax": jax.__version__, "optax": optax.__version__, "cpu_count": os.cpu_count(),
+                         "machine": platform.machine()}}
+  for s in sizes:
+    res["sizes"].append(run_size(s, periods if s not in BIG else max(2, periods // 2)))
+    print(json.dumps({k: v for k, v in res["sizes"][-1].items()}, indent=None), flush=True)
   name = "overhead_quick" if args.quick else "overhead"
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:
