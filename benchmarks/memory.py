@@ -1,6 +1,14 @@
 """Memory of nowcasting: optimizer-state bytes per parameter and the compiled step's peak scratch memory.
 
     python -m benchmarks.memory [--task LM-3-64]
+    python -m benchmarks.memory --sweep [--quick]   # MLPs of 1M-50M parameters: peak step memory
+
+``--sweep`` compiles the jitted, donated train step of an MLP 64-w-w-10 (the sizes of
+``benchmarks.overhead``) for Adam and for Adam + nowcast(linefit, ctx 3) with a float32, a bfloat16 and a
+host-memory history, both programs of each: the full step (recording and jump behind ``lax.cond``) and
+the plain step (``nowcast_plain=True``). Its peak device memory is read from XLA's ``memory_analysis``:
+the donated inputs that live on the device (parameters and optimizer state, aliased with the outputs)
+plus the temporary buffers. Writes ``benchmarks/results/memory_sweep.{json,md,png}``.
 
 For each configuration it reports the optimizer state's bytes divided by the parameter count (plain Adam
 keeps 2 float32 copies: 8 bytes per parameter) and, from XLA's ``memory_analysis`` of the jitted, donated
@@ -71,12 +79,107 @@ def measure(task, tx) -> dict:
           "step_argument_bytes": int(getattr(mem, "argument_size_in_bytes", -1))}
 
 
+def _device_bytes(tree) -> int:
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
+                 if x.sharding.memory_kind not in ("pinned_host", "unpinned_host")))
+
+
+def sweep_size(size: str, batch: int = 128) -> dict:
+  """Peak device memory of each train-step program at one size (compiled, not run)."""
+  from benchmarks.overhead import WIDTHS
+  from optax_nowcast.tasks import MLP
+
+  width = WIDTHS[size]
+  model = MLP((width, width))
+  x, y = jnp.ones((batch, 64)), jnp.zeros((batch,), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), x[:1])
+  n = sum(p.size for p in jax.tree.leaves(params))
+  lf = onc.predictors.linefit()
+  histories = {"f32": {}, "bf16": {"history_dtype": jnp.bfloat16}, "host": {"history_memory": "host"}}
+  programs = [("adam", optax.adam(1e-4), False)]
+  for hname, kw in histories.items():
+    tx = optax.chain(optax.adam(1e-4), onc.nowcast(lf, interval=10, ctx=3, **kw))
+    programs += [(f"{hname} history, full step", tx, False), (f"{hname} history, plain step", tx, True)]
+  rows = {}
+  for name, tx, plain in programs:
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(p, s, tx=tx, plain=plain):
+      def loss_fn(q):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, x), y).mean()
+      g = jax.grad(loss_fn)(p)
+      u, s = tx.update(g, s, p, **({"nowcast_plain": True} if plain else {}))
+      return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    mem = step.lower(params, state).compile().memory_analysis()
+    resident = _device_bytes(params) + _device_bytes(state)
+    rows[name] = {"resident_bytes": resident, "temp_bytes": int(mem.temp_size_in_bytes),
+                  "peak_bytes": resident + int(mem.temp_size_in_bytes)}
+    del state
+  adam = rows["adam"]
+  history_bytes = {"adam": 0, "f32": 3 * 4 * n, "bf16": 3 * 2 * n, "host": 0}
+  for name, r in rows.items():
+    r["peak_vs_adam"] = r["peak_bytes"] / adam["peak_bytes"]
+    # Adam's peak plus the history's ctx copies on the device, nothing else.
+    r["expected_vs_adam"] = (adam["peak_bytes"] + history_bytes[name.split()[0]]) / adam["peak_bytes"]
+  return {"size": size, "n_params": int(n), "rows": rows}
+
+
+def sweep_markdown(res: list[dict]) -> str:
+  lines = ["Peak device memory of one train step (jitted, donated), MLP 64-w-w-10, batch 128, Adam + "
+           "nowcast(linefit, ctx 3): resident parameters and optimizer state on the device plus XLA's "
+           f"temporary buffers (`memory_analysis`); backend {jax.default_backend()}. *Expected*: Adam's peak "
+           "plus the history's ctx copies of the parameters in its dtype (3 x 4 bytes per parameter in "
+           "float32, 3 x 2 in bfloat16, none on the device in host memory) and nothing else. Regenerate: "
+           "`python -m benchmarks.memory --sweep`.", "",
+           "| parameters | program | resident (MB) | temp (MB) | peak (MB) | peak / Adam | expected / Adam |",
+           "|---|---|---|---|---|---|---|"]
+  for r in res:
+    for name, m in r["rows"].items():
+      lines.append(f"| {r['n_params'] / 1e6:.1f}M | {name} | {m['resident_bytes'] / 2**20:.1f} | "
+                   f"{m['temp_bytes'] / 2**20:.1f} | {m['peak_bytes'] / 2**20:.1f} | "
+                   f"{m['peak_vs_adam']:.3f} | {m['expected_vs_adam']:.3f} |")
+  return "\n".join(lines)
+
+
+def sweep_plot(res: list[dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  sizes = [r["n_params"] / 1e6 for r in res]
+  for name in res[0]["rows"]:
+    ax.plot(sizes, [r["rows"][name]["peak_vs_adam"] for r in res], "o-" if "plain" in name else "s--",
+            label=name, lw=1)
+  ax.set_xscale("log")
+  ax.set_xlabel("parameters (millions)")
+  ax.set_ylabel("peak step memory / Adam's")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--task", default="LM-3-64")
+  parser.add_argument("--sweep", action="store_true", help="peak step memory of MLPs of 1M-50M parameters")
+  parser.add_argument("--quick", action="store_true", help="with --sweep: 1M and 2M only")
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   args = parser.parse_args(argv)
+  if args.sweep:
+    from benchmarks.overhead import WIDTHS
+    res = []
+    for size in (["1M", "2M"] if args.quick else list(WIDTHS)):
+      res.append(sweep_size(size))
+      print(size, {k: round(v["peak_vs_adam"], 3) for k, v in res[-1]["rows"].items()}, flush=True)
+    table = sweep_markdown(res)
+    name = "memory_sweep_quick" if args.quick else "memory_sweep"
+    write_results(args.out, name, {"sizes": res, "backend": jax.default_backend()}, table)
+    sweep_plot(res, os.path.join(args.out, f"{name}.png"))
+    print(table)
+    return res
   task = make_task(args.task, default_data_dir())
   rows = {}
   for name, tx in configs(task).items():

@@ -223,9 +223,13 @@ def _jump(cfg: _Config, h_treedef, history: list, win: WindowState, x: list, k: 
     k = k if cfg.predictor.fractional_k else jnp.round(k).astype(jnp.int32)
   prediction, pstate = full_precision(cfg.predictor.predict)(
       jax.tree.unflatten(h_treedef, states), times, k, pstate)
-  # Materialised (a barrier): a prediction that is a view of the history (its last state, say) would
-  # otherwise be read after the jump is written into slot 0, and XLA would copy the whole history.
-  prediction = jax.lax.optimization_barrier(jax.tree.leaves(prediction))
+  # Materialised: a prediction fused from the history (a line fit, or simply its last state) would
+  # otherwise be recomputed from the history after the jump is written into slot 0, and XLA would copy
+  # the whole history to allow it. A conditional's result is a buffer of its own (XLA drops
+  # optimisation barriers before fusing on CPU). The predicate is data XLA cannot fold; the other branch
+  # would only run for non-finite times, and its NaNs would fail the gate.
+  prediction = jax.lax.cond(jnp.isfinite(times[-1]), lambda p: list(p),
+                            lambda p: [jnp.full_like(a, jnp.nan) for a in p], jax.tree.leaves(prediction))
   chex.assert_equal(len(prediction), len(x))
   gate = jump_gate(prediction, x, k, max_jump_ratio=cfg.max_jump_ratio, span=cfg.ctx - 1,
                    recent=lambda: ([c[0] for c in states], [c[-1] for c in states]))

@@ -167,6 +167,31 @@ def test_flax_nnx_optimizer():
   assert int(optimizer.opt_state[1].n_jumps[...]) == 2
 
 
+def test_flax_nnx_optimizer_with_plain_steps():
+  """``nnx.Optimizer.update`` forwards ``nowcast_plain``: a loop that marks plain steps (two compiled
+  programs) makes the same jumps as one that does not."""
+  x, y = _digits()
+
+  def train(mark):
+    model = nnx.Sequential(nnx.Linear(64, 16, rngs=nnx.Rngs(0)), nnx.relu,
+                           nnx.Linear(16, 10, rngs=nnx.Rngs(1)))
+    optimizer = nnx.Optimizer(model, optax.chain(optax.adam(0.01), _nowcast()), wrt=nnx.Param)
+
+    @nnx.jit(static_argnames="plain")
+    def train_step(model, optimizer, xb, yb, plain):
+      grads = nnx.grad(lambda m: _xent(m(xb), yb))(model)
+      optimizer.update(model, grads, nowcast_plain=plain)
+
+    for i in range(2 * PERIOD + 1):
+      plain = mark and onc.is_plain_step(i, interval=INTERVAL, ctx=CTX)
+      train_step(model, optimizer, x[(i * 32) % 224:][:32], y[(i * 32) % 224:][:32], plain=plain)
+    return _flat(nnx.state(model, nnx.Param)), optimizer.opt_state[1]
+
+  (p_marked, s_marked), (p_full, s_full) = train(True), train(False)
+  assert int(s_marked.n_jumps[...]) == int(s_full.n_jumps[...]) == 2 and int(s_marked.window.missed[...]) == 0
+  np.testing.assert_allclose(p_marked, p_full, rtol=1e-5, atol=1e-6)
+
+
 def test_lax_scan_loop_equals_python_loop():
   x, y = _digits()
   model = _MLP()

@@ -97,21 +97,30 @@ def test_plain_step_leaves_the_history_alone(options):
 @pytest.mark.parametrize("options", [{}, {"history_dtype": jnp.bfloat16}, {"history_memory": "host"}],
                          ids=["f32", "bf16", "host"])
 def test_full_step_never_copies_the_history(options):
-  """The step that may record or jump: the recording writes one slot in place and the jump reads the
-  slots as stored (no reordering copy) and stages itself in slot 0. The scratch beyond the base
-  optimizer's is the linefit prediction's (about a quarter of a parameter copy here; with a host
-  history, plus the jump carried on the device), not ``ctx`` copies; a bfloat16 history is read in
-  float32 at the jump (documented in the memory guide)."""
+  """The step that may record or jump: the recording writes one slot in place, the jump reads the slots
+  as stored (no reordering copy) and stages itself in slot 0. Its scratch beyond the base optimizer's is
+  the prediction, about one float32 copy of the parameters (plus, with a host history, the jump carried
+  on the device), whatever the history dtype: never ``ctx`` copies."""
   tx = optax.chain(ADAM, _nowcast(**options))
   compiled, params = _compiled(tx, plain=False)
   hlo = compiled.as_text()
   for shape in _history_shapes(params):
     assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), shape
-  if "history_dtype" not in options:
-    n_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
-    base, _ = _compiled(ADAM, plain=None)
-    extra = compiled.memory_analysis().temp_size_in_bytes - base.memory_analysis().temp_size_in_bytes
-    assert extra <= (1.5 if "history_memory" in options else 0.5) * n_bytes, (extra, n_bytes)
+  n_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
+  base, _ = _compiled(ADAM, plain=None)
+  extra = compiled.memory_analysis().temp_size_in_bytes - base.memory_analysis().temp_size_in_bytes
+  assert extra <= (2.25 if "history_memory" in options else 1.25) * n_bytes, (extra, n_bytes)
+
+
+def test_a_prediction_that_is_a_view_of_the_history_does_not_copy_it():
+  """A predictor returning a slice of the history (here its newest state) must not make XLA copy the
+  history to write the jump into slot 0."""
+  last = onc.Predictor(init=lambda p: (), predict=lambda h, t, k, s: (jax.tree.map(lambda a: a[-1], h), s),
+                       name="last")
+  tx = optax.chain(ADAM, onc.nowcast(last, interval=INTERVAL, ctx=CTX))
+  compiled, params = _compiled(tx, plain=False)
+  for shape in _history_shapes(params):
+    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", compiled.as_text()), shape
 
 
 def _run(tx, n_steps, mark, params=None, seed=0):

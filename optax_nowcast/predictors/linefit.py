@@ -56,18 +56,8 @@ def _make(weighted: bool, name: str) -> Predictor:
     c = linefit_coefficients(times, k, weighted)
 
     def leaf(h):
-      # A contraction (its own buffer: the jump that follows reads the prediction, not the history it
-      # then overwrites in place). A low-precision history is contracted as stored, with float32
-      # accumulation and the coefficients split in two (c = hi + lo, each in the history's dtype: the
-      # coefficients keep ~16 bits), so no float32 copy of the ctx states is made.
-      if h.dtype == jnp.float32:
-        out = jnp.tensordot(c, h, axes=(0, 0))
-      else:
-        hi = c.astype(h.dtype)
-        lo = (c - hi.astype(jnp.float32)).astype(h.dtype)
-        dims = (((0,), (0,)), ((), ()))
-        out = (jax.lax.dot_general(hi, h, dims, preferred_element_type=jnp.float32)
-               + jax.lax.dot_general(lo, h, dims, preferred_element_type=jnp.float32))
+      # One fused elementwise pass over the ctx states, in float32 (no float32 copy of the states).
+      out = sum(c[i] * h[i].astype(jnp.float32) for i in range(h.shape[0]))
       return out.astype(h.dtype)
 
     return jax.tree.map(leaf, history), state
