@@ -5,8 +5,9 @@
 
 ``--sweep`` compiles the jitted, donated train step of an MLP 64-w-w-10 (the sizes of
 ``benchmarks.overhead``) for Adam and for Adam + nowcast(linefit, ctx 3) with a float32, a bfloat16 and a
-host-memory history, both programs of each: the full step (recording and jump behind ``lax.cond``) and
-the plain step (``nowcast_plain=True``). Its peak device memory is read from XLA's ``memory_analysis``:
+host-memory history, the three programs of each: the full step (recording and jump behind ``lax.cond``),
+the record step (``nowcast_phase="record"``: no jump compiled) and the plain step
+(``nowcast_phase="plain"``). Its peak device memory is read from XLA's ``memory_analysis``:
 the donated inputs that live on the device (parameters and optimizer state, aliased with the outputs)
 plus the temporary buffers. Writes ``benchmarks/results/memory_sweep.{json,md,png}``.
 
@@ -96,18 +97,18 @@ def sweep_size(size: str, batch: int = 128) -> dict:
   n = sum(p.size for p in jax.tree.leaves(params))
   lf = onc.predictors.linefit()
   histories = {"f32": {}, "bf16": {"history_dtype": jnp.bfloat16}, "host": {"history_memory": "host"}}
-  programs = [("adam", optax.adam(1e-4), False)]
+  programs = [("adam", optax.adam(1e-4), None)]
   for hname, kw in histories.items():
     tx = optax.chain(optax.adam(1e-4), onc.nowcast(lf, interval=10, ctx=3, **kw))
-    programs += [(f"{hname} history, full step", tx, False), (f"{hname} history, plain step", tx, True)]
+    programs += [(f"{hname} history, {phase} step", tx, phase) for phase in ("full", "record", "plain")]
   rows = {}
-  for name, tx, plain in programs:
+  for name, tx, phase in programs:
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(p, s, tx=tx, plain=plain):
+    def step(p, s, tx=tx, phase=phase):
       def loss_fn(q):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(q, x), y).mean()
       g = jax.grad(loss_fn)(p)
-      u, s = tx.update(g, s, p, **({"nowcast_plain": True} if plain else {}))
+      u, s = tx.update(g, s, p, **({"nowcast_phase": phase} if phase else {}))
       return optax.apply_updates(p, u), s
 
     state = tx.init(params)
@@ -149,7 +150,7 @@ def sweep_plot(res: list[dict], path: str) -> None:
   fig, ax = plt.subplots(figsize=(6.5, 3.8))
   sizes = [r["n_params"] / 1e6 for r in res]
   for name in res[0]["rows"]:
-    ax.plot(sizes, [r["rows"][name]["peak_vs_adam"] for r in res], "o-" if "plain" in name else "s--",
+    ax.plot(sizes, [r["rows"][name]["peak_vs_adam"] for r in res], "s--" if "full" in name else "o-",
             label=name, lw=1)
   ax.set_xscale("log")
   ax.set_xlabel("parameters (millions)")

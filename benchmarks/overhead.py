@@ -2,13 +2,15 @@
 
 For each size (an MLP 64-w-w-10: 1M, 2M, 4M, 16M and 50M parameters) Adam and Adam + nowcast(linefit)
 train on the same fixed batch with a jitted, donated step, in alternating blocks so that machine noise
-hits every method alike. The nowcast variants:
+hits every method alike; each step's time is divided by Adam's median step of the same round of blocks
+and the ratio reported is the median of those. The nowcast variants:
 
 * ``full``: every update is the full step (``lax.cond`` around the recording and the jump);
-* ``plain``: the training loop marks the steps :func:`optax_nowcast.is_plain_step` calls plain
-  (``nowcast_plain=True``, a second compiled step that leaves the history alone); the other steps run
-  the full step;
-* ``plain, bf16`` / ``plain, host``: the same with a bfloat16 history / the history in host memory.
+* ``phased``: the training loop passes each step the phase :func:`optax_nowcast.nowcast_phase` gives it
+  (``nowcast_phase="plain"``: a compiled step that leaves the history alone; ``"record"``: one that
+  records and cannot jump; ``"full"`` at the jumps);
+* ``phased, bf16`` / ``phased, host``: the same with a bfloat16 history / the history in host memory;
+* ``adam, again``: a second, identical Adam run, a control: its ratio is the measurement's noise.
 
 Each step is timed on its own (blocked on its loss). Reported per method: the median time of the
 non-recording steps, of the recording steps and of the jump steps, each as a ratio to Adam's median
@@ -39,27 +41,27 @@ from optax_nowcast.tasks import MLP
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 INTERVAL, CTX = 10, 3
 WIDTHS = {"1M": 1000, "2M": 1400, "4M": 2000, "16M": 4000, "50M": 7000}
-BIG = ("16M", "50M")  # sizes at which only adam, full and plain run (memory and time on 2 cores)
+BIG = ("16M", "50M")  # sizes at which only adam, full and phased run (memory and time on 2 cores)
 
 
 def methods(size: str) -> dict[str, tuple[optax.GradientTransformation, bool]]:
-  """``name -> (tx, marks plain steps)``."""
+  """``name -> (tx, runs each step in its phase)``."""
   lf = onc.predictors.linefit()
   nc = functools.partial(onc.nowcast, lf, interval=INTERVAL, ctx=CTX)
   out = {"adam": (optax.adam(1e-4), False),
+         "adam, again": (optax.adam(1e-4), False),  # a control: Adam against itself (the noise floor)
          "full": (optax.chain(optax.adam(1e-4), nc()), False),
-         "plain": (optax.chain(optax.adam(1e-4), nc()), True)}
+         "phased": (optax.chain(optax.adam(1e-4), nc()), True)}
   if size not in BIG:
-    out["plain, bf16"] = (optax.chain(optax.adam(1e-4), nc(history_dtype=jnp.bfloat16)), True)
-    out["plain, host"] = (optax.chain(optax.adam(1e-4), nc(history_memory="host")), True)
+    out["phased, bf16"] = (optax.chain(optax.adam(1e-4), nc(history_dtype=jnp.bfloat16)), True)
+    out["phased, host"] = (optax.chain(optax.adam(1e-4), nc(history_memory="host")), True)
   return out
 
 
 def step_kind(step: int) -> str:
   """``plain``, ``record`` or ``jump`` for the update call with ``state.count == step``."""
-  if onc.is_plain_step(step, interval=INTERVAL, ctx=CTX):
-    return "plain"
-  return "jump" if step % (INTERVAL * CTX) == 0 else "record"
+  phase = onc.nowcast_phase(step, interval=INTERVAL, ctx=CTX)
+  return "jump" if phase == "full" else phase
 
 
 def run_size(size: str, periods: int, batch: int = 128, seed: int = 0) -> dict:
@@ -71,12 +73,12 @@ def run_size(size: str, periods: int, batch: int = 128, seed: int = 0) -> dict:
   n_params = sum(p.size for p in jax.tree.leaves(params0))
 
   def make_step(tx):
-    @functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames="plain")
-    def step(params, opt_state, plain=False):
+    @functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames="phase")
+    def step(params, opt_state, phase=None):
       def loss_fn(p):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
       loss, grads = jax.value_and_grad(loss_fn)(params)
-      kw = {"nowcast_plain": plain} if plain else {}
+      kw = {"nowcast_phase": phase} if phase else {}
       updates, opt_state = tx.update(grads, opt_state, params, **kw)
       return optax.apply_updates(params, updates), opt_state, loss
     return step
@@ -86,36 +88,47 @@ def run_size(size: str, periods: int, batch: int = 128, seed: int = 0) -> dict:
     step = make_step(tx)
     params = jax.tree.map(jnp.array, params0)
     state = tx.init(params)
-    for plain in {False, marks}:  # compile (and warm) both programs on a throwaway copy
-      p, s = jax.tree.map(jnp.array, params), jax.tree.map(jnp.array, state)
-      jax.block_until_ready(step(p, s, plain=plain))
-    runs[name] = {"step": step, "marks": marks, "params": params, "state": state, "times": [], "done": 0}
+    # Compile and warm every program on a throwaway copy, through one period and a jump (a program can be
+    # compiled again for the signature of its own outputs, e.g. host-memory leaves).
+    p, s = jax.tree.map(jnp.array, params), jax.tree.map(jnp.array, state)
+    for i in range(INTERVAL * CTX + 2):
+      phase = onc.nowcast_phase(i, interval=INTERVAL, ctx=CTX) if marks else None
+      p, s, loss = step(p, s, phase=phase)
+    jax.block_until_ready(loss)
+    runs[name] = {"step": step, "marks": marks, "params": params, "state": state, "times": [], "rounds": [],
+                  "done": 0}
   steps = periods * INTERVAL * CTX + 1
   block = INTERVAL * CTX
-  order = list(runs)
+  order, rnd = list(runs), 0
   while any(r["done"] < steps for r in runs.values()):
     for name in order:
       r = runs[name]
       for _ in range(min(block, steps - r["done"])):
-        plain = r["marks"] and step_kind(r["done"]) == "plain"
+        phase = onc.nowcast_phase(r["done"], interval=INTERVAL, ctx=CTX) if r["marks"] else None
         t0 = time.perf_counter()
-        r["params"], r["state"], loss = r["step"](r["params"], r["state"], plain=plain)
+        r["params"], r["state"], loss = r["step"](r["params"], r["state"], phase=phase)
         loss.block_until_ready()
         r["times"].append(time.perf_counter() - t0)
+        r["rounds"].append(rnd)
         r["done"] += 1
     order.reverse()
+    rnd += 1
   kinds = np.array([step_kind(s) for s in range(steps)])
   kinds[0] = "first"  # step 0 follows compilation in its block's first call: left out
-  base = float(np.median(np.asarray(runs["adam"]["times"])[kinds != "first"]))
+  adam_t, rounds = np.asarray(runs["adam"]["times"]), np.asarray(runs["adam"]["rounds"])
+  base = float(np.median(adam_t[kinds != "first"]))
+  # Adam's median step in each round (a block of each method): ratios are paired round by round, so
+  # that load drifting over the minutes of a run cancels.
+  adam_round = {i: np.median(adam_t[(rounds == i) & (kinds != "first")]) for i in np.unique(rounds)}
   out = {"size": size, "width": width, "n_params": int(n_params), "steps": steps, "adam_ms": base * 1e3,
          "methods": {}}
   for name, r in runs.items():
-    t = np.asarray(r["times"])
+    t, rr = np.asarray(r["times"]), np.asarray(r["rounds"])
     row = {}
     for kind in ("plain", "record", "jump"):
-      sel = t[kinds == kind]
-      row[f"{kind}_ms"] = float(np.median(sel) * 1e3)
-      row[f"{kind}_ratio"] = float(np.median(sel) / base)
+      sel = kinds == kind
+      row[f"{kind}_ms"] = float(np.median(t[sel]) * 1e3)
+      row[f"{kind}_ratio"] = float(np.median(t[sel] / np.array([adam_round[i] for i in rr[sel]])))
     nc = onc.find_nowcast_state(r["state"])
     row["n_jumps"] = int(nc.n_jumps) if nc is not None else 0
     row["n_missed"] = int(nc.n_missed) if nc is not None else 0
@@ -142,8 +155,9 @@ def markdown(res: dict) -> str:
       lines.append(f"| {r['n_params'] / 1e6:.1f}M | {r['adam_ms']:.1f} | {name} | {m['plain_ratio']:.3f} | "
                    f"{m['record_ratio']:.3f} | {m['jump_ratio']:.2f} | {m['n_jumps']} |")
   lines += ["", "`full`: every step runs the program with the recording and the jump behind `lax.cond`. "
-            "`plain`: the loop marks non-recording steps `nowcast_plain=True` (`onc.is_plain_step`), a "
-            "program that leaves the history alone; recordings and jumps run the full program."]
+            "`phased`: the loop passes each step its `onc.nowcast_phase(step, ...)`: `\"plain\"` (a program "
+            "that leaves the history alone), `\"record\"` (records, no jump compiled) or `\"full\"` at the "
+            "jumps."]
   return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@
 from optax_nowcast import graphs, predictors, schedules, weight_prediction
 from optax_nowcast.farcast import FarcastState, farcast
 from optax_nowcast.predictors import Predictor
-from optax_nowcast.transform import NowcastState, find_nowcast_state, is_plain_step, nowcast
+from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast, nowcast_phase
 
 __version__ = "0.1.0"
 
@@ -19,8 +19,8 @@ __all__ = [
     "farcast",
     "find_nowcast_state",
     "graphs",
-    "is_plain_step",
     "nowcast",
+    "nowcast_phase",
     "predictors",
     "schedules",
     "weight_prediction",

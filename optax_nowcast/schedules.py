@@ -69,7 +69,7 @@ class PeriodSchedule(abc.ABC):
 
   def next_jump_host(self, step: int) -> int:
     """:meth:`next_jump`'s ``J`` on the host, for a Python ``int`` step (used by
-    :func:`optax_nowcast.is_plain_step` every step, so the built-in schedules answer in pure Python)."""
+    :func:`optax_nowcast.nowcast_phase` every step, so the built-in schedules answer in pure Python)."""
     return int(self.next_jump(step)[0])
 
 

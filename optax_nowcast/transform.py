@@ -43,7 +43,7 @@ from optax_nowcast._placement import DeviceHistory, placement
 from optax_nowcast.farcast import FarcastState
 from optax_nowcast.predictors.base import Predictor, full_precision
 
-__all__ = ["NowcastState", "RollbackState", "WindowState", "find_nowcast_state", "is_plain_step", "nowcast"]
+__all__ = ["NowcastState", "RollbackState", "WindowState", "find_nowcast_state", "nowcast", "nowcast_phase"]
 
 
 class WindowState(NamedTuple):
@@ -58,9 +58,9 @@ class WindowState(NamedTuple):
     slot_steps: int32 ``(ctx,)``, the step of the state in each slot, ``-1`` while empty.
     slot_clock: float32 ``(ctx,)``, the clock (:attr:`NowcastState.clock`) when each slot was written.
     filled: int32, states recorded since the last jump: the slot the next one goes to.
-    missed: int32, recordings (and rollback checks) that were due at an update marked
-      ``nowcast_plain=True`` (see :func:`is_plain_step`); each restarts the window, so no jump is made from
-      an incomplete one.
+    missed: int32, recordings, jumps and rollback checks that were due at an update whose
+      ``nowcast_phase`` could not make them (see :func:`nowcast_phase`); a missed recording restarts the
+      window, so no jump is made from an incomplete one.
   """
 
   slot_steps: jax.Array
@@ -109,7 +109,8 @@ class NowcastState(NamedTuple):
     predictor_state: whatever the predictor keeps.
     rollback: :class:`RollbackState` (unused without ``rollback_factor``).
 
-  The fields of ``window`` and ``rollback`` are also readable directly (``state.n_rollbacks``).
+  The fields of ``window`` and ``rollback`` are also readable directly (``state.n_rollbacks``,
+  ``state.n_missed`` for ``window.missed``).
   """
 
   count: jax.Array
@@ -278,7 +279,7 @@ def _roll_back(cfg: _Config, roll: jax.Array, history: list, x: list, out: list)
 
 
 def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any) -> tuple[Any, NowcastState]:
-  """An update marked ``nowcast_plain=True``: the base updates and the history pass through untouched;
+  """An update with ``nowcast_phase="plain"``: the base updates and the history pass through untouched;
   only scalars change. A recording (or rollback check) that was due is counted in ``window.missed`` and
   restarts the window."""
   step = state.count
@@ -296,16 +297,21 @@ def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any) -> tuple
   return updates, state._replace(count=step + 1, clock=state.clock + rate, window=win, rollback=rollback)
 
 
+PHASES = ("plain", "record", "full")
+
+
 def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None, *, value: Any = None,
-            nowcast_plain: bool = False, **extra_args: Any) -> tuple[Any, NowcastState]:
+            nowcast_phase: str | None = None, **extra_args: Any) -> tuple[Any, NowcastState]:
   del extra_args
   if cfg.rollback is not None and value is None:
     raise ValueError("nowcast(rollback_factor=...) needs the loss: call tx.update(updates, state, params, "
                      "value=loss).")
-  if not isinstance(nowcast_plain, bool):
-    raise ValueError(f"nowcast_plain must be a Python bool known when the step is traced (mark it static: "
-                     f"jax.jit(..., static_argnames=...)), got {type(nowcast_plain).__name__}.")
-  if nowcast_plain:
+  phase = "full" if nowcast_phase is None else nowcast_phase
+  if not isinstance(phase, str) or phase not in PHASES:
+    raise ValueError(f"nowcast_phase must be None or one of {PHASES}, a Python str known when the step is "
+                     f"traced (make it a static argument: jax.jit(..., static_argnames=...); "
+                     f"onc.nowcast_phase(step, ...) gives it), got {nowcast_phase!r}.")
+  if phase == "plain":
     return _plain(cfg, updates, state, value)
   if params is None:
     raise ValueError(
@@ -333,8 +339,12 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
   def record(h, win, pstate):
     h, win = _record(cfg, h, win, x, step, state.clock)
     is_jump = (to_jump == 0) & (win.filled >= cfg.ctx)
-    h, flags, pstate, carried = jax.lax.cond(
-        is_jump, jump, lambda h, w, s: (list(h), no_jump, s, store.nothing_carried(x)), h, win, pstate)
+    if phase == "full":
+      h, flags, pstate, carried = jax.lax.cond(
+          is_jump, jump, lambda h, w, s: (list(h), no_jump, s, store.nothing_carried(x)), h, win, pstate)
+    else:  # a "record" step compiles no jump: one that was due is counted as missed
+      flags, carried = no_jump, store.nothing_carried(x)
+      win = win._replace(missed=win.missed + is_jump.astype(jnp.int32))
     # Every scheduled jump step ends the window, also one left incomplete by a missed recording.
     return h, win._replace(filled=jnp.where(to_jump == 0, 0, win.filled)), flags, pstate, carried
 
@@ -342,12 +352,13 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
     return list(h), win, no_jump, pstate, store.nothing_carried(x)
 
   # Steps that do not record pay for this predicate and, with a device history, the fused `where` below
-  # (one read of slot 0); `nowcast_plain=True` pays for neither.
+  # (one read of slot 0); "plain" steps pay for neither, "record" steps for no jump.
   h_leaves, win, (applied, rejected), pstate, carried = jax.lax.cond(
       do_record, record, keep, h_leaves, state.window, state.predictor_state)
-  jumps = store.jump(h_leaves, carried)
-  out = [jnp.where(applied, d.astype(jnp.result_type(u_leaves[i])), u_leaves[i])
-         for d, i in zip(jumps, float_ix, strict=True)]
+  out = [u_leaves[i] for i in float_ix]
+  if phase == "full":
+    jumps = store.jump(h_leaves, carried)
+    out = [jnp.where(applied, d.astype(jnp.result_type(u)), u) for d, u in zip(jumps, out, strict=True)]
   rollback = state.rollback
   if cfg.rollback is not None:
     roll, rollback = _rollback_check(cfg, rollback, value, step, state.last_jump_step, applied)
@@ -428,8 +439,11 @@ def nowcast(
       ``None`` or a number (a constant rate): steps, as in the papers.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; extra keyword arguments to ``update`` are accepted
-    and ignored.
+    An ``optax.GradientTransformationExtraArgs``. Its ``update`` takes ``value=loss`` (for the rollback)
+    and ``nowcast_phase``, a static str that :func:`nowcast_phase` gives for each step: ``"plain"``
+    compiles a step that leaves the history alone (nothing is paid between recordings), ``"record"`` one
+    that records but cannot jump, ``"full"`` (or ``None``, the default) the step that does everything,
+    deciding on the device. Other keyword arguments are accepted and ignored.
 
   Example:
 
@@ -498,46 +512,48 @@ def _events(interval: int, ctx: int, period: Any, rollback_window: int | None) -
   return schedules_lib.resolve_period(period, ctx, interval), interval, ctx, rollback_window
 
 
-def is_plain_step(step: int, *, interval: int, ctx: int = 5,
+def nowcast_phase(step: int, *, interval: int, ctx: int = 5,
                   period: int | schedules_lib.PeriodSchedule | None = None,
-                  rollback_window: int | None = None) -> bool:
-  r"""Whether the update call with ``state.count == step`` neither records, nor jumps, nor checks a rollback.
+                  rollback_window: int | None = None) -> str:
+  r"""What the update call with ``state.count == step`` has to do: ``"plain"``, ``"record"`` or ``"full"``.
 
   Pass the same ``interval``, ``ctx`` and ``period`` as to :func:`nowcast` (and its ``rollback_window``
-  when it has a ``rollback_factor``; ``nowcast``'s default window is ``min(50, interval // 4)``). Answered
-  in pure Python on the host, so a training loop can pick between two compiled steps without waiting
-  for the device: mark the update ``tx.update(..., nowcast_plain=True)`` on plain steps (a static
-  argument of the jitted step) and that step's program leaves the history alone: no read, no write,
-  no scratch, nothing but the base optimizer and a few scalars. The other steps (``interval`` apart
-  before each jump, and the rollback check) run the full update. A recording marked plain by mistake is
-  not silently lost: ``state.n_missed`` counts it and that window makes no jump.
+  when it has a ``rollback_factor``; ``nowcast``'s default window is ``min(50, interval // 4)``).
+  Answered in pure Python on the host, so a training loop can pick one of three compiled steps without
+  waiting for the device: pass it on as ``tx.update(..., nowcast_phase=phase)``, a static argument of the
+  jitted step. A ``"plain"`` step leaves the history alone (no read, no write, no scratch, nothing but the
+  base optimizer and a few scalars); a ``"record"`` step writes one slot in place and compiles no jump (so
+  no predictor scratch); a ``"full"`` step is the one that jumps (or checks a rollback). A recording or a
+  jump marked with a phase that cannot make it is not silently lost: ``state.n_missed`` counts it, and
+  that window makes no jump.
 
-  With the default period the steps that are not plain are, for ``J`` the jumps,
-  :math:`J - i\Delta` for :math:`i = 0, \dots, ctx - 1` (and :math:`J + 1 + w` with a rollback window
-  :math:`w`).
+  With the default period and jumps at :math:`J`, the steps :math:`J - i\Delta`, :math:`i = 1, \dots,
+  ctx - 1` record, :math:`J` (and :math:`J + 1 + w` with a rollback window :math:`w`) are full:
 
   >>> import optax_nowcast as onc
-  >>> [s for s in range(0, 31) if not onc.is_plain_step(s, interval=5, ctx=3)]
-  [5, 10, 15, 20, 25, 30]
-  >>> [s for s in range(0, 31) if not onc.is_plain_step(s, interval=5, ctx=3, period=25)]
-  [15, 20, 25]
+  >>> [(s, onc.nowcast_phase(s, interval=5, ctx=3)) for s in range(0, 31)
+  ...  if onc.nowcast_phase(s, interval=5, ctx=3) != "plain"]
+  [(5, 'record'), (10, 'record'), (15, 'full'), (20, 'record'), (25, 'record'), (30, 'full')]
 
-  A training loop (``step_fn`` jitted with ``static_argnames="plain"``, calling
-  ``tx.update(grads, opt_state, params, nowcast_plain=plain)``)::
+  A training loop (``step_fn`` jitted with ``static_argnames="phase"``, calling
+  ``tx.update(grads, opt_state, params, nowcast_phase=phase)``)::
 
     for step in range(num_steps):
-      plain = onc.is_plain_step(step, interval=200, ctx=5)
-      params, opt_state, loss = step_fn(params, opt_state, batch, plain=plain)
+      phase = onc.nowcast_phase(step, interval=200, ctx=5)
+      params, opt_state, loss = step_fn(params, opt_state, batch, phase=phase)
   """
   period_schedule, interval, ctx, window = _events(interval, ctx, period, rollback_window)
   step = int(step)
   to_jump = period_schedule.next_jump_host(step) - step
+  if to_jump == 0:
+    return "full"
   if to_jump % interval == 0 and to_jump <= (ctx - 1) * interval:
-    return False
+    return "record"
   if window is not None and step > window:
     before = step - window - 1  # the jump whose rollback check this step would be
-    return period_schedule.next_jump_host(before) != before
-  return True
+    if period_schedule.next_jump_host(before) == before:
+      return "full"
+  return "plain"
 
 
 def find_nowcast_state(opt_state: Any) -> Any:  # NowcastState, FarcastState or None

@@ -30,6 +30,7 @@ def test_readme_headline_is_the_generated_one():
   with open(os.path.join(run.REPO, "README.md")) as f:
     readme = f.read()
   assert f"<!-- headline -->\n{docs.headline_table()}\n<!-- /headline -->" in readme
+  assert f"<!-- cost -->\n{docs.cost_summary()}\n<!-- /cost -->" in readme
   assert len(readme.encode()) < 12_000
 
 

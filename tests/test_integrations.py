@@ -168,8 +168,8 @@ def test_flax_nnx_optimizer():
 
 
 def test_flax_nnx_optimizer_with_plain_steps():
-  """``nnx.Optimizer.update`` forwards ``nowcast_plain``: a loop that marks plain steps (two compiled
-  programs) makes the same jumps as one that does not."""
+  """``nnx.Optimizer.update`` forwards ``nowcast_phase``: a loop that runs each step in its phase (three
+  compiled programs) makes the same jumps as one that does not."""
   x, y = _digits()
 
   def train(mark):
@@ -177,14 +177,14 @@ def test_flax_nnx_optimizer_with_plain_steps():
                            nnx.Linear(16, 10, rngs=nnx.Rngs(1)))
     optimizer = nnx.Optimizer(model, optax.chain(optax.adam(0.01), _nowcast()), wrt=nnx.Param)
 
-    @nnx.jit(static_argnames="plain")
-    def train_step(model, optimizer, xb, yb, plain):
+    @nnx.jit(static_argnames="phase")
+    def train_step(model, optimizer, xb, yb, phase):
       grads = nnx.grad(lambda m: _xent(m(xb), yb))(model)
-      optimizer.update(model, grads, nowcast_plain=plain)
+      optimizer.update(model, grads, nowcast_phase=phase)
 
     for i in range(2 * PERIOD + 1):
-      plain = mark and onc.is_plain_step(i, interval=INTERVAL, ctx=CTX)
-      train_step(model, optimizer, x[(i * 32) % 224:][:32], y[(i * 32) % 224:][:32], plain=plain)
+      phase = onc.nowcast_phase(i, interval=INTERVAL, ctx=CTX) if mark else None
+      train_step(model, optimizer, x[(i * 32) % 224:][:32], y[(i * 32) % 224:][:32], phase=phase)
     return _flat(nnx.state(model, nnx.Param)), optimizer.opt_state[1]
 
   (p_marked, s_marked), (p_full, s_full) = train(True), train(False)
