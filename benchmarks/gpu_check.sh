@@ -79,7 +79,7 @@ if only run; then
   # One paper task (LM-3-24: its data travels), 3 seeds: Adam, linefit+ and our NiNo (steps to Adam's target).
   # (QUICK: the CI smoke suite, 300 steps, 1 seed.)
   timeout -k 5 "${T_RUN:-150}" python3 -m benchmarks.run ${Q:+--quick} --tasks ${RUN_TASK:-LM-3-24} \
-    --methods adam,linefit+,nino-ours ${Q:---seeds 3} --out /tmp/gpurun --quiet >>"$L" 2>&1; echo "rc=$?" >>"$L"
+    --methods adam,linefit+,nino-ours $([ -n "$Q" ] || echo --seeds "${RUN_SEEDS:-3}") --out /tmp/gpurun --quiet >>"$L" 2>&1; echo "rc=$?" >>"$L"
   cp -r /tmp/gpurun "$W/run" 2>>"$L"
 fi
 sec done
