@@ -137,7 +137,8 @@ def cost_summary() -> str:
     mem = json.load(f)["sizes"]
 
   def span(values, fmt="{:.2f}"):
-    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
 
   def ratios(method, kind):
     return [r["methods"][method][f"{kind}_ratio"] for r in over]
@@ -160,8 +161,8 @@ def cost_summary() -> str:
           f"measurement's noise: {span(ratios('adam, again', 'plain'), '{:.3f}')}x. Peak memory: Adam's "
           f"plus the "
           f"history to within {100 * max(abs(v - 1) for v in f32 + rec):.1f} % for plain and recording steps "
-          f"(float32 history; Adam's exactly, {span(host, '{:.3f}')}x, with the history in host memory); a "
-          f"full step adds the prediction, up to {100 * (max(full) - 1):.1f} % of that.")
+          f"(float32 history; Adam's exactly, {span(host, '{:.3f}')}x, with the history in host memory); the "
+          f"full step of a jump needs up to {100 * (max(full) - 1):.1f} % more, for the prediction.")
 
 
 BLOCKS = {"headline": headline_table, "cost": cost_summary}
