@@ -30,7 +30,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,8 +229,8 @@ def _jump(cfg: _Config, h_treedef, history: list, win: WindowState, x: list, k: 
   # optimisation barriers before fusing on CPU). The predicate is data XLA cannot fold; the other branch
   # would only run for non-finite times, and its NaNs would fail the gate.
   prediction = jax.lax.cond(jnp.isfinite(times[-1]), lambda p: list(p),
-                            lambda p: [jnp.full_like(a, jnp.nan) for a in p], jax.tree.leaves(prediction))
-  chex.assert_equal(len(prediction), len(x))
+                            lambda p: [jnp.full_like(a, jnp.nan) for a in p],
+                            _check_prediction(cfg, prediction, h_treedef, x))
   gate = jump_gate(prediction, x, k, max_jump_ratio=cfg.max_jump_ratio, span=cfg.ctx - 1,
                    recent=lambda: ([c[0] for c in states], [c[-1] for c in states]))
   return gate, go, pstate
@@ -278,10 +277,53 @@ def _roll_back(cfg: _Config, roll: jax.Array, history: list, x: list, out: list)
   return cfg.store.when(roll, back, out)
 
 
-def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any) -> tuple[Any, NowcastState]:
+def _float_paths(tree: Any, is_history: bool) -> list[tuple[str, tuple[int, ...]]]:
+  """``(path, shape)`` of each float leaf (of one state: a history leaf without its ``ctx`` axis)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [(jax.tree_util.keystr(path), tuple(jnp.shape(v))[1 if is_history else 0:]) for path, v in leaves
+          if is_float(v)]
+
+
+def _check_like_init(params: Any, history: Any) -> None:
+  """A clear error when ``update`` gets parameters other than those ``init`` was given (a changed model,
+  a batch axis added): the first differing path and both shapes."""
+  got, had = _float_paths(params, False), _float_paths(history, True)
+  if got == had:
+    return
+  fix = "Pass update the parameters of the model init was given (and init the optimizer again after " \
+        "changing the model)."
+  i = next((i for i, (a, b) in enumerate(zip(got, had, strict=False)) if a != b), min(len(got), len(had)))
+  if i < min(len(got), len(had)) and got[i][0] == had[i][0]:
+    raise ValueError(f"nowcast.update: the parameter at {got[i][0]} has shape {got[i][1]}, but tx.init was "
+                     f"given shape {had[i][1]}. {fix}")
+  now = f"{got[i][0]} (shape {got[i][1]})" if i < len(got) else "nothing"
+  then = f"{had[i][0]} (shape {had[i][1]})" if i < len(had) else "nothing"
+  raise ValueError(f"nowcast.update: the parameters differ from those tx.init was given: float leaf {i} is "
+                   f"{now} at update but was {then} at init. {fix}")
+
+
+def _check_prediction(cfg: _Config, prediction: Any, h_treedef: Any, x: list) -> list:
+  """The prediction's leaves, or a clear error when the predictor returned the wrong structure, shape or
+  dtype (one state: the history's structure without the ``ctx`` axis, float leaves)."""
+  name = cfg.predictor.name
+  leaves, treedef = jax.tree.flatten(prediction)
+  if treedef != h_treedef:
+    raise ValueError(f"predictor {name!r} returned a prediction of structure {treedef}, expected that of one "
+                     f"state, {h_treedef} (the history it was given, without the leading ctx axis).")
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(prediction)[0]]
+  for path, leaf, p in zip(paths, leaves, x, strict=True):
+    if jnp.shape(leaf) != jnp.shape(p) or not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise ValueError(f"predictor {name!r} returned {jnp.result_type(leaf)}{list(jnp.shape(leaf))} at "
+                       f"{path}, expected a float array of the parameter's shape {list(jnp.shape(p))} (one "
+                       f"state, without the ctx axis).")
+  return leaves
+
+
+def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any,
+           missing: bool = True) -> tuple[Any, NowcastState]:
   """An update with ``nowcast_phase="plain"``: the base updates and the history pass through untouched;
   only scalars change. A recording (or rollback check) that was due is counted in ``window.missed`` and
-  restarts the window."""
+  restarts the window (unless ``missing`` is False: the parameters have no float leaf to record)."""
   step = state.count
   jump_step, _ = cfg.period.next_jump(step)
   to_jump = jump_step - step
@@ -291,6 +333,7 @@ def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any) -> tuple
     roll, checked = _rollback_check(cfg, rollback, value, step, state.last_jump_step, jnp.array(False))
     rollback = checked._replace(n_rollbacks=rollback.n_rollbacks, horizon_scale=rollback.horizon_scale)
     due = due | roll
+  due &= missing
   win = state.window
   win = win._replace(filled=jnp.where(due, 0, win.filled), missed=win.missed + due.astype(jnp.int32))
   rate = 1.0 if cfg.learning_rate is None else jnp.asarray(cfg.learning_rate(step), jnp.float32)
@@ -322,7 +365,9 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
   float_ix = [i for i, p in enumerate(p_leaves) if is_float(p)]
   x = [p_leaves[i] for i in float_ix]
   h_leaves, h_treedef = jax.tree.flatten(state.history)
-  chex.assert_equal(len(h_leaves), len(float_ix))
+  _check_like_init(params, state.history)
+  if not float_ix:  # nothing to record or predict: no jump is made (or counted)
+    return _plain(cfg, updates, state, value, missing=False)
   store, no_jump = cfg.store, (jnp.array(False), jnp.array(False))
 
   step = state.count  # `params` are the state reached after `step` updates

@@ -130,6 +130,26 @@ def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np
   return {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
 
 
+def source_name(path: str | os.PathLike | Mapping[str, Any]) -> str:
+  """How an error names a checkpoint: its path, or "the state dict given"."""
+  return "the state dict given" if isinstance(path, Mapping) else os.fspath(path)
+
+
+def tensor(sd: Mapping[str, np.ndarray], key: str, source: str,
+           shape: tuple[int, ...] | None = None) -> np.ndarray:
+  """``sd[key]``, checked: a missing key or (with ``shape``) a wrong shape is a ``ValueError`` that names
+  the checkpoint, the key and both shapes, raised when the checkpoint is loaded rather than at the first
+  jump."""
+  if key not in sd:
+    raise ValueError(f"{source}: the checkpoint has no tensor {key!r} (it has {len(sd)}, e.g. "
+                     f"{', '.join(sorted(sd)[:3])}); is it a complete checkpoint of this predictor?")
+  value = np.asarray(sd[key])
+  if shape is not None and value.shape != tuple(shape):
+    raise ValueError(f"{source}: tensor {key!r} has shape {value.shape}, expected {tuple(shape)} (from the "
+                     f"checkpoint's other tensors); is it a complete checkpoint of this predictor?")
+  return value
+
+
 def resolve(weights: Any, model_params: Any, config: Mapping[str, Any] | None,
             official: Callable[[Any], tuple[Any, dict[str, Any]]], template: Callable[[dict[str, Any]], Any],
             config_help: str, default: str | None = None) -> tuple[Any, dict[str, Any]]:

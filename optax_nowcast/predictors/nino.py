@@ -254,30 +254,33 @@ def load_official_weights(path: str | os.PathLike | Mapping[str, Any]) -> tuple[
   read here; the WNN+ checkpoints (``nino_mlp``) have no graph and belong to ``predictors.wnn``.
   """
   sd = weights_io.read_state_dict(path)
+  src = weights_io.source_name(path)
   if "gnn.convs.0.edge_encoder.weight" not in sd:
-    raise ValueError(f"{path} is not a NiNo graph checkpoint (no gnn.convs.0.edge_encoder.weight); keys "
+    raise ValueError(f"{src} is not a NiNo graph checkpoint (no gnn.convs.0.edge_encoder.weight); keys "
                      f"start {sorted(sd)[:5]}.")
-  hidden = sd["node_proj.fc.0.weight"].shape[0]
+  node_proj = weights_io.tensor(sd, "node_proj.fc.0.weight", src)
+  hidden = node_proj.shape[0]
   layers = len({k.split(".")[2] for k in sd if k.startswith("gnn.convs.")})
   n_upd = len({k.split(".")[2] for k in sd if k.startswith("gnn.edge_update.")})
-  in_width = sd["edge_proj.fc.0.weight"].shape[1]
-  out_width = sd["edge_out.fc.2.weight"].shape[0]
+  in_width = weights_io.tensor(sd, "edge_proj.fc.0.weight", src).shape[1]
+  out_width = weights_io.tensor(sd, "edge_out.fc.2.weight", src).shape[0]
   slots = graphs_lib.MAX_SLOTS
+  edge_types = weights_io.tensor(sd, "layer_embed.weight", src).shape[0]
   config = {"hidden": hidden, "layers": layers, "ctx": in_width // slots, "slots": slots,
-            "horizons": out_width // slots, "edge_types": sd["layer_embed.weight"].shape[0],
-            "final_edge_update": n_upd == layers, "lpe": sd["node_proj.fc.0.weight"].shape[1]}
+            "horizons": out_width // slots, "edge_types": edge_types,
+            "final_edge_update": n_upd == layers, "lpe": node_proj.shape[1]}
   model = NiNoGNN(**{k: v for k, v in config.items() if k != "lpe"})
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), _dummy_graph(config))["params"]
   params = {}
   for name, leaves in shapes.items():
     if name == "layer_embed":
-      params[name] = {"embedding": jnp.asarray(sd["layer_embed.weight"])}
+      params[name] = {"embedding": jnp.asarray(weights_io.tensor(sd, "layer_embed.weight", src,
+                                                                 leaves["embedding"].shape))}
       continue
     off = _official_name(name)
-    params[name] = {"kernel": jnp.asarray(sd[off + ".weight"].T), "bias": jnp.asarray(sd[off + ".bias"])}
-    if params[name]["kernel"].shape != leaves["kernel"].shape:
-      raise ValueError(f"{off}.weight has shape {sd[off + '.weight'].shape}, expected the transpose of "
-                       f"{leaves['kernel'].shape}.")
+    kernel = weights_io.tensor(sd, off + ".weight", src, leaves["kernel"].shape[::-1])  # torch: (out, in)
+    bias = weights_io.tensor(sd, off + ".bias", src, leaves["bias"].shape)
+    params[name] = {"kernel": jnp.asarray(kernel.T), "bias": jnp.asarray(bias)}
   return {"params": params}, config
 
 

@@ -28,6 +28,7 @@ kernels and 1-D parameters): per coordinate, with the 5 states ``w_0..w_4``,
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -89,18 +90,22 @@ class WNNPlus(nn.Module):
 def load_official_wnn_plus(path: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, dict[str, int]]:
   """The NiNo repository's WNN+ checkpoint (``nino_mlp*.pt`` / ``.npz`` or a state dict) as our params."""
   sd = weights_io.read_state_dict(path)
+  src = weights_io.source_name(path)
   if "edge_mlp.fc.0.weight" not in sd or "gnn.convs.0.edge_encoder.weight" in sd:
-    raise ValueError(f"{path} is not a WNN+ (nino_mlp) checkpoint; keys start {sorted(sd)[:5]}.")
+    raise ValueError(f"{src} is not a WNN+ (nino_mlp) checkpoint; keys start {sorted(sd)[:5]}.")
+  t = functools.partial(weights_io.tensor, sd, source=src)
   layers = len([k for k in sd if k.startswith("edge_mlp.fc.") and k.endswith(".weight")]) - 1
-  config = {"hidden": int(sd["edge_proj.fc.0.weight"].shape[0]),
-            "horizons": int(sd[f"edge_mlp.fc.{2 * layers}.weight"].shape[0]),
-            "edge_types": int(sd["layer_embed.weight"].shape[0]), "layers": layers,
-            "ctx": int(sd["edge_proj.fc.0.weight"].shape[1])}
-  params = {"edge_proj": {"kernel": sd["edge_proj.fc.0.weight"].T, "bias": sd["edge_proj.fc.0.bias"]},
-            "layer_embed": {"embedding": sd["layer_embed.weight"]}}
-  for i in range(layers + 1):
-    params[f"fc{2 * i}"] = {"kernel": sd[f"edge_mlp.fc.{2 * i}.weight"].T,
-                            "bias": sd[f"edge_mlp.fc.{2 * i}.bias"]}
+  config = {"hidden": int(t("edge_proj.fc.0.weight").shape[0]),
+            "horizons": int(t(f"edge_mlp.fc.{2 * layers}.weight").shape[0]),
+            "edge_types": int(t("layer_embed.weight").shape[0]), "layers": layers,
+            "ctx": int(t("edge_proj.fc.0.weight").shape[1])}
+  want = jax.tree.map(np.shape, wnn_plus_template(config)["params"])
+  official = {"edge_proj": "edge_proj.fc.0",
+              **{f"fc{2 * i}": f"edge_mlp.fc.{2 * i}" for i in range(layers + 1)}}
+  params = {"layer_embed": {"embedding": t("layer_embed.weight", shape=want["layer_embed"]["embedding"])}}
+  for name, key in official.items():
+    params[name] = {"kernel": t(key + ".weight", shape=want[name]["kernel"][::-1]).T,  # torch: (out, in)
+                    "bias": t(key + ".bias", shape=want[name]["bias"])}
   return {"params": jax.tree.map(jnp.asarray, params)}, config
 
 
