@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import optax
 
 import optax_nowcast as onc
+from benchmarks.overhead import WIDTHS
 from benchmarks.run import REPO, default_data_dir, default_nino_weights, write_results
-from optax_nowcast.tasks import make_task
+from optax_nowcast.tasks import MLP, make_task
 
 
 def configs(task) -> dict[str, optax.GradientTransformation]:
@@ -87,9 +88,6 @@ def _device_bytes(tree) -> int:
 
 def sweep_size(size: str, batch: int = 128) -> dict:
   """Peak device memory of each train-step program at one size (compiled, not run)."""
-  from benchmarks.overhead import WIDTHS
-  from optax_nowcast.tasks import MLP
-
   width = WIDTHS[size]
   model = MLP((width, width))
   x, y = jnp.ones((batch, 64)), jnp.zeros((batch,), jnp.int32)
@@ -170,7 +168,6 @@ def main(argv=None):
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
   args = parser.parse_args(argv)
   if args.sweep:
-    from benchmarks.overhead import WIDTHS
     res = []
     for size in (["1M", "2M"] if args.quick else list(WIDTHS)):
       res.append(sweep_size(size))

@@ -319,15 +319,21 @@ def _check_prediction(cfg: _Config, prediction: Any, h_treedef: Any, x: list) ->
   return leaves
 
 
+def _due(cfg: _Config, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(to_jump, jump_index, record)`` at ``step``: steps to the next scheduled jump, its index, and
+  whether the parameters of this step are recorded (``interval`` apart, ``ctx`` before each jump)."""
+  jump_step, jump_index = cfg.period.next_jump(step)
+  to_jump = jump_step - step
+  return to_jump, jump_index, (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
+
+
 def _plain(cfg: _Config, updates: Any, state: NowcastState, value: Any,
            missing: bool = True) -> tuple[Any, NowcastState]:
   """An update with ``nowcast_phase="plain"``: the base updates and the history pass through untouched;
   only scalars change. A recording (or rollback check) that was due is counted in ``window.missed`` and
   restarts the window (unless ``missing`` is False: the parameters have no float leaf to record)."""
   step = state.count
-  jump_step, _ = cfg.period.next_jump(step)
-  to_jump = jump_step - step
-  due = (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
+  _, _, due = _due(cfg, step)
   rollback = state.rollback
   if cfg.rollback is not None:
     roll, checked = _rollback_check(cfg, rollback, value, step, state.last_jump_step, jnp.array(False))
@@ -371,9 +377,7 @@ def _update(cfg: _Config, updates: Any, state: NowcastState, params: Any = None,
   store, no_jump = cfg.store, (jnp.array(False), jnp.array(False))
 
   step = state.count  # `params` are the state reached after `step` updates
-  jump_step, jump_index = cfg.period.next_jump(step)
-  to_jump = jump_step - step
-  do_record = (to_jump % cfg.interval == 0) & (to_jump <= (cfg.ctx - 1) * cfg.interval)
+  to_jump, jump_index, do_record = _due(cfg, step)
 
   def jump(h, win, pstate):
     k = _horizon(cfg, jump_index, state.rollback)
@@ -552,9 +556,7 @@ def nowcast(
   return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg), functools.partial(_update, cfg))
 
 
-@functools.lru_cache(maxsize=64)
-def _events(interval: int, ctx: int, period: Any, rollback_window: int | None) -> tuple:
-  return schedules_lib.resolve_period(period, ctx, interval), interval, ctx, rollback_window
+_resolved_period = functools.lru_cache(maxsize=64)(schedules_lib.resolve_period)
 
 
 def nowcast_phase(step: int, *, interval: int, ctx: int = 5,
@@ -587,15 +589,15 @@ def nowcast_phase(step: int, *, interval: int, ctx: int = 5,
       phase = onc.nowcast_phase(step, interval=200, ctx=5)
       params, opt_state, loss = step_fn(params, opt_state, batch, phase=phase)
   """
-  period_schedule, interval, ctx, window = _events(interval, ctx, period, rollback_window)
+  period_schedule = _resolved_period(period, ctx, interval)
   step = int(step)
   to_jump = period_schedule.next_jump_host(step) - step
   if to_jump == 0:
     return "full"
   if to_jump % interval == 0 and to_jump <= (ctx - 1) * interval:
     return "record"
-  if window is not None and step > window:
-    before = step - window - 1  # the jump whose rollback check this step would be
+  if rollback_window is not None and step > rollback_window:
+    before = step - rollback_window - 1  # the jump whose rollback check this step would be
     if period_schedule.next_jump_host(before) == before:
       return "full"
   return "plain"

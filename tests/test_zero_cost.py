@@ -62,6 +62,11 @@ def _history_shapes(params) -> set[str]:
   return {f"[{CTX},{','.join(map(str, p.shape))}]" for p in jax.tree.leaves(params)}
 
 
+def _assert_no_history_copy(hlo: str, params) -> None:
+  for shape in _history_shapes(params):
+    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), f"a copy of a history {shape}"
+
+
 def _nowcast(**kw):
   return onc.nowcast(onc.predictors.linefit(), interval=INTERVAL, ctx=CTX, **kw)
 
@@ -85,8 +90,7 @@ def test_plain_step_leaves_the_history_alone(options):
              and not line.lstrip().startswith(name + " ")]
     assert users == [root], f"{name} is read by {users[:2]}"
   # Nothing of the history is copied, moved or branched on anywhere in the program.
-  for shape in _history_shapes(params):
-    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), shape
+  _assert_no_history_copy(hlo, params)
   assert "MoveToHost" not in hlo and "MoveToDevice" not in hlo and "conditional(" not in hlo
   base, _ = _compiled(ADAM, None)
   assert compiled.memory_analysis().temp_size_in_bytes <= base.memory_analysis().temp_size_in_bytes + 4096
@@ -104,8 +108,7 @@ def test_record_step_writes_one_slot_and_needs_no_predictor_scratch(options):
   tx = optax.chain(ADAM, _nowcast(**options))
   compiled, params = _compiled(tx, "record")
   hlo = compiled.as_text()
-  for shape in _history_shapes(params):
-    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), shape
+  _assert_no_history_copy(hlo, params)
   assert "dynamic-update-slice" in hlo and hlo.count("conditional(") == 1
   base, _ = _compiled(ADAM, None)
   n_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
@@ -123,8 +126,7 @@ def test_full_step_never_copies_the_history(options):
   tx = optax.chain(ADAM, _nowcast(**options))
   compiled, params = _compiled(tx, "full")
   hlo = compiled.as_text()
-  for shape in _history_shapes(params):
-    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", hlo), shape
+  _assert_no_history_copy(hlo, params)
   n_bytes = sum(p.size * 4 for p in jax.tree.leaves(params))
   base, _ = _compiled(ADAM, None)
   extra = compiled.memory_analysis().temp_size_in_bytes - base.memory_analysis().temp_size_in_bytes
@@ -138,8 +140,7 @@ def test_a_prediction_that_is_a_view_of_the_history_does_not_copy_it():
                        name="last")
   tx = optax.chain(ADAM, onc.nowcast(last, interval=INTERVAL, ctx=CTX))
   compiled, params = _compiled(tx, "full")
-  for shape in _history_shapes(params):
-    assert not re.search(rf"= \w+{re.escape(shape)}\S* copy\(", compiled.as_text()), shape
+  _assert_no_history_copy(compiled.as_text(), params)
 
 
 def _run(tx, n_steps, mark, params=None, seed=0):
