@@ -63,6 +63,8 @@ class NeuralGraph:
     pos_w: ``(N,)`` int32 word-position ids (token id + 1 on token nodes, else 0).
     treedef: the params tree structure.
     blocks: ``(name, edge_start, edge_end, edge_type)`` per block of edges, for inspection.
+    uncovered: paths of float leaves the graph leaves out (``graph_trace.trace_graph(...,
+      allow_partial=True)``); their ``positions`` are ``None``.
   """
 
   num_nodes: int
@@ -75,6 +77,7 @@ class NeuralGraph:
   pos_w: np.ndarray
   treedef: Any
   blocks: tuple[tuple[str, int, int, int], ...]
+  uncovered: tuple[str, ...] = ()
 
   @property
   def num_edges(self) -> int:

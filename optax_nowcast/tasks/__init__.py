@@ -9,7 +9,7 @@ from optax_nowcast.tasks.datasets import (
     load_tiny_shakespeare,
 )
 from optax_nowcast.tasks.digits import DigitsData, load_digits_split
-from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN
+from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN, ResNet, ViT
 from optax_nowcast.tasks.tasks import (
     GENERAL_TASKS,
     TASKS,
@@ -26,6 +26,8 @@ __all__ = [
     "GPT",
     "MLP",
     "ResCNN",
+    "ResNet",
+    "ViT",
     "TASKS",
     "DigitsData",
     "ImageData",

@@ -125,4 +125,72 @@ class ResCNN(nn.Module):
     return nn.Dense(self.num_classes)(nn.relu(x).mean(axis=(1, 2)))
 
 
-__all__ = ["CNN", "GPT", "MLP", "Block", "ResCNN"]
+class ResNet(nn.Module):
+  """A ResNet-18-style CNN (He et al. 2016, the CIFAR variant): a 3x3 stem, four stages of two basic blocks
+  ``relu(x' + BN(Conv(relu(BN(Conv(x))))))`` (``x'``: a strided 1x1 Conv + BN shortcut where the shape
+  changes), global average pooling and a classifier. ``width=64, blocks=(2, 2, 2, 2)`` is ResNet-18.
+
+  ``norm="batch"`` (BatchNorm; call with ``train=True`` and ``mutable=["batch_stats"]`` to train) or
+  ``"group"`` (GroupNorm with ``groups`` groups: a pure function of the parameters).
+  """
+
+  width: int = 64
+  blocks: Sequence[int] = (2, 2, 2, 2)
+  norm: str = "batch"
+  groups: int = 4
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def norm(name):
+      if self.norm == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+      return nn.GroupNorm(self.groups, name=name)
+
+    x = nn.relu(norm("stem_norm")(nn.Conv(self.width, (3, 3), use_bias=False, name="stem")(x)))
+    for s, n in enumerate(self.blocks):
+      f = self.width * 2 ** s
+      for b in range(n):
+        stride = 2 if s > 0 and b == 0 else 1
+        p = f"stage{s}_block{b}"
+        h = nn.Conv(f, (3, 3), strides=stride, use_bias=False, name=f"{p}_conv1")(x)
+        h = nn.relu(norm(f"{p}_norm1")(h))
+        h = norm(f"{p}_norm2")(nn.Conv(f, (3, 3), use_bias=False, name=f"{p}_conv2")(h))
+        if stride != 1 or x.shape[-1] != f:
+          x = norm(f"{p}_short_norm")(nn.Conv(f, (1, 1), strides=stride, use_bias=False,
+                                              name=f"{p}_short")(x))
+        x = nn.relu(x + h)
+    return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
+
+
+class ViT(nn.Module):
+  """A small Vision Transformer (Dosovitskiy et al. 2021): ``patch x patch`` patches embedded by a strided
+  Conv, a class token, learned position embeddings, ``depth`` pre-LN blocks (multi-head self-attention,
+  a GELU MLP of ``mlp_ratio * dim``), a final LayerNorm and a classifier on the class token."""
+
+  patch: int = 4
+  dim: int = 64
+  depth: int = 4
+  num_heads: int = 4
+  mlp_ratio: int = 2
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.dim, (self.patch, self.patch), strides=self.patch, padding="VALID", name="patch_embed")(x)
+    b = x.shape[0]
+    x = x.reshape(b, -1, self.dim)
+    cls = self.param("cls", nn.initializers.zeros_init(), (1, 1, self.dim))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), x], axis=1)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
+    x = x + pos
+    for i in range(self.depth):
+      h = nn.LayerNorm(name=f"block{i}_ln1")(x)
+      x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name=f"block{i}_attn")(h, h)
+      h = nn.LayerNorm(name=f"block{i}_ln2")(x)
+      h = nn.Dense(self.mlp_ratio * self.dim, name=f"block{i}_fc")(h)
+      x = x + nn.Dense(self.dim, name=f"block{i}_proj")(nn.gelu(h))
+    return nn.Dense(self.num_classes, name="head")(nn.LayerNorm(name="ln_f")(x)[:, 0])
+
+
+__all__ = ["CNN", "GPT", "MLP", "Block", "ResCNN", "ResNet", "ViT"]
