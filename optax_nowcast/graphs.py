@@ -166,12 +166,12 @@ class _Builder:
   def aux(self, name: str, snd, rcv, etype: int, const: float):
     self._add(name, snd, rcv, etype, const)
 
-  def finish(self, params) -> NeuralGraph:
+  def finish(self, params, allow_partial: bool = False) -> NeuralGraph:
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [_path_str(p) for p, _ in leaves_with_path]
     missing = [p for p, (_, x) in zip(paths, leaves_with_path, strict=True)
                if p not in self.slot_of and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
-    if missing:
+    if missing and not allow_partial:
       raise ValueError(f"Parameters {missing} are not part of the recognised network; "
                        "see optax_nowcast.graphs for the layers it knows, or pass a spec.")
     self.aux("self_loop", np.arange(self.num_nodes), np.arange(self.num_nodes), SELF_LOOP, 2.0)
@@ -194,7 +194,8 @@ class _Builder:
         receivers=np.concatenate([b[2] for b in self.blocks]).astype(np.int32),
         edge_type=np.concatenate([np.full(len(b[1]), b[3]) for b in self.blocks]).astype(np.int32),
         edge_const=const, num_slots=s, positions=tuple(positions), pos_w=pos_w, treedef=treedef,
-        blocks=tuple((b[0], int(starts[i]), int(starts[i + 1]), b[3]) for i, b in enumerate(self.blocks)))
+        blocks=tuple((b[0], int(starts[i]), int(starts[i + 1]), b[3]) for i, b in enumerate(self.blocks)),
+        uncovered=tuple(missing))
 
 
 def _path_str(path) -> str:
@@ -234,9 +235,12 @@ def _leaf_modules(modules: Mapping, prefix: str, order: Sequence[str] | None = N
   return out
 
 
-def _sequential(b: _Builder, modules: Mapping, prefix: str, order: Sequence[str] | None = None):
+def _sequential(b: _Builder, modules: Mapping, prefix: str, order: Sequence[str] | None = None,
+                allow_partial: bool = False):
   stream: np.ndarray | None = None
   for path, m in _leaf_modules(modules, prefix, order):
+    if allow_partial and (not _is_leaf_module(m) or "kernel" not in m):
+      continue  # left out of the graph (a norm layer between Dense/Conv layers): the fallback's
     if not _is_leaf_module(m) or "kernel" not in m:
       raise ValueError(f"{path}: not a Dense or Conv layer ({sorted(m) if isinstance(m, Mapping) else m}); "
                        "neural_graph recognises sequential Dense/Conv stacks and GPT-style transformers.")
@@ -404,12 +408,15 @@ def _transformer(b: _Builder, modules: Mapping, prefix: str, order: Sequence[str
     stream = stream2
 
 
-def neural_graph(params, order: Sequence[str] | None = None) -> NeuralGraph:
+def neural_graph(params, order: Sequence[str] | None = None, allow_partial: bool = False) -> NeuralGraph:
   """Builds the neural graph of a Flax parameter tree (Linen ``{"params": ...}`` dict or an NNX state).
 
   JAX sorts dict keys, so the forward order of the layers is read from their names (natural sort, e.g.
   ``Dense_0 .. Dense_10``, ``h_0 .. h_11``; convs before denses with Linen's automatic names). Give
-  ``order``, the top-level module names in forward order, when the names do not sort that way.
+  ``order``, the top-level module names in forward order, when the names do not sort that way. With
+  ``allow_partial``, modules of a Dense/Conv stack that are neither (a norm layer) are left out of the
+  graph (``graph.uncovered``) instead of refused. For any other model, read the graph from its forward
+  pass: :func:`optax_nowcast.graph_trace.trace_graph`.
 
   Raises:
     ValueError: naming the parameter path that is not recognised and what is expected.
@@ -421,10 +428,10 @@ def neural_graph(params, order: Sequence[str] | None = None) -> NeuralGraph:
   if any(_is_leaf_module(m) and "embedding" in m for m in modules.values()):
     _transformer(b, modules, prefix, order)
   else:
-    _sequential(b, modules, prefix, order)
+    _sequential(b, modules, prefix, order, allow_partial)
   if hasattr(params, "to_pure_dict"):
     params = params.to_pure_dict()
-  return b.finish(params)
+  return b.finish(params, allow_partial)
 
 
 def laplacian_pe(graph: NeuralGraph, n_eig: int = 8, dense_below: int = 100, seed: int = 0) -> np.ndarray:

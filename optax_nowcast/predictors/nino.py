@@ -39,7 +39,8 @@ Example (NiNo's schedule: states every 200 steps, a jump every 1,000 steps, k-de
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -47,8 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_nowcast import graph_trace, weights_io
 from optax_nowcast import graphs as graphs_lib
-from optax_nowcast import weights_io
 from optax_nowcast._jraph import GraphsTuple, segment_mean
 from optax_nowcast.predictors.base import Predictor, full_precision
 
@@ -334,7 +335,8 @@ def graph_node_features(g: graphs_lib.NeuralGraph, width: int, kind: str = "lpe"
 def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
          config: Mapping[str, Any] | None = None, node_features: str | None = None, lpe_seed: int = 0,
          lpe: np.ndarray | None = None, order: Sequence[str] | None = None,
-         subgraphs: str | None = None) -> Predictor:
+         subgraphs: str | None = None, apply_fn: Callable[..., Any] | None = None,
+         example_input: Any = None, fallback: Predictor | None = None) -> Predictor:
   """The NiNo predictor.
 
   Args:
@@ -351,6 +353,15 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     lpe: a fixed node-feature matrix to use instead (e.g. the reference's, for parity checks).
     order: the top-level module names in forward order, if their names do not sort that way
       (see ``graphs.neural_graph``).
+    apply_fn: the model's forward ``apply_fn(params, *example_input)`` (Linen's ``model.apply``, closing
+      over ``batch_stats`` and eval flags; :func:`optax_nowcast.graph_trace.nnx_apply` for NNX). With it,
+      the graph is read from the forward pass (:func:`optax_nowcast.graph_trace.trace_graph`): normalisation
+      layers, residual connections, attention, ``nn.scan`` stacks and any creation order. Without it, from
+      the parameter names (:func:`optax_nowcast.graphs.neural_graph`: Dense/Conv stacks, GPT-style models).
+    example_input: an input batch of one for ``apply_fn`` (a tuple for several arguments).
+    fallback: a predictor (e.g. ``linefit_plus()``) for the parameters the graph cannot express (a custom
+      layer, a scalar temperature; with names, any layer that is not Dense/Conv in a stack); NiNo predicts
+      the rest, and ``init`` warns once naming them. Default: ``init`` raises naming them.
     subgraphs: ``None`` (one graph, as NiNo) or ``"module"``: the graph network runs on one top-level
       module's subgraph at a time (``graphs.split_graph``; node features computed per subgraph), so the
       jump's scratch memory is bounded by the largest module instead of the model. Messages do not cross
@@ -401,8 +412,37 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   def features(g):
     return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
 
+  if (apply_fn is None) != (example_input is None):
+    raise ValueError("nino: pass apply_fn and example_input together (the graph is traced from "
+                     "apply_fn(params, *example_input)), or neither (the graph is read from the names).")
+  if fallback is not None and not isinstance(fallback, Predictor):
+    raise TypeError(f"nino: fallback must be a Predictor such as predictors.linefit_plus(), got "
+                    f"{type(fallback).__name__}.")
+  if fallback is not None and fallback.min_ctx > ctx:
+    raise ValueError(f"nino: fallback {fallback.name!r} needs ctx >= {fallback.min_ctx}; NiNo runs with "
+                     f"ctx={ctx}.")
+  args = example_input if isinstance(example_input, tuple) else (example_input,)
+
+  def build(params) -> graphs_lib.NeuralGraph:
+    partial = fallback is not None
+    try:
+      if apply_fn is not None:
+        return graph_trace.trace_graph(apply_fn, params, *args, allow_partial=partial)
+      return graphs_lib.neural_graph(params, order, allow_partial=partial)
+    except ValueError as e:
+      hint = "" if apply_fn is not None else (
+          " Pass apply_fn= and example_input= (a batch of one) to read the graph from the forward pass "
+          "instead of the parameter names,")
+      raise ValueError(f"nino: {e}{hint} or fallback=predictors.linefit_plus() to predict what the graph "
+                       "cannot express with another predictor.") from e
+
   def init(params):
-    g = graphs_lib.neural_graph(params, order)
+    g = build(params)
+    if g.uncovered:
+      warnings.warn(f"nino: {', '.join(g.uncovered)} are not in the neural graph; {fallback.name!r} "
+                    "predicts them.", stacklevel=2)
+    if not g.leaf_groups():
+      raise ValueError("nino: no parameter is in the neural graph.")
     if subgraphs == "module":
       sub = graphs_lib.split_graph(g, graphs_lib.module_parts(g, params))
       feat = np.zeros((len(sub.names), sub.num_nodes, n_feat), np.float32)
@@ -417,7 +457,10 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     # Keyed by the leaf shapes: wrappers (nnx.Optimizer) may hand init and update differently
     # boxed trees with the same leaves in the same order.
     cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = (g, extra)
-    return ()
+    if not g.uncovered:
+      return ()
+    return fallback.init([x for x, pos in zip(jax.tree.leaves(params), g.positions, strict=True)
+                          if pos is None])
 
   def run_parts(sub: graphs_lib.SubGraphs, full_types: np.ndarray, feat: np.ndarray, x: jax.Array,
                 k, w: Any) -> jax.Array:
@@ -438,7 +481,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     return out.at[sub.edges[pi, ei]].set(deltas[pi, ei])
 
   def predict(history, times, k, state):
-    del times  # NiNo assumes states at a regular interval
+    # NiNo assumes states at a regular interval; times only reach the fallback
     leaves, treedef = jax.tree.flatten(history)
     key = tuple(np.shape(x)[1:] for x in leaves)
     if key not in cache:
@@ -448,8 +491,11 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     if leaves[0].shape[0] != ctx:
       raise ValueError(f"nino: the model takes ctx={ctx} states, the history has {leaves[0].shape[0]}; "
                        f"use nowcast(..., ctx={ctx}).")
-    scaled, mu, sigma = scale_history(leaves)
-    x = g.gather(scaled, width=model.slots * ctx)
+    inside = [pos is not None for pos in g.positions]
+    scaled, mu, sigma = scale_history([h for h, i in zip(leaves, inside, strict=True) if i])
+    it = iter(scaled)
+    x = g.gather([next(it) if i else h for h, i in zip(leaves, inside, strict=True)],
+                 width=model.slots * ctx)
     # The weights and the graph are constants of the compiled step; behind an optimization barrier, XLA
     # does not constant-fold what depends on them alone (the edge-type embedding, the node projections:
     # (E, hidden) arrays baked into the executable, and minutes of compile time on GPU for a large graph).
@@ -459,9 +505,16 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     else:
       delta = run_parts(sub, g.edge_type, feat, x, k, w)
     last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
-    pred_scaled = g.scatter(last + delta)
-    out = [(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, leaves, strict=True)]
-    return jax.tree.unflatten(treedef, out), state
+    pred_scaled = [p for p in g.scatter(last + delta) if p is not None]
+    graph_leaves = [h for h, i in zip(leaves, inside, strict=True) if i]
+    out = iter([(p * s + m).astype(h.dtype)
+                for p, s, m, h in zip(pred_scaled, sigma, mu, graph_leaves, strict=True)])
+    if g.uncovered:
+      other, state = fallback.predict([h for h, i in zip(leaves, inside, strict=True) if not i], times, k,
+                                      state)
+      rest = iter(other)
+    preds = [next(out) if i else next(rest) for i in inside]
+    return jax.tree.unflatten(treedef, preds), state
 
   return Predictor(init=init, predict=full_precision(predict), name="nino", min_ctx=ctx)
 

@@ -177,7 +177,8 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.dim, (self.patch, self.patch), strides=self.patch, padding="VALID", name="patch_embed")(x)
+    x = nn.Conv(self.dim, (self.patch, self.patch), strides=self.patch, padding="VALID",
+                name="patch_embed")(x)
     b = x.shape[0]
     x = x.reshape(b, -1, self.dim)
     cls = self.param("cls", nn.initializers.zeros_init(), (1, 1, self.dim))

@@ -1,0 +1,331 @@
+"""Neural graphs read from the forward pass (graph_trace) and nino() on the models people bring."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import optax_nowcast as onc
+from optax_nowcast import graph_trace, graphs
+from optax_nowcast.tasks import CNN, GPT, MLP, ResNet, ViT
+
+
+def _types(g):
+  return dict(collections.Counter(g.edge_type.tolist()))
+
+
+def _same_graph(a, b):
+  assert (a.num_nodes, a.num_edges, a.num_slots) == (b.num_nodes, b.num_edges, b.num_slots)
+  for f in ("senders", "receivers", "edge_type", "edge_const", "pos_w"):
+    np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
+# ------------------------------------------------------------------------------- the official graphs
+
+OFFICIAL = {
+    "mlp_10_8_6_3": (lambda: MLP((8, 6), 3), jnp.zeros((1, 10))),
+    "fm16_cnn": (lambda: CNN((16, 32, 32)), jnp.zeros((1, 28, 28, 1))),
+    "gpt2_tiny": (lambda: GPT(11, 6, 2, 8, 2), jnp.zeros((1, 6), jnp.int32)),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_traced_graph_is_the_official_graph(reference_dir, name):
+  """MLP and CNN: edge for edge the official code's graph. GPT-2: the same nodes, and edges of every type
+  in the same numbers (the official code wires the key bias to stream neurons and orders blocks by module;
+  the trace wires it to the query neurons the key neurons become)."""
+  make, x = OFFICIAL[name]
+  model = make()
+  params = model.init(jax.random.PRNGKey(0), x)
+  g = graph_trace.trace_graph(model.apply, params, x)
+  base = os.path.join(reference_dir, "graph_construction", name)
+  z = np.load(base + ".npz")
+  with open(base + ".json") as f:
+    meta = json.load(f)
+  assert (g.num_nodes, g.num_edges) == (int(z["num_nodes"]), len(z["senders"]))
+  assert g.num_slots == meta["max_feat_size (slots)"]
+  if name == "gpt2_tiny":
+    assert _types(g) == dict(collections.Counter(np.asarray(z["edge_type"]).tolist()))
+    np.testing.assert_array_equal(np.sort(g.pos_w), np.sort(graphs.neural_graph(params).pos_w))
+  else:
+    _same_graph(g, graphs.neural_graph(params))
+    np.testing.assert_array_equal(g.senders, z["senders"])
+    np.testing.assert_array_equal(g.receivers, z["receivers"])
+    for p, q in zip(g.positions, graphs.neural_graph(params).positions, strict=True):
+      np.testing.assert_array_equal(p, q)
+
+
+# ------------------------------------------------------------------------------------ the models
+
+class NNXTutorialCNN(nnx.Module):
+  """The Flax NNX MNIST tutorial's CNN (BatchNorm, dropout, average pooling), as written there."""
+
+  def __init__(self, *, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+    self.batch_norm1 = nnx.BatchNorm(32, rngs=rngs)
+    self.dropout1 = nnx.Dropout(rate=0.025, rngs=rngs)
+    self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
+    self.batch_norm2 = nnx.BatchNorm(64, rngs=rngs)
+    self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
+    self.dropout2 = nnx.Dropout(rate=0.025, rngs=rngs)
+    self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+
+  def __call__(self, x):
+    pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))  # noqa: E731
+    x = pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x)))))
+    x = pool(nnx.relu(self.batch_norm2(self.conv2(x))))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.dropout2(self.linear1(x)))
+    return self.linear2(x)
+
+
+class InlineLNMLP(nn.Module):
+  """An MLP with LayerNorm whose layers are created inline, out of data-flow order (``Dense_0`` is the
+  output layer)."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(10)(nn.relu(nn.LayerNorm()(nn.Dense(24)(x))))
+
+
+class NNXLNMLP(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.l1 = nnx.Linear(12, 24, rngs=rngs)
+    self.ln = nnx.LayerNorm(24, rngs=rngs)
+    self.l2 = nnx.Linear(24, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(nnx.relu(self.ln(self.l1(x))))
+
+
+class TBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    h = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=2)(h, h)
+    h = nn.LayerNorm()(x)
+    return x + nn.Dense(8)(nn.gelu(nn.Dense(16)(h))), None
+
+
+class ScanTransformer(nn.Module):
+  """A transformer whose blocks are one ``nn.scan`` (parameters stacked on a leading layer axis)."""
+
+  scan: bool = True
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(12, 8)(tokens) + self.param("pos", nn.initializers.normal(0.02), (5, 8))
+    if self.scan:
+      x, _ = nn.scan(TBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)()(x, None)
+    else:
+      for _ in range(3):
+        x, _ = TBlock()(x, None)
+    return nn.Dense(12)(nn.LayerNorm()(x))
+
+
+def _models():
+  """name -> (apply_fn, params, example input, expected edge-type counts that must be present)."""
+  out = {}
+  m = NNXTutorialCNN(rngs=nnx.Rngs(0))
+  out["nnx_tutorial_cnn"] = (graph_trace.nnx_apply(m), nnx.state(m, nnx.Param), jnp.zeros((1, 28, 28, 1)))
+  x = jnp.zeros((1, 16, 16, 3))
+  r = ResNet(width=4, blocks=(1, 1))
+  v = r.init(jax.random.PRNGKey(0), x)
+  out["resnet_batchnorm"] = (lambda p, x: r.apply({"params": p, "batch_stats": v["batch_stats"]}, x),
+                             v["params"], x)
+  vit = ViT(dim=16, depth=2, num_heads=2)
+  out["vit"] = (vit.apply, vit.init(jax.random.PRNGKey(0), x), x)
+  mlp = InlineLNMLP()
+  out["mlp_layernorm"] = (mlp.apply, mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 12))), jnp.zeros((1, 12)))
+  t = ScanTransformer()
+  tok = jnp.zeros((1, 5), jnp.int32)
+  out["scan_transformer"] = (t.apply, t.init(jax.random.PRNGKey(0), tok), tok)
+  return out
+
+
+MODELS = _models()
+
+
+def test_graphs_of_the_covered_models():
+  """Every parameter element gets exactly one edge slot; the building blocks give their edges."""
+  expect = {  # edge types each graph must have
+      "nnx_tutorial_cnn": {graphs.CONV, graphs.DENSE, graphs.NORM_W, graphs.BIAS},
+      "resnet_batchnorm": {graphs.CONV, graphs.NORM_W, graphs.BIAS, graphs.RESIDUAL},
+      "vit": {graphs.CONV, graphs.ATTN_Q, graphs.ATTN_K, graphs.ATTN_V, graphs.HEAD, graphs.RESIDUAL,
+              graphs.POS_EMB, graphs.NORM_W},
+      "mlp_layernorm": {graphs.DENSE, graphs.NORM_W, graphs.BIAS},
+      "scan_transformer": {graphs.WORD_EMB, graphs.POS_EMB, graphs.ATTN_Q, graphs.ATTN_K, graphs.HEAD,
+                           graphs.RESIDUAL},
+  }
+  for name, (fn, params, x) in MODELS.items():
+    g = graph_trace.trace_graph(fn, params, x)
+    assert not g.uncovered, name
+    assert expect[name] <= set(_types(g)), (name, _types(g))
+    pos = np.concatenate([p.reshape(-1) for p in g.positions if p is not None])
+    assert len(np.unique(pos)) == len(pos) == sum(np.size(v) for v in jax.tree.leaves(params)), name
+    assert pos.max() < g.num_edges * g.num_slots
+    assert g.senders.max() < g.num_nodes and g.receivers.max() < g.num_nodes
+
+
+def test_residual_and_batchnorm_wiring():
+  """ResNet: each residual add joins the older stream to the newer with one edge per channel; BatchNorm
+  scale and shift are one node each with an edge per channel (NiNo's LayerNorm edges)."""
+  fn, params, x = MODELS["resnet_batchnorm"]
+  g = graph_trace.trace_graph(fn, params, x)
+  blocks = {name: (s, e, t) for name, s, e, t in g.blocks}
+  s, e, t = blocks["stem_norm/scale"]
+  assert t == graphs.NORM_W and e - s == 4 and len(set(g.senders[s:e])) == 1
+  res = [(s, e) for name, s, e, t in g.blocks if t == graphs.RESIDUAL]
+  assert [e - s for s, e in res] == [4, 8]  # one add per stage, 4 then 8 channels
+  assert all(len(set(g.senders[s:e])) == e - s for s, e in res)
+
+
+def test_scan_stack_is_the_unrolled_stack():
+  """``nn.scan`` over 3 blocks gives the graph of the 3 blocks written out."""
+  tok = jnp.zeros((1, 5), jnp.int32)
+  graphs_ = []
+  for scan in (True, False):
+    m = ScanTransformer(scan=scan)
+    graphs_.append(graph_trace.trace_graph(m.apply, m.init(jax.random.PRNGKey(0), tok), tok))
+  _same_graph(*graphs_)
+
+
+def test_linen_out_of_order_and_nnx_give_one_graph():
+  """The same MLP with LayerNorm written in Linen (layers created out of data-flow order) and NNX."""
+  x = jnp.zeros((1, 12))
+  lin = InlineLNMLP()
+  pl = lin.init(jax.random.PRNGKey(0), x)
+  gl = graph_trace.trace_graph(lin.apply, pl, x)
+  m = NNXLNMLP(nnx.Rngs(0))
+  pn = nnx.state(m, nnx.Param)
+  gn = graph_trace.trace_graph(graph_trace.nnx_apply(m), pn, x)
+  _same_graph(gl, gn)
+  by_path = lambda params, g: {graphs._path_str(k): p for (k, _), p in  # noqa: E731
+                               zip(jax.tree_util.tree_flatten_with_path(params)[0], g.positions, strict=True)}
+  a, b = by_path(pl, gl), by_path(pn, gn)
+  pairs = {"Dense_1": "l1", "LayerNorm_0": "ln", "Dense_0": "l2"}
+  for (ln, nn_), leaf in [(p, leaf) for p in pairs.items() for leaf in ("kernel", "bias")]:
+    nn_leaf = {"kernel": "kernel", "bias": "bias"}[leaf] if ln != "LayerNorm_0" else \
+        {"kernel": "scale", "bias": "bias"}[leaf]
+    ln_leaf = nn_leaf
+    np.testing.assert_array_equal(a[f"params/{ln}/{ln_leaf}"], b[f"{nn_}/{nn_leaf}/value"])
+  # the names alone read this model wrongly: Dense_0 (the output layer) first
+  with pytest.raises(ValueError, match="order="):
+    graphs.neural_graph(pl)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_nino_jumps_under_jit_on_each_model(name):
+  """``nino(apply_fn=..., example_input=...)`` (the shipped weights) builds the graph at init and jumps
+  inside a jitted step."""
+  fn, params, x = MODELS[name]
+  tx = optax.chain(optax.adam(1e-2),
+                   onc.nowcast(onc.predictors.nino(apply_fn=fn, example_input=x), interval=1, ctx=5,
+                               horizon=3))
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(6):
+    before = params
+    params, state = step(params, state)
+  assert int(onc.find_nowcast_state(state).n_jumps) == 1
+  assert all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params))
+  moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(before),
+                                                        strict=True)]
+  assert max(moved) > 0.0
+
+
+# ------------------------------------------------------------------------------------- the fallback
+
+class Temperature(nn.Module):
+  """An MLP whose logits are divided by a learned scalar temperature: one parameter element acting on
+  every output neuron, which a neural graph cannot hold."""
+
+  @nn.compact
+  def __call__(self, x):
+    t = self.param("temperature", nn.initializers.ones, ())
+    return nn.Dense(3)(nn.relu(nn.Dense(6)(x))) / t
+
+
+def test_unsupported_layer_is_named_with_the_option():
+  m = Temperature()
+  x = jnp.zeros((1, 4))
+  params = m.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match=r"params/temperature .*fallback="):
+    graph_trace.trace_graph(m.apply, params, x)
+  with pytest.raises(ValueError, match=r"params/temperature .*fallback=predictors.linefit_plus"):
+    onc.predictors.nino(apply_fn=m.apply, example_input=x).init(params)
+
+
+def test_fallback_predicts_what_the_graph_cannot_express():
+  """The temperature is predicted by the fallback, exactly; the rest by NiNo; a jitted run jumps."""
+  m = Temperature()
+  x = jnp.zeros((1, 4))
+  params = m.init(jax.random.PRNGKey(0), x)
+  fallback = onc.predictors.linefit()
+  pred = onc.predictors.nino(apply_fn=m.apply, example_input=x, fallback=fallback)
+  with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    state = pred.init(params)
+  assert [str(x.message) for x in w if "temperature" in str(x.message)], [str(x.message) for x in w]
+  keys = jax.random.split(jax.random.PRNGKey(1), 5)
+  history = jax.tree.map(lambda p: jnp.stack([p + 0.1 * i + 0.01 * jax.random.normal(k, p.shape)
+                                              for i, k in enumerate(keys)]), params)
+  times = jnp.arange(-4.0, 1.0)
+  out, _ = jax.jit(pred.predict)(history, times, jnp.int32(3), state)
+  fb_state = fallback.init([params["params"]["temperature"]])
+  expected, _ = jax.jit(fallback.predict)([history["params"]["temperature"]], times, jnp.int32(3), fb_state)
+  np.testing.assert_array_equal(out["params"]["temperature"], expected[0])
+  nino_only = onc.predictors.nino(order=["Dense_1", "Dense_0"])  # NiNo alone on the Dense layers
+  dense = {"params": {k: v for k, v in params["params"].items() if k != "temperature"}}
+  dense_hist = {"params": {k: v for k, v in history["params"].items() if k != "temperature"}}
+  ref, _ = nino_only.predict(dense_hist, times, jnp.int32(3), nino_only.init(dense))
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves({"params": {k: v for k, v in out["params"].items()
+                                                                      if k != "temperature"}}), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  tx = optax.chain(optax.adam(1e-2), onc.nowcast(pred, interval=1, ctx=5, horizon=3))
+  st = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(6):
+    u, st = step(jax.tree.map(jnp.ones_like, params), st, params)
+    params = optax.apply_updates(params, u)
+  assert int(onc.find_nowcast_state(st).n_jumps) == 1
+
+
+def test_fallback_with_names_leaves_norm_layers_to_it():
+  """Without apply_fn, a BatchNorm between Dense layers is refused by name, or left to the fallback."""
+
+  class BNMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.BatchNorm(use_running_average=True, name="Dense_0_norm")(nn.Dense(6, name="Dense_0")(x))
+      return nn.Dense(3, name="Dense_1")(nn.relu(x))
+
+  v = BNMLP().init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+  with pytest.raises(ValueError, match=r"Dense_0_norm: not a Dense or Conv layer.*apply_fn=.*fallback="):
+    onc.predictors.nino().init(v["params"])
+  with pytest.warns(UserWarning, match="Dense_0_norm/scale"):
+    g_state = onc.predictors.nino(fallback=onc.predictors.linefit_plus()).init(v["params"])
+  assert g_state is not None
+
+
+def test_nino_argument_errors():
+  with pytest.raises(ValueError, match="apply_fn and example_input together"):
+    onc.predictors.nino(apply_fn=lambda p, x: x)
+  with pytest.raises(TypeError, match="fallback must be a Predictor"):
+    onc.predictors.nino(fallback="linefit")
