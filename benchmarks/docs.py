@@ -40,6 +40,15 @@ PAGES = {
         "their length. Configurations not yet run are absent.",
         ["general_summary.md", "general_summary.png"],
         "python -m benchmarks.run --suite general --methods adam,linefit+,nino-ours"),
+    "architectures": (
+        "NiNo on other architectures",
+        "Models whose graph is traced from the forward pass (`nino(apply_fn=..., example_input=...)`): a "
+        "GroupNorm ResNet and a ViT on CIFAR-10 (`optax_nowcast.tasks.ARCH_TASKS`, 1,500 steps, a jump every "
+        "250, 3 seeds; no predictor was trained on these architectures), and the graphs' sizes and building "
+        "times.",
+        ["arch.md", "arch_A-C10-ResNet8-adam.png", "arch_A-C10-ViT32-adam.png", "graph_build.md"],
+        "python -m benchmarks.run --suite arch --methods adam,linefit+,nino-traced; "
+        "python -m benchmarks.graph_build"),
     "paired_time": (
         "Paired wall time",
         "Wall time to Adam's final value, with the costs of each method and of Adam measured side by side "

@@ -40,7 +40,7 @@ import optax
 
 import optax_nowcast as onc
 from optax_nowcast import weights_io
-from optax_nowcast.tasks import GENERAL_TASKS, TASKS, Task, make_task, spec_record
+from optax_nowcast.tasks import ARCH_TASKS, GENERAL_TASKS, TASKS, Task, make_task, spec_record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,6 +62,8 @@ FULL = Settings()
 QUICK = Settings(steps=300, eval_every=10, smooth=3, interval=20, ctx=5, horizon=5, val_size=500)
 GENERAL = Settings(interval=100)  # the held-out configurations' own steps (2,000-3,000), a jump every 500
 GENERAL_QUICK = Settings(steps=200, eval_every=10, smooth=3, interval=10, ctx=5, horizon=5, val_size=500)
+ARCH = Settings(interval=50)  # 1,500 steps, a jump every 250
+ARCH_QUICK = Settings(steps=100, eval_every=10, smooth=3, interval=5, ctx=5, horizon=5, val_size=200)
 SUITES = {
     "full": (FULL, ["FM-16", "C10-16", "FM-32", "C10-32", "LM-3-24", "LM-2-32", "LM-3-64"], 3),
     "quick": (QUICK, ["FM-16", "LM-3-24"], 1),
@@ -69,13 +71,17 @@ SUITES = {
     # predictor was trained on. "<config>@<p>" is the configuration with its schedule stretched to p % of
     # its steps (the decaying schedules' length sweep).
     "general": (GENERAL, list(GENERAL_TASKS), 3),
+    # Architectures that NiNo's name-based graph cannot read (optax_nowcast.tasks.ARCH_TASKS): a GroupNorm
+    # ResNet and a ViT on CIFAR-10, NiNo on graphs traced from the models' forward passes.
+    "arch": (ARCH, list(ARCH_TASKS), 3),
+    "arch-quick": (ARCH_QUICK, list(ARCH_TASKS), 1),
     "general-quick": (GENERAL_QUICK, ["G-digits-MLP1-nesterov-step", "G-digits-MLP2-adabelief",
                                       "G-digits-MLP4-lion-lin"], 1),
 }
 # Per suite and task: Settings fields that differ from the suite's (the digits configurations record
 # every 40 steps: 2,000 steps hold 10 jumps).
 TASK_SETTINGS = {"general": {n: {"interval": 40} for n, t in GENERAL_TASKS.items() if t.kind == "digits"}}
-ALL_TASKS = {**TASKS, **GENERAL_TASKS}
+ALL_TASKS = {**TASKS, **GENERAL_TASKS, **ARCH_TASKS}
 LENGTHS = (40, 55, 70, 85)  # % of a decaying configuration's steps, besides 100
 
 
@@ -139,6 +145,16 @@ def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_h
     return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
                                                      period=period, horizon=horizon, **kw))
   return Method(build, label, weights=weights)
+
+
+def _nino_traced(task: Task, s: Settings) -> optax.GradientTransformation:
+  """Our shipped NiNo on the graph traced from the task's model (``nino(apply_fn=, example_input=)``),
+  k-decay from 40. The CPU's im2col convolution is swapped back to ``lax.conv`` for the trace, so that a
+  kernel is one conv edge per channel pair (same parameters)."""
+  model = task.model.clone(conv=None) if hasattr(task.model, "conv") else task.model
+  pred = onc.predictors.nino(apply_fn=model.apply, example_input=task.example)
+  return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
+                                                   horizon=_k_decay(task)))
 
 
 def official_weights(name: str = "nino_no_posw") -> str | None:
@@ -212,6 +228,8 @@ METHODS: dict[str, Method] = {
     "lfd2": Method(_lfd2, "LFD-2 farcasting from [w_0, w_n], our shipped weights, k-decay from 40",
                    weights=_shipped("lfd2")),
     "nino-ours": _NINO_OURS,
+    "nino-traced": Method(_nino_traced, "nino-ours on the graph traced from the model's forward pass",
+                          weights=_shipped("nino")),
     "nino-ours+dp": nowcast_method(onc.predictors.nino, "nino-ours with NiNo++'s dynamic period",
                                    nino_horizon=True, dynamic=True, weights=_shipped("nino")),
     "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",

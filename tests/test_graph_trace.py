@@ -17,7 +17,7 @@ from flax import nnx
 
 import optax_nowcast as onc
 from optax_nowcast import graph_trace, graphs
-from optax_nowcast.tasks import CNN, GPT, MLP, ResNet, ViT
+from optax_nowcast.tasks import CNN, GPT, MLP, NNXTutorialCNN, ResNet, ScanTransformer, ViT
 
 
 def _types(g):
@@ -67,28 +67,6 @@ def test_traced_graph_is_the_official_graph(reference_dir, name):
 
 # ------------------------------------------------------------------------------------ the models
 
-class NNXTutorialCNN(nnx.Module):
-  """The Flax NNX MNIST tutorial's CNN (BatchNorm, dropout, average pooling), as written there."""
-
-  def __init__(self, *, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
-    self.batch_norm1 = nnx.BatchNorm(32, rngs=rngs)
-    self.dropout1 = nnx.Dropout(rate=0.025, rngs=rngs)
-    self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
-    self.batch_norm2 = nnx.BatchNorm(64, rngs=rngs)
-    self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
-    self.dropout2 = nnx.Dropout(rate=0.025, rngs=rngs)
-    self.linear2 = nnx.Linear(256, 10, rngs=rngs)
-
-  def __call__(self, x):
-    pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))  # noqa: E731
-    x = pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x)))))
-    x = pool(nnx.relu(self.batch_norm2(self.conv2(x))))
-    x = x.reshape(x.shape[0], -1)
-    x = nnx.relu(self.dropout2(self.linear1(x)))
-    return self.linear2(x)
-
-
 class InlineLNMLP(nn.Module):
   """An MLP with LayerNorm whose layers are created inline, out of data-flow order (``Dense_0`` is the
   output layer)."""
@@ -106,31 +84,6 @@ class NNXLNMLP(nnx.Module):
 
   def __call__(self, x):
     return self.l2(nnx.relu(self.ln(self.l1(x))))
-
-
-class TBlock(nn.Module):
-  @nn.compact
-  def __call__(self, x, _):
-    h = nn.LayerNorm()(x)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=2)(h, h)
-    h = nn.LayerNorm()(x)
-    return x + nn.Dense(8)(nn.gelu(nn.Dense(16)(h))), None
-
-
-class ScanTransformer(nn.Module):
-  """A transformer whose blocks are one ``nn.scan`` (parameters stacked on a leading layer axis)."""
-
-  scan: bool = True
-
-  @nn.compact
-  def __call__(self, tokens):
-    x = nn.Embed(12, 8)(tokens) + self.param("pos", nn.initializers.normal(0.02), (5, 8))
-    if self.scan:
-      x, _ = nn.scan(TBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)()(x, None)
-    else:
-      for _ in range(3):
-        x, _ = TBlock()(x, None)
-    return nn.Dense(12)(nn.LayerNorm()(x))
 
 
 def _models():

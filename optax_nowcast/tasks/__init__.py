@@ -9,8 +9,9 @@ from optax_nowcast.tasks.datasets import (
     load_tiny_shakespeare,
 )
 from optax_nowcast.tasks.digits import DigitsData, load_digits_split
-from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN, ResNet, ViT
+from optax_nowcast.tasks.models import CNN, GPT, MLP, NNXTutorialCNN, ResCNN, ResNet, ScanTransformer, ViT
 from optax_nowcast.tasks.tasks import (
+    ARCH_TASKS,
     GENERAL_TASKS,
     TASKS,
     Task,
@@ -21,12 +22,15 @@ from optax_nowcast.tasks.tasks import (
 )
 
 __all__ = [
+    "ARCH_TASKS",
     "CNN",
     "GENERAL_TASKS",
     "GPT",
     "MLP",
+    "NNXTutorialCNN",
     "ResCNN",
     "ResNet",
+    "ScanTransformer",
     "ViT",
     "TASKS",
     "DigitsData",

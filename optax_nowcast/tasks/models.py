@@ -1,7 +1,8 @@
 """Flax models of the benchmark tasks, built from Flax's standard modules.
 
-The neural-graph builder (NiNo) recognises ``nn.Dense``, ``nn.Conv``, ``nn.LayerNorm``, ``nn.Embed`` and
-``nn.MultiHeadDotProductAttention`` by their parameter names, so the models use exactly those.
+The name-based neural-graph builder (``graphs.neural_graph``) recognises ``CNN``, ``MLP`` and ``GPT`` by
+their parameter names; the others (``ResNet``, ``ViT``, ``ResCNN``, ``NNXTutorialCNN``,
+``ScanTransformer``) need the graph traced from their forward pass (``graph_trace.trace_graph``).
 
 >>> import jax, jax.numpy as jnp
 >>> p = CNN((16, 32, 32)).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
@@ -12,10 +13,12 @@ The neural-graph builder (NiNo) recognises ``nn.Dense``, ``nn.Conv``, ``nn.Layer
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 class CNN(nn.Module):
@@ -131,7 +134,8 @@ class ResNet(nn.Module):
   changes), global average pooling and a classifier. ``width=64, blocks=(2, 2, 2, 2)`` is ResNet-18.
 
   ``norm="batch"`` (BatchNorm; call with ``train=True`` and ``mutable=["batch_stats"]`` to train) or
-  ``"group"`` (GroupNorm with ``groups`` groups: a pure function of the parameters).
+  ``"group"`` (GroupNorm with ``groups`` groups: a pure function of the parameters). ``conv``: a
+  ``conv_general_dilated`` replacement (the CPU benchmark's ``conv_as_matmul``).
   """
 
   width: int = 64
@@ -139,6 +143,7 @@ class ResNet(nn.Module):
   norm: str = "batch"
   groups: int = 4
   num_classes: int = 10
+  conv: Callable[..., jax.Array] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -147,18 +152,20 @@ class ResNet(nn.Module):
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
       return nn.GroupNorm(self.groups, name=name)
 
-    x = nn.relu(norm("stem_norm")(nn.Conv(self.width, (3, 3), use_bias=False, name="stem")(x)))
+    kw = {"use_bias": False, "padding": "SAME"}
+    if self.conv is not None:
+      kw["conv_general_dilated"] = self.conv
+    x = nn.relu(norm("stem_norm")(nn.Conv(self.width, (3, 3), name="stem", **kw)(x)))
     for s, n in enumerate(self.blocks):
       f = self.width * 2 ** s
       for b in range(n):
         stride = 2 if s > 0 and b == 0 else 1
         p = f"stage{s}_block{b}"
-        h = nn.Conv(f, (3, 3), strides=stride, use_bias=False, name=f"{p}_conv1")(x)
+        h = nn.Conv(f, (3, 3), strides=stride, name=f"{p}_conv1", **kw)(x)
         h = nn.relu(norm(f"{p}_norm1")(h))
-        h = norm(f"{p}_norm2")(nn.Conv(f, (3, 3), use_bias=False, name=f"{p}_conv2")(h))
+        h = norm(f"{p}_norm2")(nn.Conv(f, (3, 3), name=f"{p}_conv2", **kw)(h))
         if stride != 1 or x.shape[-1] != f:
-          x = norm(f"{p}_short_norm")(nn.Conv(f, (1, 1), strides=stride, use_bias=False,
-                                              name=f"{p}_short")(x))
+          x = norm(f"{p}_short_norm")(nn.Conv(f, (1, 1), strides=stride, name=f"{p}_short", **kw)(x))
         x = nn.relu(x + h)
     return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
 
@@ -194,4 +201,68 @@ class ViT(nn.Module):
     return nn.Dense(self.num_classes, name="head")(nn.LayerNorm(name="ln_f")(x)[:, 0])
 
 
-__all__ = ["CNN", "GPT", "MLP", "Block", "ResCNN", "ResNet", "ViT"]
+class NNXTutorialCNN(nnx.Module):
+  """The CNN of Flax's NNX MNIST tutorial, as written there (BatchNorm, dropout, average pooling)."""
+
+  def __init__(self, *, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+    self.batch_norm1 = nnx.BatchNorm(32, rngs=rngs)
+    self.dropout1 = nnx.Dropout(rate=0.025, rngs=rngs)
+    self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
+    self.batch_norm2 = nnx.BatchNorm(64, rngs=rngs)
+    self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
+    self.dropout2 = nnx.Dropout(rate=0.025, rngs=rngs)
+    self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    def pool(y):
+      return nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))
+
+    x = pool(nnx.relu(self.batch_norm1(self.dropout1(self.conv1(x)))))
+    x = pool(nnx.relu(self.batch_norm2(self.conv2(x))))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.dropout2(self.linear1(x)))
+    return self.linear2(x)
+
+
+class ScanBlock(nn.Module):
+  """A pre-LN transformer block with the ``(carry, x) -> (carry, y)`` signature ``nn.scan`` needs."""
+
+  dim: int
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _: Any) -> tuple[jax.Array, None]:
+    h = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(h, h)
+    h = nn.LayerNorm()(x)
+    return x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(h))), None
+
+
+class ScanTransformer(nn.Module):
+  """A transformer whose blocks are one ``nn.scan`` (parameters stacked on a leading layer axis), or, with
+  ``scan=False``, the same blocks written out."""
+
+  vocab_size: int = 12
+  block_size: int = 5
+  dim: int = 8
+  num_heads: int = 2
+  num_layers: int = 3
+  scan: bool = True
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    x = nn.Embed(self.vocab_size, self.dim)(tokens)
+    x = x + self.param("pos", nn.initializers.normal(0.02), (self.block_size, self.dim))[: tokens.shape[-1]]
+    if self.scan:
+      stack = nn.scan(ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                      length=self.num_layers)
+      x, _ = stack(self.dim, self.num_heads)(x, None)
+    else:
+      for _ in range(self.num_layers):
+        x, _ = ScanBlock(self.dim, self.num_heads)(x, None)
+    return nn.Dense(self.vocab_size)(nn.LayerNorm()(x))
+
+
+__all__ = ["CNN", "GPT", "MLP", "Block", "NNXTutorialCNN", "ResCNN", "ResNet", "ScanBlock", "ScanTransformer",
+           "ViT"]

@@ -49,7 +49,7 @@ import optax
 
 from optax_nowcast.tasks import datasets
 from optax_nowcast.tasks.digits import load_digits_split
-from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN
+from optax_nowcast.tasks.models import CNN, GPT, MLP, ResCNN, ResNet, ViT
 
 Params = Any
 
@@ -102,7 +102,10 @@ class TaskSpec:
   # Its learning-rate schedule: "constant", "warmup_cosine" (linear warmup over 5 % of the steps, cosine
   # decay to 0), "linear" (the same warmup, linear decay to 0) or "step" (x0.1 at 50 % and 75 %).
   schedule: str = "constant"
-  arch: str = ""  # "": the kind's model (vision CNN, digits MLP); "mlp"; "resnet" (ResCNN)
+  # "": the kind's model (vision CNN, digits MLP); "mlp"; "resnet" (ResCNN); "resnet18" (ResNet with
+  # GroupNorm, one basic block per stage, stage widths ``features``); "vit" (ViT, ``lm_shape`` = depth,
+  # width, heads)
+  arch: str = ""
 
   @property
   def higher_is_better(self) -> bool:
@@ -166,6 +169,17 @@ GENERAL_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 
+# Architectures the shipped NiNo never saw and its name-based graph cannot read (GroupNorm, residual blocks,
+# a class token, patch embeddings): ``nino(apply_fn=..., example_input=...)`` traces them
+# (`python -m benchmarks.run --suite arch`).
+ARCH_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    _g("A-C10-ResNet8-adam", "vision", "cifar10", 1500, 64, 2e-3, "adam", "constant", arch="resnet18",
+       features=(8, 16, 32)),
+    _g("A-C10-ViT32-adam", "vision", "cifar10", 1500, 64, 1e-3, "adam", "constant", arch="vit",
+       lm_shape=(3, 32, 4)),
+]}
+
+
 # The fields added after the paper tasks' runs were recorded; at these defaults they leave a spec's
 # fingerprint (benchmarks) unchanged.
 SPEC_DEFAULTS_SINCE_V2 = {"optimizer": "adam", "schedule": "constant", "arch": ""}
@@ -225,6 +239,7 @@ class Task:
     evaluate: ``params -> {"metric": ..., "loss": ...}`` on the fixed validation subset (jit it).
     evaluate_full: the same on the whole validation split (slower; for final numbers).
     optimizer: ``() -> optax.GradientTransformation``, the base optimizer of the task.
+    example: one input example (a batch of one) for ``model.apply``, e.g. to trace the model's graph.
   """
 
   spec: TaskSpec
@@ -234,6 +249,7 @@ class Task:
   evaluate: Callable[[Params], dict[str, jax.Array]]
   evaluate_full: Callable[[Params], dict[str, jax.Array]]
   num_train: int
+  example: Any = None
 
   @property
   def name(self) -> str:
@@ -316,7 +332,7 @@ def _classifier_task(spec: TaskSpec, data: datasets.ImageData, model: nn.Module)
     return {"metric": jnp.mean(jnp.argmax(logits, -1) == y), "loss": _xent(logits, y)}
 
   return Task(spec, model, init, loss, functools.partial(evaluate_on, x_val, y_val),
-              functools.partial(evaluate_on, x_all, y_all), len(data.y_train))
+              functools.partial(evaluate_on, x_all, y_all), len(data.y_train), prep(x_tr[:1]))
 
 
 def _lm_task(spec: TaskSpec, data: datasets.TextData) -> Task:
@@ -353,7 +369,8 @@ def _lm_task(spec: TaskSpec, data: datasets.TextData) -> Task:
     return {"metric": jnp.exp(mean), "loss": mean}
 
   return Task(spec, model, init, loss, functools.partial(evaluate_on, sub_starts),
-              functools.partial(evaluate_on, all_starts), len(data.train) - t - 1)
+              functools.partial(evaluate_on, all_starts), len(data.train) - t - 1,
+              jnp.zeros((1, t), jnp.int32))
 
 
 def make_task(name: str, data_dir: str | None = None, fast_conv: bool | None = None, **overrides) -> Task:
@@ -366,7 +383,7 @@ def make_task(name: str, data_dir: str | None = None, fast_conv: bool | None = N
     fast_conv: compute convolutions as im2col matmuls (``conv_as_matmul``); default: on CPU only.
     **overrides: ``TaskSpec`` fields to change, e.g. ``steps=300, val_size=500``.
   """
-  known = {**TASKS, **GENERAL_TASKS}
+  known = {**TASKS, **GENERAL_TASKS, **ARCH_TASKS}
   if name not in known:
     raise ValueError(f"Unknown task {name!r}; choose one of {sorted(known)}.")
   fields = {f.name for f in dataclasses.fields(TaskSpec)}
@@ -381,8 +398,17 @@ def make_task(name: str, data_dir: str | None = None, fast_conv: bool | None = N
   if fast_conv is None:
     fast_conv = jax.default_backend() == "cpu"
   conv = conv_as_matmul if fast_conv else None
-  model = ResCNN(spec.features, conv=conv) if spec.arch == "resnet" else CNN(spec.features, conv=conv)
+  if spec.arch == "resnet18":
+    model = ResNet(spec.features[0], (1,) * len(spec.features), norm="group", conv=conv)
+  elif spec.arch == "vit":
+    depth, dim, heads = spec.lm_shape
+    model = ViT(dim=dim, depth=depth, num_heads=heads)
+  elif spec.arch == "resnet":
+    model = ResCNN(spec.features, conv=conv)
+  else:
+    model = CNN(spec.features, conv=conv)
   return _classifier_task(spec, data, model)
 
 
-__all__ = ["GENERAL_TASKS", "TASKS", "Task", "TaskSpec", "conv_as_matmul", "make_task", "spec_record"]
+__all__ = ["ARCH_TASKS", "GENERAL_TASKS", "TASKS", "Task", "TaskSpec", "conv_as_matmul", "make_task",
+           "spec_record"]
