@@ -54,8 +54,10 @@ Pass a batch of one as the example input: labels are host arrays of every interm
 >>> net = Net()
 >>> params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
 >>> g = trace_graph(net.apply, params, jnp.zeros((1, 4)))
->>> g.num_nodes, g.num_edges  # 4 + 5 + 3 neurons, 4 bias/norm nodes; 20 + 15 + 4 * ... + self-loops
-(16, 82)
+>>> g.num_nodes  # 4 + 5 + 3 neurons and a node per bias, scale and shift
+16
+>>> g.num_edges  # 4*5 + 5*3 weights, 5 + 5 + 5 + 3 bias/scale/shift edges, 16 self-loops
+69
 """
 
 from __future__ import annotations
@@ -214,27 +216,24 @@ class _Tracer:
       self.g.unsupported.setdefault(v.leaf, why)
 
   def merge(self, arrays: list[np.ndarray], name: str) -> np.ndarray:
-    """Elementwise meeting of activations: where two differ, the newer node wins, with residual edges."""
+    """Elementwise meeting of activations: where two differ, the newer node wins, with residual edges
+    from the older (a head label meeting a neuron yields the neuron, without an edge)."""
     out = arrays[0]
     for a in arrays[1:]:
       both = (out >= 0) & (a >= 0) & (out != a)
       res = np.where(out >= 0, out, a)
       if both.any():
-        pairs = np.unique(np.stack([out[both], a[both]], 1), axis=0)
-        roots = np.array([[self.g.find(int(x)), self.g.find(int(y))] for x, y in pairs])
-        heads = np.array([int(r[0]) in self.g.heads or int(r[1]) in self.g.heads for r in roots])
-        new = np.maximum(roots[:, 0], roots[:, 1])
-        old = np.minimum(roots[:, 0], roots[:, 1])
-        if heads.any():  # a head-labelled score meets a neuron: the neuron wins
-          new = np.where(np.isin(roots[:, 0], list(self.g.heads)), roots[:, 1], new)
-          old = np.where(np.isin(roots[:, 0], list(self.g.heads)), roots[:, 0], old)
-        edges = np.stack([old, new], 1)
-        edges = edges[edges[:, 0] != edges[:, 1]]
-        self.g.edge_aux(f"{name}.res", np.unique(edges, axis=0), g_lib.RESIDUAL)
-        winner = dict(zip(map(tuple, pairs.tolist()), new.tolist(), strict=True))
-        pick = np.array([winner[(int(x), int(y))] for x, y in zip(out[both], a[both], strict=True)], np.int32)
+        pairs, inv = np.unique(np.stack([out[both], a[both]], 1), axis=0, return_inverse=True)
+        find = np.vectorize(self.g.find, otypes=[np.int64])
+        r0, r1 = find(pairs[:, 0]), find(pairs[:, 1])
+        heads = np.array(sorted(self.g.heads), np.int64)
+        h0, h1 = np.isin(r0, heads), np.isin(r1, heads)
+        new = np.where(h0 & ~h1, r1, np.where(h1 & ~h0, r0, np.maximum(r0, r1)))
+        old = np.where(new == r1, r0, r1)
+        edge = (old != new) & ~h0 & ~h1
+        self.g.edge_aux(f"{name}.res", np.unique(np.stack([old[edge], new[edge]], 1), axis=0), g_lib.RESIDUAL)
         res = res.copy()
-        res[both] = pick
+        res[both] = new[inv.reshape(-1)]
       out = res
     return out
 
@@ -310,7 +309,7 @@ class _Tracer:
     if sub is not None and name not in ("while", "cond"):
       closed = sub if hasattr(sub, "consts") else None
       jaxpr = closed.jaxpr if closed is not None else sub
-      consts = [Act(_concrete_int(np.shape(c))) for c in (closed.consts if closed is not None else [])]
+      consts = [Act(_concrete_int(np.shape(c)), np.asarray(c)) for c in getattr(closed, "consts", [])]
       n = len(jaxpr.invars)
       return self.run(jaxpr, consts, ins[len(ins) - n:])
     if name == "dot_general":
@@ -385,7 +384,7 @@ class _Tracer:
     body = p["jaxpr"]
     nc, ncar = p["num_consts"], p["num_carry"]
     consts, carry, xs = ins[:nc], ins[nc:nc + ncar], ins[nc + ncar:]
-    body_consts = [Act(_concrete_int(np.shape(c))) for c in body.consts]
+    body_consts = [Act(_concrete_int(np.shape(c)), np.asarray(c)) for c in body.consts]
     ys_steps = []
     steps = range(p["length"])
     for i in (reversed(steps) if p["reverse"] else steps):
@@ -611,7 +610,7 @@ def trace_graph(apply_fn: Callable[..., Any], params: Any, *args: Any, allow_par
       inputs.append(Act(np.broadcast_to(feat, shape).astype(np.int32)))
     else:
       inputs.append(Act(_concrete_int(shape)))
-  tr.run(closed.jaxpr, [Act(_concrete_int(np.shape(c))) for c in closed.consts], inputs)
+  tr.run(closed.jaxpr, [Act(_concrete_int(np.shape(c)), np.asarray(c)) for c in closed.consts], inputs)
   return _finish(g, leaves, paths, treedef, allow_partial)
 
 
