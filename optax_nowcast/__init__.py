@@ -4,7 +4,7 @@
 >>> tx = optax.chain(optax.adam(1e-3), onc.nowcast(onc.predictors.linefit(), interval=20))
 """
 
-from optax_nowcast import graphs, predictors, schedules, weight_prediction
+from optax_nowcast import checkpoint, graph_trace, graphs, predictors, schedules, weight_prediction
 from optax_nowcast.farcast import FarcastState, farcast
 from optax_nowcast.predictors import Predictor
 from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast, nowcast_phase
@@ -16,8 +16,10 @@ __all__ = [
     "NowcastState",
     "Predictor",
     "__version__",
+    "checkpoint",
     "farcast",
     "find_nowcast_state",
+    "graph_trace",
     "graphs",
     "nowcast",
     "nowcast_phase",

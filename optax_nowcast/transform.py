@@ -252,11 +252,14 @@ def _rollback_check(cfg: _Config, rb: RollbackState, value: Any, step: jax.Array
   loss = jnp.asarray(value, jnp.float32)
   since = step - last_jump_step - 1  # 0 at the first call after a jump
   in_window = (last_jump_step >= 0) & (since >= 0) & (since <= r.window)
-  # The running mean tracks the loss outside the windows that follow jumps (including the jump call).
+  # The running mean tracks the loss outside the windows that follow jumps (including the jump call),
+  # skipping non-finite losses; inside a window a non-finite loss counts as infinitely high (a rollback).
+  finite = jnp.isfinite(loss)
   new_ema = jnp.where(jnp.isnan(rb.loss_ema), loss, 0.9 * rb.loss_ema + 0.1 * loss)
-  loss_ema = jnp.where(in_window, rb.loss_ema, new_ema)
+  loss_ema = jnp.where(in_window | ~finite, rb.loss_ema, new_ema)
   pre_jump = jnp.where(applied, loss_ema, rb.pre_jump_loss)
-  post = jnp.where(in_window, jnp.where(since == 0, loss, 0.9 * rb.post_jump_loss + 0.1 * loss), 0.0)
+  seen = jnp.where(finite, loss, jnp.inf)
+  post = jnp.where(in_window, jnp.where(since == 0, seen, 0.9 * rb.post_jump_loss + 0.1 * seen), 0.0)
   roll = in_window & (since == r.window) & (post > r.factor * pre_jump)
   return roll, RollbackState(loss_ema=loss_ema, pre_jump_loss=pre_jump, post_jump_loss=post,
                              n_rollbacks=rb.n_rollbacks + roll.astype(jnp.int32),

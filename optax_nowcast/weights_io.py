@@ -21,6 +21,7 @@ Where the official checkpoints live is the user's choice: pass the path, or set
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -93,7 +94,17 @@ def read(weights_path: str | os.PathLike, template: Callable[[dict[str, Any]], A
   if expect is not None and name != expect:
     raise ValueError(f"{weights_path} holds {name!r} weights, not {expect!r}.")
   with open(weights_path, "rb") as f:
-    params = flax.serialization.from_bytes(template(meta["config"]), f.read())
+    data = f.read()
+  want = meta.get("sha256")
+  if want is not None and hashlib.sha256(data).hexdigest() != want:
+    raise ValueError(f"{weights_path} is corrupted or truncated: its sha256 is "
+                     f"{hashlib.sha256(data).hexdigest()}, the record next to it says {want}. Reinstall "
+                     "the package (shipped weights) or write the file again (weights_io.write).")
+  try:
+    params = flax.serialization.from_bytes(template(meta["config"]), data)
+  except Exception as e:  # msgpack's errors do not name the file
+    raise ValueError(f"{weights_path} cannot be read as {name!r} weights ({type(e).__name__}: {e}); the "
+                     "file is corrupted, truncated, or not written by weights_io.write.") from e
   return jax.tree.map(jnp.asarray, params), dict(meta["config"])
 
 
@@ -104,10 +115,11 @@ def write(out_dir: str, name: str, params: Any, record: Mapping[str, Any]) -> st
 
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{name}.msgpack")
+  data = flax.serialization.to_bytes(params)
   with open(path, "wb") as f:
-    f.write(flax.serialization.to_bytes(params))
+    f.write(data)
   with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-    json.dump({"predictor": name, **record}, f, indent=1)
+    json.dump({"predictor": name, **record, "sha256": hashlib.sha256(data).hexdigest()}, f, indent=1)
   return path
 
 
@@ -119,8 +131,12 @@ def read_state_dict(path: str | os.PathLike | Mapping[str, Any]) -> dict[str, np
   if not os.path.exists(path):
     raise FileNotFoundError(f"no such checkpoint file: {path}")
   if str(path).endswith(".npz"):
-    with np.load(path) as z:
-      return {k: z[k] for k in z.files}
+    try:
+      with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile's and numpy's errors do not name the file
+      raise ValueError(f"{path} cannot be read as an .npz checkpoint ({type(e).__name__}: {e}); the file "
+                       "is corrupted or truncated.") from e
   try:
     import torch
   except ImportError as e:

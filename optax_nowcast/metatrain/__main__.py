@@ -76,7 +76,13 @@ def main(argv=None) -> dict:
   pr.add_argument("--data-dir", default=None)
   pr.add_argument("--skip-collect", action="store_true", help="train on the runs already in --runs")
   pr.add_argument("--only", default="wnn_plus,wnn,lfd2", help="which predictors to (re)train")
+  cd = sub.add_parser("card", help="record the shipped files' sha256 and rewrite MODEL_CARD.md")
+  cd.add_argument("--out", default="optax_nowcast/pretrained")
   args = parser.parse_args(argv)
+  if args.command == "card":
+    from optax_nowcast.metatrain import pretrained
+    print(f"wrote {pretrained.refresh_card(args.out)}")
+    return {}
   if args.command == "pretrained":
     from optax_nowcast.metatrain import pretrained
     return pretrained.run(args.runs, args.out, args.data_dir, args.skip_collect, tuple(args.only.split(",")))

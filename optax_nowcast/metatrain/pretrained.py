@@ -9,6 +9,7 @@ The held-out evaluation tasks (FM-32, C10-32, LM-3-64) are never collected here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -121,6 +122,9 @@ def write_model_card(out_dir: str, folders: list[str], records: dict[str, dict[s
     if missing:
       lines += ["", f"{', '.join(names)}: trained before {', '.join(missing)} joined the recipe "
                 "(`metatrain.pretrained.RECIPE`); the command above retrains on every task of the recipe."]
+  lines += ["", "## Files", "", "`weights_io.read` checks each file's sha256 (kept in its `.json`) at load.",
+            "", "| file | sha256 |", "|---|---|"]
+  lines += [f"| `{name}.msgpack` | `{rec['sha256']}` |" for name, rec in records.items() if "sha256" in rec]
   lines += ["", f"Trained on {platform.machine()} CPU ({os.cpu_count()} cores); "
             f"card written {time.strftime('%Y-%m-%d')}. WNN's per-kind validation L1 and every evaluation "
             "are in `wnn.json`.", "", "## Intended use and limits", "",
@@ -146,6 +150,29 @@ def _n_params(params) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
+def refresh_card(out_dir: str) -> str:
+  """Records each shipped file's sha256 in its ``.json`` (where missing) and rewrites ``MODEL_CARD.md``
+  from the records (``python -m optax_nowcast.metatrain card``)."""
+  records = {}
+  for name in NAMES:
+    p = os.path.join(out_dir, f"{name}.json")
+    if not os.path.exists(p):
+      continue
+    with open(p) as f:
+      rec = json.load(f)
+    with open(os.path.join(out_dir, f"{name}.msgpack"), "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+    if rec.get("sha256") not in (None, digest):
+      raise ValueError(f"{out_dir}/{name}.msgpack: sha256 {digest} differs from its record's "
+                       f"{rec['sha256']}; retrain it or restore the file.")
+    if rec.get("sha256") is None:
+      rec["sha256"] = digest
+      with open(p, "w") as f:
+        json.dump(rec, f, indent=1)
+    records[name] = rec
+  return write_model_card(out_dir, [], records)
+
+
 def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect: bool = False,
         only: tuple[str, ...] = ("wnn_plus", "wnn", "lfd2")) -> dict[str, dict[str, Any]]:
   if not skip_collect:
@@ -167,7 +194,8 @@ def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect:
     res["n_params"] = _n_params(res["params"]) if name != "wnn" else _n_params(res["params"]["dense"])
     res["data"] = runs_summary(folders)
     save_predictor(out_dir, name, res)
-    records[name] = {k: v for k, v in res.items() if k != "params"}
+    with open(os.path.join(out_dir, f"{name}.json")) as f:
+      records[name] = json.load(f)  # the record as written, with the file's sha256
   # Keep the records of predictors not retrained this time in the card.
   for name in NAMES:
     p = os.path.join(out_dir, f"{name}.json")
@@ -178,5 +206,5 @@ def run(runs_root: str, out_dir: str, data_dir: str | None = None, skip_collect:
   return records
 
 
-__all__ = ["HELD_OUT", "INTERVAL", "LFD", "NAMES", "NINO", "RECIPE", "TRAIN", "collect_recipe", "run",
-           "write_model_card"]
+__all__ = ["HELD_OUT", "INTERVAL", "LFD", "NAMES", "NINO", "RECIPE", "TRAIN", "collect_recipe",
+           "refresh_card", "run", "write_model_card"]
