@@ -49,6 +49,11 @@ PAGES = {
         ["arch.md", "arch_A-C10-ResNet8-adam.png", "arch_A-C10-ViT32-adam.png", "graph_build.md"],
         "python -m benchmarks.run --suite arch --methods adam,linefit+,nino-traced; "
         "python -m benchmarks.graph_build"),
+    "faults": (
+        "Faults tried on purpose",
+        "Non-finite gradients and losses injected at every phase of a period, damaged files, killed "
+        "processes; and what is bit-identical.",
+        ["faults.md"], "python -m benchmarks.faults"),
     "paired_time": (
         "Paired wall time",
         "Wall time to Adam's final value, with the costs of each method and of Adam measured side by side "
