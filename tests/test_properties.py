@@ -115,3 +115,63 @@ def test_absurd_jumps_are_rejected_by_max_jump_ratio():
     assert float(p["w"][0]) > 100 if jumped else abs(float(p["w"][0]) - 0.4) < 1e-6
   with pytest.raises(ValueError, match="max_jump_ratio must be a positive number"):
     onc.nowcast(crazy, interval=1, ctx=3, max_jump_ratio=-1.0)
+
+
+@st.composite
+def any_leaves(draw):
+  """Leaves of every dtype a params tree may hold, bool included."""
+  if draw(st.booleans()) and draw(st.booleans()):
+    seed = draw(st.integers(0, 2**16))
+    return jnp.asarray(np.random.default_rng(seed).random(draw(shapes)) > 0.5)
+  return draw(leaves())
+
+
+any_pytrees = st.recursive(any_leaves(), lambda children: st.dictionaries(
+    st.sampled_from(list("abcde")), children, min_size=1, max_size=3), max_leaves=6)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_pytrees, st.sampled_from([1, 2, 3]), st.sampled_from([2, 3, 4]),
+       st.sampled_from(["constant", "longer", "dynamic"]), st.integers(0, 2**16))
+def test_jumps_only_at_scheduled_steps_and_other_updates_untouched(params, interval, ctx, period, seed):
+  """Over random pytrees (f32, bf16, f16, int, bool), intervals, ctx and period schedules: a jump (made or
+  rejected) happens exactly at the steps the host schedule names; every other update is the base
+  optimizer's, bit for bit; dtypes and shapes are kept; non-float leaves never change."""
+  base = optax.adam(1e-2)
+  per = {"constant": None, "longer": ctx * interval + 3,
+         "dynamic": onc.schedules.dynamic_period(ctx * interval, 3 * ctx * interval, total_steps=40)}[period]
+  tx = optax.chain(base, onc.nowcast(onc.predictors.linefit(), interval=interval, ctx=ctx, horizon=2,
+                                     period=per))
+  rng = np.random.default_rng(seed)
+  grads_seq = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype) if _is_float(p)
+                            else jnp.zeros_like(p), params) for _ in range(4)]
+
+  @jax.jit
+  def step(p, s, g):
+    u, s2 = tx.update(g, s, p)
+    u_base, _ = base.update(g, s[0], p)
+    return optax.apply_updates(p, u), s2, u, u_base
+
+  s = tx.init(params)
+  p = params
+  events = []
+  for t in range(30):
+    before = onc.find_nowcast_state(s)
+    p, s, u, u_base = step(p, s, grads_seq[t % 4])
+    after = onc.find_nowcast_state(s)
+    jumped = int(after.n_jumps + after.n_rejected) > int(before.n_jumps + before.n_rejected)
+    if jumped:
+      events.append(t)
+    else:
+      for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_base), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  has_float = any(_is_float(x) for x in jax.tree.leaves(params))  # an empty float leaf counts
+  expected = [t for t in range(30) if onc.nowcast_phase(t, interval=interval, ctx=ctx, period=per) == "full"]
+  if has_float:
+    assert events == expected, (events, expected)
+  else:
+    assert events == []
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params), strict=True):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if not _is_float(b):
+      np.testing.assert_array_equal(a, b)
