@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,3 +219,40 @@ def test_nino_plus_plus_options_train_and_reload(digits_runs, tmp_path):
   tx = optax.chain(task.optimizer(), nowcast(nino(path), interval=20, ctx=5, horizon=2))
   _, s = _train_with(tx)
   assert int(s[1].n_jumps) == 1
+
+
+def test_collection_split_over_processes_survives_one_dying(tmp_path):
+  """``metatrain collect --shard i/2`` in two processes: each writes its own runs; one is killed after its
+  first run and rerun (its finished run is skipped); the index lists every run once both are done."""
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  out = str(tmp_path / "runs")
+  cmd = [sys.executable, "-m", "optax_nowcast.metatrain", "collect", "--task", "digits", "--seeds", "0:6",
+         "--steps", "600", "--interval", "100", "--vmap", "1", "--quiet", "--out", out]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  ok = subprocess.run([*cmd, "--shard", "0/2"], env=env, capture_output=True, text=True, timeout=600)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  victim = subprocess.Popen([*cmd, "--shard", "1/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  mine = [r.run_id for r in plan_runs(range(6))][1::2]
+  first = os.path.join(out, "digits", mine[0], "index.json")
+  deadline = time.time() + 300
+  while not os.path.exists(first) and time.time() < deadline and victim.poll() is None:
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  with open(os.path.join(out, "digits", "collection.json")) as f:
+    index = json.load(f)  # written by shard 0: its own 3 runs, shard 1's missing
+  assert len(index["planned"]) == 6 and set(mine) <= set(index["missing"])
+  again = subprocess.run([*cmd, "--shard", "1/2"], env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]
+  skipped = int(again.stdout.split("skipped ")[1].split()[0])
+  assert 1 <= skipped < 3, again.stdout  # the run finished before the kill is not recomputed
+  with open(os.path.join(out, "digits", "collection.json")) as f:
+    index = json.load(f)
+  assert index["missing"] == [] and sorted(index["complete"]) == sorted(index["planned"])
+  for run_id in index["planned"]:
+    states, meta = load_run(os.path.join(out, "digits", run_id))
+    assert meta["complete"] and states.shape[0] == 7

@@ -70,13 +70,16 @@ def _option_tx(option: str) -> optax.GradientTransformation:
     kw.update(rollback_factor=1.01, rollback_window=2)
   elif option == "nino":
     pred, kw["ctx"], kw["interval"] = onc.predictors.nino(), 5, 3
-  elif option == "period_and_rate_clock":  # dynamic period and the learning-rate clock: every window field in use
+  elif option == "period_and_rate_clock":  # every window field in use
     kw.update(period=onc.schedules.dynamic_period(12, 24, total_steps=60),
               learning_rate=optax.linear_schedule(3e-3, 1e-3, 60))
   return optax.chain(optax.adam(3e-3), onc.nowcast(pred, **kw))
 
 
-@pytest.mark.parametrize("option", ["host", "farcast", "rollback", "nino", "int_leaves", "period_and_rate_clock"])
+OPTIONS = ["host", "farcast", "rollback", "nino", "int_leaves", "period_and_rate_clock"]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
 def test_every_option_resumes_bit_for_bit(tmp_path, option):
   """Saved mid-period with ``onc.checkpoint.save`` and restored into a fresh state's layout with
   ``onc.checkpoint.restore``, every option's run continues as the uninterrupted one, bit for bit (the

@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
   c.add_argument("--out", default="trajectories")
   c.add_argument("--data-dir", default=None)
   c.add_argument("--quiet", action="store_true")
+  c.add_argument("--shard", default="0/1",
+                 help="i/n: train only runs i, i+n, ... (n processes split a collection; see collect())")
   t = sub.add_parser("train", help="train a predictor on collected trajectories")
   t.add_argument("--predictor", default="wnn+", choices=["wnn+", "wnn", "nino", "lfd2", "lfn", "lfl", "lfs"])
   t.add_argument("--runs", default="trajectories", help="the folder collect wrote")
@@ -122,9 +124,11 @@ def main(argv=None) -> dict:
   size = estimate_bytes(args.task, runs, args.steps, args.interval)
   print(f"{len(runs)} runs of {args.task}, {args.steps} steps, a state every {args.interval}: "
         f"{size / 2**20:.1f} MiB of float16 states in {args.out}/{args.task}/", flush=True)
+  shard = tuple(int(x) for x in args.shard.split("/"))
   res = collect(args.task, runs, steps=args.steps, interval=args.interval, out_dir=args.out,
-                data_dir=args.data_dir, vmap=args.vmap, quiet=args.quiet)
-  print(f"computed {len(res['computed'])} runs, skipped {len(res['skipped'])} finished ones")
+                data_dir=args.data_dir, vmap=args.vmap, quiet=args.quiet, shard=shard)
+  print(f"computed {len(res['computed'])} runs, skipped {len(res['skipped'])} finished ones; "
+        f"index {res['index']}", flush=True)
   return res
 
 

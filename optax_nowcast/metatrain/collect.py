@@ -111,26 +111,34 @@ def _param_count(spec) -> int:
 
 
 def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: int, out_dir: str,
-            data_dir: str | None = None, vmap: int = 4, dtype=np.float16, quiet: bool = False) -> dict:
+            data_dir: str | None = None, vmap: int = 4, dtype=np.float16, quiet: bool = False,
+            shard: tuple[int, int] = (0, 1)) -> dict:
   """Trains every run of ``runs`` for ``steps`` steps, saving states every ``interval`` steps.
 
-  Returns ``{"computed": [...run ids], "skipped": [...]}``. Example: :mod:`optax_nowcast.metatrain`.
+  ``shard=(i, n)``: this process trains only the runs ``i, i + n, i + 2n, ...`` of ``runs``, so that ``n``
+  processes (on one machine or several sharing ``out_dir``) split a collection; each writes its own run
+  folders, and each, when done, rewrites ``<out_dir>/<task>/collection.json`` (:func:`write_index`): the
+  last to finish leaves the complete index. A process that dies leaves its unfinished runs out of the index;
+  rerun it (finished runs are skipped).
+
+  Returns ``{"computed": [...run ids], "skipped": [...], "index": path}``. Example:
+  :mod:`optax_nowcast.metatrain`.
   """
   if steps % interval:
     raise ValueError(f"steps ({steps}) must be a multiple of interval ({interval}).")
+  i, n = shard
+  if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+    raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}.")
+  all_runs, runs = list(runs), list(runs)[i::n]
   try:
     from tqdm.auto import tqdm
   except ImportError:  # pragma: no cover
     tqdm = None
   todo, skipped = [], []
   for r in runs:
-    idx = os.path.join(out_dir, task_name, r.run_id, "index.json")
-    if os.path.exists(idx):
-      with open(idx) as f:
-        meta = json.load(f)
-      if meta.get("complete") and meta["steps"][-1] == steps and meta["interval"] == interval:
-        skipped.append(r.run_id)
-        continue
+    if _complete(out_dir, task_name, r, steps, interval):
+      skipped.append(r.run_id)
+      continue
     todo.append(r)
   groups: dict[tuple, list[RunSpec]] = {}
   for r in todo:
@@ -145,7 +153,33 @@ def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: in
       computed += [r.run_id for r in chunk]
   if bar is not None:
     bar.close()
-  return {"computed": computed, "skipped": skipped}
+  index = write_index(out_dir, task_name, all_runs, steps=steps, interval=interval)
+  return {"computed": computed, "skipped": skipped, "index": index}
+
+
+def _complete(out_dir: str, task_name: str, r: RunSpec, steps: int, interval: int) -> bool:
+  idx = os.path.join(out_dir, task_name, r.run_id, "index.json")
+  if not os.path.exists(idx):
+    return False
+  with open(idx) as f:
+    meta = json.load(f)
+  return bool(meta.get("complete")) and meta["steps"][-1] == steps and meta["interval"] == interval
+
+
+def write_index(out_dir: str, task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: int) -> str:
+  """Writes ``<out_dir>/<task>/collection.json``: the planned runs, which are complete and which missing
+  (atomically: several processes may write it; the last one sees every run)."""
+  done = [r.run_id for r in runs if _complete(out_dir, task_name, r, steps, interval)]
+  record = {"task": task_name, "steps": steps, "interval": interval, "planned": [r.run_id for r in runs],
+            "complete": done, "missing": [r.run_id for r in runs if r.run_id not in done]}
+  folder = os.path.join(out_dir, task_name)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, "collection.json")
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, path)
+  return path
 
 
 def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_dir: str, dtype, bar):
@@ -198,8 +232,10 @@ def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_
             "interval": interval, "steps": list(range(0, steps + 1, interval)), "dtype": np.dtype(dtype).name,
             "leaves": leaves_meta, "complete": True,
             "finite": bool(np.all(np.isfinite(np.asarray(a, np.float32))))}
-    with open(os.path.join(folder, "index.json"), "w") as f:
+    tmp = os.path.join(folder, f"index.json.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:  # atomically: a process killed here leaves no half-written index
       json.dump(meta, f)
+    os.replace(tmp, os.path.join(folder, "index.json"))
 
 
 def load_run(folder: str) -> tuple[np.memmap, dict]:
@@ -234,4 +270,4 @@ def runs_summary(folders: list[str]) -> list[dict[str, Any]]:
 
 
 __all__ = ["RunSpec", "collect", "estimate_bytes", "load_run", "plan_runs", "runs_summary", "task_template",
-           "unflatten"]
+           "unflatten", "write_index"]
