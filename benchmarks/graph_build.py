@@ -4,9 +4,10 @@
     python -m benchmarks.graph_build --quick   # the small ones
 
 For each model: parameters, graph nodes and edges, edge slots, the trace (``graph_trace.trace_graph``) and
-the whole ``nino()`` init (trace, Laplacian positional encoding), each in seconds and as a multiple of one
-jitted Adam training step of that model (batch 64, compiled, measured in the same process right before, the
-median of 5), so a reader can see what one init costs next to training. Building happens once per run,
+the whole ``nino()`` init (trace, Laplacian positional encoding), each in seconds (after one warm-up trace:
+the first trace in a process also compiles the small host operations it uses, about a second) and as a
+multiple of one jitted Adam training step of that model (batch 64, compiled, measured in the same process
+right before, the median of 5), so a reader can see what one init costs next to training. Building happens once per run,
 at ``tx.init``. Outputs ``benchmarks/results/graph_build.{json,md}``.
 """
 
@@ -89,6 +90,7 @@ def measure(quick: bool) -> list[dict[str, Any]]:
   rows = []
   for name, (fn, params, x, batch) in models(quick).items():
     step = _step_time(fn, params, batch)
+    graph_trace.trace_graph(fn, params, x)  # warm-up: JAX compiles the host ops the trace uses once
     t = time.perf_counter()
     g = graph_trace.trace_graph(fn, params, x)
     trace = time.perf_counter() - t
