@@ -7,8 +7,8 @@ For each model: parameters, graph nodes and edges, edge slots, the trace (``grap
 the whole ``nino()`` init (trace, Laplacian positional encoding), each in seconds (after one warm-up trace:
 the first trace in a process also compiles the small host operations it uses, about a second) and as a
 multiple of one jitted Adam training step of that model (batch 64, compiled, measured in the same process
-right before, the median of 5), so a reader can see what one init costs next to training. Building happens once per run,
-at ``tx.init``. Outputs ``benchmarks/results/graph_build.{json,md}``.
+right before, the median of 5), so a reader can see what one init costs next to training. Building happens
+once per run, at ``tx.init``. Outputs ``benchmarks/results/graph_build.{json,md}``.
 """
 
 from __future__ import annotations
