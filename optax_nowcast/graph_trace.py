@@ -624,9 +624,9 @@ def _finish(g: _Graph, leaves, paths, treedef, allow_partial: bool) -> g_lib.Neu
       uncovered[i] = why
   if uncovered and not allow_partial:
     lines = "; ".join(f"{paths[i]} ({why})" for i, why in uncovered.items())
-    raise ValueError(f"trace_graph: the neural graph cannot express {lines}. Pass fallback= to "
-                     "predictors.nino (e.g. fallback=predictors.linefit_plus()) to predict these with "
-                     "another predictor, or allow_partial=True here.")
+    raise ValueError(f"the neural graph cannot express {lines}. Pass "
+                     "fallback=predictors.linefit_plus() to predictors.nino to predict these with another "
+                     "predictor (or allow_partial=True to trace_graph to leave them out).")
   # Node numbering as the official code's: neurons in order of creation, each bias/norm/position node just
   # before the first neuron it feeds; merged (key) neurons dropped.
   roots = np.array([g.find(i) for i in range(len(g.parent))], np.int64)

@@ -430,11 +430,12 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
         return graph_trace.trace_graph(apply_fn, params, *args, allow_partial=partial)
       return graphs_lib.neural_graph(params, order, allow_partial=partial)
     except ValueError as e:
-      hint = "" if apply_fn is not None else (
-          " Pass apply_fn= and example_input= (a batch of one) to read the graph from the forward pass "
-          "instead of the parameter names,")
-      raise ValueError(f"nino: {e}{hint} or fallback=predictors.linefit_plus() to predict what the graph "
-                       "cannot express with another predictor.") from e
+      if apply_fn is not None:  # the trace's message names the option already
+        raise ValueError(f"nino: {e}") from e
+      raise ValueError(f"nino: {e} Pass apply_fn= and example_input= (a batch of one) to read the graph "
+                       "from the forward pass instead of the parameter names, or "
+                       "fallback=predictors.linefit_plus() to predict what the graph cannot express with "
+                       "another predictor.") from e
 
   def init(params):
     g = build(params)
