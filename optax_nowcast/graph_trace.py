@@ -104,12 +104,12 @@ class PView:
 class _Graph:
   """Nodes (with a union-find for the attention merge), parameter edge blocks and auxiliary edges."""
 
-  def __init__(self, leaf_shapes: list[tuple[int, ...]], leaf_paths: list[str]):
+  def __init__(self, leaf_shapes: list[tuple[int, ...]]):
     self.parent: list[int] = []
     self.pos_w: dict[int, int] = {}
     self.heads: set[int] = set()
     self.sources: dict[int, np.ndarray] = {}  # source node of a bias/norm/position edge -> its receivers
-    self.leaf_shapes, self.leaf_paths = leaf_shapes, leaf_paths
+    self.leaf_shapes = leaf_shapes
     # edge blocks in order of creation: ("param", leaf, elements, their edges, their slots, senders,
     # receivers, type) or ("aux", name, senders, receivers, type, const)
     self.seq: list[tuple] = []
@@ -582,7 +582,8 @@ def trace_graph(apply_fn: Callable[..., Any], params: Any, *args: Any, allow_par
     apply_fn: the model's forward, e.g. Linen's ``model.apply`` (with ``{"params": ...}`` as its first
       argument; close over ``batch_stats`` and pass ``train=False``), or :func:`nnx_apply` of an NNX model.
     params: the parameters, in the structure the optimizer sees.
-    *args, **kwargs: an example input, a batch of one (labels are host arrays of every intermediate).
+    *args: an example input, a batch of one (labels are host arrays of every intermediate).
+    **kwargs: keyword arguments of ``apply_fn`` (e.g. ``train=False``).
     allow_partial: leave parameters the graph cannot express out of it (``graph.uncovered``) instead of
       raising.
 
@@ -598,7 +599,7 @@ def trace_graph(apply_fn: Callable[..., Any], params: Any, *args: Any, allow_par
     return apply_fn(jax.tree.unflatten(treedef, leaves_), *args_, **kwargs_)
 
   closed = jax.make_jaxpr(fn)(leaves, args, kwargs)
-  g = _Graph(shapes, paths)
+  g = _Graph(shapes)
   tr = _Tracer(g)
   inputs = []
   for i, x in enumerate(jax.tree.leaves((leaves, args, kwargs))):
