@@ -167,6 +167,9 @@ class _Graph:
     snd_e[edge], rcv_e[edge] = snd, rcv
     self.seq.append(("param", leaf, elem_idx, edge, slot, snd_e, rcv_e, etype))
 
+  def head_ids(self) -> np.ndarray:
+    return np.array(sorted(self.heads), np.int64)
+
   def is_covered(self, p: PView) -> bool:
     m = self.covered.get(p.leaf)
     return m is not None and bool(m[p.idx[p.idx >= 0]].all())
@@ -229,7 +232,7 @@ class _Tracer:
         pairs, inv = np.unique(np.stack([out[both], a[both]], 1), axis=0, return_inverse=True)
         find = np.vectorize(self.g.find, otypes=[np.int64])
         r0, r1 = find(pairs[:, 0]), find(pairs[:, 1])
-        heads = np.array(sorted(self.g.heads), np.int64)
+        heads = self.g.head_ids()
         h0, h1 = np.isin(r0, heads), np.isin(r1, heads)
         new = np.where(h0 & ~h1, r1, np.where(h1 & ~h0, r0, np.maximum(r0, r1)))
         old = np.where(new == r1, r0, r1)
@@ -456,7 +459,7 @@ class _Tracer:
     rt = np.transpose(R, tuple(rb) + rfree + tuple(rc)).reshape(
         tuple(R.shape[i] for i in tuple(rb) + rfree) + (-1,))
     # a side contracts neurons if, per batch and contracted index, one node runs along its free axes
-    heads = np.array(sorted(self.g.heads), np.int64)
+    heads = self.g.head_ids()
 
     def neurons(X, keep):
       u = _unique_along(X, keep)
@@ -485,7 +488,6 @@ class _Tracer:
     lo = left.reshape(left.shape + (1,) * len(rfree))
     ro = right.reshape(right.shape[:nb] + (1,) * len(lfree) + right.shape[nb:])
     lo, ro = (np.array(x) for x in np.broadcast_arrays(lo, ro))
-    heads = np.array(sorted(self.g.heads), np.int64)  # with the ones just made
     for hs, ns in ((lo, ro), (ro, lo)):  # softmax(q . k) . v: value neurons, wired to their heads
       at = np.isin(hs, heads) & (ns >= 0) & ~np.isin(ns, heads)
       if at.any():

@@ -239,9 +239,9 @@ def _sequential(b: _Builder, modules: Mapping, prefix: str, order: Sequence[str]
                 allow_partial: bool = False):
   stream: np.ndarray | None = None
   for path, m in _leaf_modules(modules, prefix, order):
-    if allow_partial and (not _is_leaf_module(m) or "kernel" not in m):
-      continue  # left out of the graph (a norm layer between Dense/Conv layers): the fallback's
     if not _is_leaf_module(m) or "kernel" not in m:
+      if allow_partial:
+        continue  # left out of the graph (a norm layer between Dense/Conv layers): the fallback's
       raise ValueError(f"{path}: not a Dense or Conv layer ({sorted(m) if isinstance(m, Mapping) else m}); "
                        "neural_graph recognises sequential Dense/Conv stacks and GPT-style transformers.")
     k = _shape(m["kernel"])

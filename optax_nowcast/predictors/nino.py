@@ -492,10 +492,11 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     if leaves[0].shape[0] != ctx:
       raise ValueError(f"nino: the model takes ctx={ctx} states, the history has {leaves[0].shape[0]}; "
                        f"use nowcast(..., ctx={ctx}).")
-    inside = [pos is not None for pos in g.positions]
-    scaled, mu, sigma = scale_history([h for h, i in zip(leaves, inside, strict=True) if i])
+    inside = [pos is not None for pos in g.positions]  # False: a leaf the fallback predicts
+    in_graph = [h for h, i in zip(leaves, inside, strict=True) if i]
+    scaled, mu, sigma = scale_history(in_graph)
     it = iter(scaled)
-    x = g.gather([next(it) if i else h for h, i in zip(leaves, inside, strict=True)],
+    x = g.gather([next(it) if i else h for h, i in zip(leaves, inside, strict=True)],  # gather skips them
                  width=model.slots * ctx)
     # The weights and the graph are constants of the compiled step; behind an optimization barrier, XLA
     # does not constant-fold what depends on them alone (the edge-type embedding, the node projections:
@@ -507,15 +508,14 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
       delta = run_parts(sub, g.edge_type, feat, x, k, w)
     last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
     pred_scaled = [p for p in g.scatter(last + delta) if p is not None]
-    graph_leaves = [h for h, i in zip(leaves, inside, strict=True) if i]
-    out = iter([(p * s + m).astype(h.dtype)
-                for p, s, m, h in zip(pred_scaled, sigma, mu, graph_leaves, strict=True)])
+    ours = iter([(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, in_graph,
+                                                                       strict=True)])
+    theirs = iter(())
     if g.uncovered:
       other, state = fallback.predict([h for h, i in zip(leaves, inside, strict=True) if not i], times, k,
                                       state)
-      rest = iter(other)
-    preds = [next(out) if i else next(rest) for i in inside]
-    return jax.tree.unflatten(treedef, preds), state
+      theirs = iter(other)
+    return jax.tree.unflatten(treedef, [next(ours) if i else next(theirs) for i in inside]), state
 
   return Predictor(init=init, predict=full_precision(predict), name="nino", min_ctx=ctx)
 
