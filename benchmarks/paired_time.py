@@ -29,6 +29,10 @@ fixed cost of a call (dispatch, the state copy) does not swamp a task as small a
     python -m benchmarks.paired_time                                   # every task and method in full.json
     python -m benchmarks.paired_time --tasks FM-32 --methods wnn+,nino-ours
     python -m benchmarks.paired_time --quick     # digits, 2 methods: paired_time_quick.{json,md}
+    python -m benchmarks.paired_time --suite general   # held-out configurations: paired_time_general.*
+
+(With ``--suite general`` "Adam" is each configuration's own base optimizer, the method ``adam`` of the
+suite, and its runs give the steps; ``benchmarks.run --suite general`` then adds the column to its summary.)
 """
 
 from __future__ import annotations
@@ -158,14 +162,16 @@ def _f(x, fmt):
 
 
 def format_table(result: dict[str, Any]) -> str:
+  suite = result.get("suite", "full")
+  base = "Adam" if suite == "full" else "the base optimizer"
   lines = [
-      f"Paired wall time to Adam's final value (`python -m benchmarks.paired_time`; chunks of the "
-      f"steps in the second column, {result['repeats']} alternating repeats, backend {result['backend']}, "
-      f"{result['cpu_count']} cores): costs measured side by side with Adam's in one process, steps and "
-      "jumps from the `full` suite's runs; medians over seeds (— where a seed never reached Adam's "
-      "value).", "",
-      "| task | chunk | method | Adam ms/step | method ms/step (ratio) | s per jump period | jumps to target "
-      "| steps reduction | paired time to target (s) | Adam's (s) | paired time reduction |",
+      f"Paired wall time to {base}'s final value (`python -m benchmarks.paired_time --suite {suite}`; chunks "
+      f"of the steps in the second column, {result['repeats']} alternating repeats, backend "
+      f"{result['backend']}, {result['cpu_count']} cores): costs measured side by side with {base}'s in one "
+      f"process, steps and jumps from the `{suite}` suite's runs; medians over seeds (— where a seed never "
+      f"reached {base}'s value).", "",
+      "| task | chunk | method | base ms/step | method ms/step (ratio) | s per jump period | jumps to target "
+      "| steps reduction | paired time to target (s) | base's (s) | paired time reduction |",
       "|---|---|---|---|---|---|---|---|---|---|---|"]
   for task, methods in result["tasks"].items():
     for m, r in methods.items():
@@ -204,8 +210,9 @@ def main(argv=None) -> dict[str, Any]:
   if args.suite != "full":
     name_out += f"_{args.suite}"
   path = os.path.join(args.out, f"{name_out}.json")
-  result = {"steps": args.steps, "repeats": args.repeats, "backend": jax.default_backend(),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "tasks": {}}
+  result = {"suite": args.suite, "steps": args.steps, "repeats": args.repeats,
+            "backend": jax.default_backend(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "tasks": {}}
   if os.path.exists(path):  # tasks measured earlier stay unless measured again
     with open(path) as f:
       result["tasks"] = json.load(f).get("tasks", {})
@@ -235,7 +242,7 @@ def main(argv=None) -> dict[str, Any]:
 
 
 def _write(result: dict[str, Any], out: str, name_out: str) -> str:
-  order = list(R.SUITES["full"][1]) + ["digits"]
+  order = list(R.SUITES[result.get("suite", "full")][1]) + ["digits"]
   result["tasks"] = dict(sorted(result["tasks"].items(),
                                 key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
   table = format_table(result)

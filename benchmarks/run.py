@@ -122,9 +122,9 @@ def _k_decay(task: Task) -> onc.schedules.KDecay:
   return onc.schedules.k_decay(40, total_steps=task.spec.steps)  # NiNo's horizons: 40 intervals, decaying
 
 
-def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_horizon: bool = False,
+def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_horizon: bool = False,
                    dynamic: bool = False, rollback: bool = False, rate_clock: bool = False,
-                   weights: Callable[[], str] | None = None) -> Method:
+                   weights: Callable[[], str] | None = None, trace: bool = False) -> Method:
   """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
 
   ``nino_horizon``: NiNo's k-decay from 40 over the run's jumps (else the suite's constant ``horizon``).
@@ -133,9 +133,12 @@ def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_h
   exceeds 1.5x its running mean before the jump (the horizon then halves).
   ``rate_clock``: ``nowcast(learning_rate=<the task's schedule>)``, times and horizons in cumulative
   learning rate (the same as steps with a constant rate).
+  ``trace``: ``predictor(apply_fn=, example_input=)`` (NiNo's graph read from the forward pass) for the
+  models whose parameter names cannot express their graph (residual blocks, normalisation layers).
   """
   def build(task: Task, s: Settings) -> optax.GradientTransformation:
-    pred = predictor()  # first: a missing weights file is the first error
+    # first: a missing weights file is the first error
+    pred = predictor(**_trace_args(task)) if trace and not _names_readable(task) else predictor()
     base = s.ctx * s.interval
     period = onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic else None
     horizon = _k_decay(task) if nino_horizon else s.horizon
@@ -147,12 +150,27 @@ def nowcast_method(predictor: Callable[[], onc.Predictor], label: str, *, nino_h
   return Method(build, label, weights=weights)
 
 
+def _trace_args(task: Task) -> dict[str, Any]:
+  """``apply_fn`` and ``example_input`` of the task's model, to trace its graph. The CPU's im2col
+  convolution is swapped back to ``lax.conv`` for the trace, so that a kernel is one conv edge per channel
+  pair (same parameters)."""
+  model = task.model.clone(conv=None) if hasattr(task.model, "conv") else task.model
+  return {"apply_fn": model.apply, "example_input": task.example}
+
+
+def _names_readable(task: Task) -> bool:
+  """Whether ``graphs.neural_graph`` reads the task's model from its parameter names."""
+  try:
+    onc.graphs.neural_graph(task.init(jax.random.PRNGKey(0)))
+  except ValueError:
+    return False
+  return True
+
+
 def _nino_traced(task: Task, s: Settings) -> optax.GradientTransformation:
   """Our shipped NiNo on the graph traced from the task's model (``nino(apply_fn=, example_input=)``),
-  k-decay from 40. The CPU's im2col convolution is swapped back to ``lax.conv`` for the trace, so that a
-  kernel is one conv edge per channel pair (same parameters)."""
-  model = task.model.clone(conv=None) if hasattr(task.model, "conv") else task.model
-  pred = onc.predictors.nino(apply_fn=model.apply, example_input=task.example)
+  k-decay from 40."""
+  pred = onc.predictors.nino(**_trace_args(task))
   return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
                                                    horizon=_k_decay(task)))
 
@@ -208,7 +226,7 @@ def weight_prediction_method(steps: int, label: str, then: Method | None = None)
 _NINO_OFFICIAL = _official("nino_no_posw", "nino")
 _WNN_OFFICIAL = _official("nino_mlp", "wnn+official")
 _NINO_OURS = nowcast_method(onc.predictors.nino, "NiNo, our shipped weights, k-decay from 40",
-                            nino_horizon=True, weights=_shipped("nino"))
+                            nino_horizon=True, weights=_shipped("nino"), trace=True)
 _LINEFIT = nowcast_method(onc.predictors.linefit, "least-squares line through the ctx states")
 
 METHODS: dict[str, Method] = {
@@ -231,13 +249,19 @@ METHODS: dict[str, Method] = {
     "nino-traced": Method(_nino_traced, "nino-ours on the graph traced from the model's forward pass",
                           weights=_shipped("nino")),
     "nino-ours+dp": nowcast_method(onc.predictors.nino, "nino-ours with NiNo++'s dynamic period",
-                                   nino_horizon=True, dynamic=True, weights=_shipped("nino")),
+                                   nino_horizon=True, dynamic=True, weights=_shipped("nino"), trace=True),
+    "nino-ours+fan256": nowcast_method(
+        lambda **kw: onc.predictors.nino(fallback=onc.predictors.linefit_plus(), max_fan_in=256,
+                                         fallback_horizon=5, **kw),
+        "nino-ours, tensors of fan-in > 256 (wide input layers) left to linefit+ (at most 5 intervals ahead)",
+        nino_horizon=True, weights=_shipped("nino"), trace=True),
     "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
-                                   nino_horizon=True, rollback=True, weights=_shipped("nino")),
+                                   nino_horizon=True, rollback=True, weights=_shipped("nino"), trace=True),
     "linefit+/rate": nowcast_method(onc.predictors.linefit_plus, "linefit+ on the learning-rate clock",
                                     rate_clock=True),
     "nino-ours/rate": nowcast_method(onc.predictors.nino, "nino-ours on the learning-rate clock",
-                                     nino_horizon=True, rate_clock=True, weights=_shipped("nino")),
+                                     nino_horizon=True, rate_clock=True, weights=_shipped("nino"),
+                                     trace=True),
     "wp1": weight_prediction_method(1, "AdamW weight prediction, s = 1"),
     "wp2": weight_prediction_method(2, "AdamW weight prediction, s = 2"),
     "wp3": weight_prediction_method(3, "AdamW weight prediction, s = 3"),
@@ -746,7 +770,7 @@ def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[st
   with open(os.path.join(out, f"{suite}_matrix.md"), "w") as f:
     f.write(format_matrix(suite, summary) + "\n")
   if suite.startswith("general"):
-    rows = general_rows(found, s)
+    rows = general_rows(found, s, _paired_times(out, suite))
     write_results(out, f"{suite}_summary", {"suite": suite, "rows": rows}, format_general(suite, rows))
     plot_general(rows, os.path.join(out, f"{suite}_summary.png"))
   wp = weight_prediction_rows(summary)
@@ -763,7 +787,17 @@ def _final_smoothed(r: dict, s: Settings) -> float:
   return float(moving_average(r["val_metric"], s.smooth)[-1])
 
 
-def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings) -> list[dict[str, Any]]:
+def _paired_times(out: str, suite: str) -> dict[str, dict[str, Any]]:
+  """``benchmarks.paired_time --suite <suite>``'s results (``paired_time_<suite>.json``), if measured."""
+  path = os.path.join(out, f"paired_time_{suite}.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f).get("tasks", {})
+
+
+def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
+                 paired: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
   """Per configuration and method of the generalization suite (runs as ``_finished_runs`` finds them):
 
   * ``reduction``: the median over seeds of ``1 - steps / base's steps`` to the base's own final smoothed
@@ -773,7 +807,10 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings) -> list[d
     base's on the same seed, against ``base_spread`` (max - min of the base's over seeds), signed so that
     positive is better;
   * ``length_saving`` (decaying schedules, with ``<config>@<p>`` runs): per seed, the shortest schedule
-    length whose final metric reaches the base's final metric at full length, ``1 - L / L_base``; median.
+    length whose final metric reaches the base's final metric at full length, ``1 - L / L_base``; median;
+  * ``paired_time``: the median over seeds of the paired wall-time reduction to the base's final value
+    (``benchmarks.paired_time --suite``; ``None``: a seed never reached it, or not measured:
+    ``paired_measured``).
   """
   rows = []
   for name in [n for n in found if "@" not in n]:
@@ -808,6 +845,9 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings) -> list[d
           "robust_reduction": _median(robust) if all(x is not None for x in robust) else None,
           "final_diff": float(np.mean(diffs)) if diffs else None, "base_spread": float(spread),
           "length_saving": _median(got) if got and len(got) == len(lengths) else None,
+          "paired_measured": method in (paired or {}).get(name, {}),
+          "paired_time": (paired or {}).get(name, {}).get(method, {}).get("median", {}).get(
+              "time_reduction_pct"),
       })
   return rows
 
@@ -840,10 +880,12 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
       "the base's total gain; final: the method's final metric minus the base's on the same seed (mean; "
       "positive is better; accuracy in points, perplexity in units) against the base's seed-to-seed spread "
       "(max - min); length saving (decaying schedules): 1 - the shortest schedule length (40, 55, 70, 85, "
-      "100 %) whose final metric reaches the base's at full length, over the base's own.", "",
+      "100 %) whose final metric reaches the base's at full length, over the base's own; paired time: 1 - "
+      "wall time / the base's to the base's final value, costs measured side by side in one process "
+      "(`python -m benchmarks.paired_time --suite " + suite + "`; blank: not measured).", "",
       "| configuration | schedule | method | seeds | reduction | never | robust reduction | final vs base "
-      "(spread) | length saving |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      "(spread) | length saving | paired time |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     scale = 100 if ALL_TASKS[base_name(r["config"])].metric == "accuracy" else 1
     fd = ("—" if r["final_diff"] is None
@@ -851,24 +893,30 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
     lines.append(
         f"| {r['config']} | {r['schedule']} | {r['method']} | {r['seeds']} | "
         f"{_fmt(r['reduction'], '.1f')} % | {r['never']} | {_fmt(r['robust_reduction'], '.1f')} % | {fd} | "
-        f"{_fmt(r['length_saving'], '.0f')} % |")
+        f"{_fmt(r['length_saving'], '.0f')} % | "
+        f"{(_fmt(r['paired_time'], '.1f') + ' %') if r.get('paired_measured') else ''} |")
   by_method: dict[str, list[dict]] = {}
   for r in rows:
     by_method.setdefault(r["method"], []).append(r)
   lines += ["", "Overall, per method: the median over the constant-rate configurations of their median "
             "reduction (over the seeds that reached the target; the next column counts those that did "
             "not), the median length saving over the decaying ones, and how often the final metric fell "
-            "below the base's by more than the base's spread.", "",
+            "below the base's by more than the base's spread, and on how many of the configurations timed "
+            "the paired wall time to the base's final value beat the base's.", "",
             "| method | configurations | median reduction (constant rate) | seeds never reaching "
             "(constant) | median length saving (decaying) | configurations where the final metric is worse "
-            "than the base's by more than its spread |", "|---|---|---|---|---|---|"]
+            "than the base's by more than its spread | paired time better than the base |",
+            "|---|---|---|---|---|---|---|"]
   for m, rs in by_method.items():
     const = [r for r in rs if r["schedule"] == "constant"]
     red = _median([r["reduction_reached"] for r in const])
     saving = _median([r["length_saving"] for r in rs if r["schedule"] != "constant"])
     worse = sum(r["final_diff"] is not None and r["final_diff"] < -r["base_spread"] for r in rs)
+    timed = [r for r in rs if r.get("paired_measured")]
+    faster = sum(r["paired_time"] is not None and r["paired_time"] > 0 for r in timed)
     lines.append(f"| {m} | {len(rs)} | {_fmt(red, '.1f')} % | {sum(r['never'] for r in const)} | "
-                 f"{_fmt(saving, '.0f')} % | {worse} of {len(rs)} |")
+                 f"{_fmt(saving, '.0f')} % | {worse} of {len(rs)} | "
+                 f"{f'{faster} of {len(timed)}' if timed else '—'} |")
   return "\n".join(lines)
 
 

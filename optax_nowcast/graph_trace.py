@@ -599,7 +599,7 @@ def trace_graph(apply_fn: Callable[..., Any], params: Any, *args: Any, allow_par
   """
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   leaves = [x for _, x in leaves_with_path]
-  paths = [g_lib._path_str(p) for p, _ in leaves_with_path]
+  paths = [g_lib.path_str(p) for p, _ in leaves_with_path]
   shapes = [tuple(np.shape(x)) for x in leaves]
 
   def fn(leaves_, args_, kwargs_):

@@ -113,6 +113,46 @@ class NeuralGraph:
     flat = edge_values[:, : self.num_slots].reshape(-1)
     return [None if p is None else flat[p] for p in self.positions]
 
+  def fan_in(self, leaf: int) -> int:
+    """The most edges of leaf ``leaf`` that any one neuron receives (a Dense ``(in, out)`` kernel: ``in``)."""
+    edges = np.unique(self.positions[leaf].reshape(-1) // self.num_slots)
+    return int(np.bincount(self.receivers[edges]).max())
+
+  def without(self, leaves: Sequence[int], paths: Sequence[str]) -> NeuralGraph:
+    """The graph with the edges of ``leaves`` removed (``paths``: their names, added to ``uncovered``).
+
+    Neurons left with no edge but their self-loop (the input pixels of a dropped first layer) are removed
+    too and the rest renumbered; the kept leaves' ``positions`` point at the same edges as before.
+    """
+    s, n_edges = self.num_slots, self.num_edges
+    drop = set(leaves)
+    gone = np.zeros(n_edges, bool)
+    for i in drop:
+      gone[self.positions[i].reshape(-1) // s] = True
+    shared = [i for i, p in enumerate(self.positions)
+              if p is not None and i not in drop and gone[p.reshape(-1) // s].any()]
+    if shared:
+      raise ValueError(f"leaves {shared} share edges with the removed leaves {sorted(drop)}; remove them "
+                       "together.")
+    keep = ~gone
+    linked = keep & (self.senders != self.receivers)
+    used = np.zeros(self.num_nodes, bool)
+    used[self.senders[linked]] = True
+    used[self.receivers[linked]] = True
+    keep &= used[self.senders] & used[self.receivers]
+    new_node = (np.cumsum(used) - 1).astype(np.int32)
+    new_edge = (np.cumsum(keep) - 1).astype(np.int32)
+    before = np.concatenate([[0], np.cumsum(keep)])
+    positions = tuple(None if (p is None or i in drop) else
+                      (new_edge[p // s] * s + p % s).astype(np.int32) for i, p in enumerate(self.positions))
+    blocks = tuple((name, int(before[a]), int(before[b]), t) for name, a, b, t in self.blocks
+                   if before[b] > before[a])
+    return dataclasses.replace(
+        self, num_nodes=int(used.sum()), senders=new_node[self.senders[keep]],
+        receivers=new_node[self.receivers[keep]], edge_type=self.edge_type[keep],
+        edge_const=self.edge_const[keep], positions=positions, pos_w=self.pos_w[used], blocks=blocks,
+        uncovered=tuple(self.uncovered) + tuple(paths))
+
 
 class _Builder:
   """Accumulates nodes and edge blocks in the official code's order."""
@@ -168,7 +208,7 @@ class _Builder:
 
   def finish(self, params, allow_partial: bool = False) -> NeuralGraph:
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-    paths = [_path_str(p) for p, _ in leaves_with_path]
+    paths = [path_str(p) for p, _ in leaves_with_path]
     missing = [p for p, (_, x) in zip(paths, leaves_with_path, strict=True)
                if p not in self.slot_of and jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
     if missing and not allow_partial:
@@ -198,7 +238,8 @@ class _Builder:
         uncovered=tuple(missing))
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+  """A leaf's key path (``jax.tree_util.tree_flatten_with_path``) as ``"params/Dense_0/kernel"``."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -606,4 +647,5 @@ __all__ = [
     "eigenvector_centrality",
     "laplacian_pe",
     "neural_graph",
+    "path_str",
 ]

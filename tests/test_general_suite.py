@@ -122,3 +122,19 @@ def test_rate_methods_pass_the_tasks_schedule():
   state = plain.init(params)
   _, state = plain.update({"w": jnp.ones(2)}, state, params)
   assert float(onc.find_nowcast_state(state).clock) == 1.0  # the step clock
+
+
+def test_nino_methods_trace_the_models_names_cannot_express():
+  """On the residual GroupNorm CNN, nino-ours reads its graph from the forward pass (names refuse it); on
+  an MLP, from the names as before."""
+  import optax_nowcast as onc
+
+  res = bench.make_suite_task("G-FM-Res-adam", None, bench.GENERAL_QUICK)
+  assert not bench._names_readable(res)
+  params = res.init(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="apply_fn="):
+    onc.predictors.nino().init(params)
+  tx = bench.METHODS["nino-ours"].build(res, bench.GENERAL_QUICK)
+  assert onc.find_nowcast_state(tx.init(params)) is not None
+  mlp = bench.make_suite_task("G-digits-MLP2-adabelief", None, bench.GENERAL_QUICK)
+  assert bench._names_readable(mlp)

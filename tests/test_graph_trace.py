@@ -275,6 +275,73 @@ def test_fallback_with_names_leaves_norm_layers_to_it():
   assert g_state is not None
 
 
+def test_graph_without_a_leaf_keeps_every_other_edge():
+  """Removing the input layer drops its edges and the input neurons; every kept element keeps its edge."""
+  params = MLP((8, 6), 3).init(jax.random.PRNGKey(0), jnp.zeros((1, 10)))
+  g = graphs.neural_graph(params)
+  paths = [graphs.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  k0 = paths.index("params/Dense_0/kernel")
+  assert [g.fan_in(i) for i in g.leaf_groups()] == [1, 10, 1, 8, 1, 6]  # bias, kernel per layer
+  g2 = g.without([k0], [paths[k0]])
+  assert g2.uncovered == ("params/Dense_0/kernel",)
+  assert g2.num_nodes == g.num_nodes - 10  # the 10 inputs are nodes 0..9
+  assert g2.num_edges == g.num_edges - 80 - 10  # their 80 edges and 10 self-loops
+  assert g2.positions[k0] is None
+  for p, p2 in zip(g.positions, g2.positions, strict=True):
+    if p2 is not None:
+      np.testing.assert_array_equal(g.senders[p], g2.senders[p2] + 10)
+      np.testing.assert_array_equal(g.receivers[p], g2.receivers[p2] + 10)
+      np.testing.assert_array_equal(g.edge_type[p], g2.edge_type[p2])
+  assert sorted(n for n in set(g2.receivers.tolist())) == list(range(g2.num_nodes))
+  leaves = [jnp.asarray(np.random.default_rng(0).normal(size=(1, *x.shape)), jnp.float32)
+            for x in jax.tree.leaves(params)]
+  back = g2.scatter(g2.gather(leaves))
+  for i, (x, y) in enumerate(zip(leaves, back, strict=True)):
+    assert (y is None) == (i == k0)
+    if y is not None:
+      np.testing.assert_array_equal(x[0], y)
+  assert sum(b - a for _, a, b, _ in g2.blocks) == g2.num_edges
+
+
+def test_max_fan_in_leaves_wide_layers_to_the_fallback():
+  """max_fan_in: the input layer (fan-in 10 > 8) is predicted by the fallback exactly (at most
+  fallback_horizon ahead), NiNo predicts the rest on the graph without it, no warning; a jitted run jumps."""
+  params = MLP((8, 6), 3).init(jax.random.PRNGKey(0), jnp.zeros((1, 10)))
+  fallback = onc.predictors.linefit()
+  pred = onc.predictors.nino(fallback=fallback, max_fan_in=8, fallback_horizon=2)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    state = pred.init(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), 5)
+  history = jax.tree.map(lambda p: jnp.stack([p + 0.1 * i + 0.01 * jax.random.normal(k, p.shape)
+                                              for i, k in enumerate(keys)]), params)
+  times = jnp.arange(-4.0, 1.0)
+  out, _ = jax.jit(pred.predict)(history, times, jnp.int32(3), state)
+  kernel = history["params"]["Dense_0"]["kernel"]
+  expected, _ = fallback.predict([kernel], times, jnp.int32(2), fallback.init([kernel[0]]))
+  np.testing.assert_allclose(out["params"]["Dense_0"]["kernel"], expected[0], rtol=1e-6)
+  rest = history["params"]["Dense_1"]["kernel"]
+  line, _ = fallback.predict([rest], times, jnp.int32(3), fallback.init([rest[0]]))
+  assert np.all(np.isfinite(out["params"]["Dense_1"]["kernel"]))
+  assert not np.allclose(out["params"]["Dense_1"]["kernel"], line[0], atol=1e-3)  # NiNo's, not the line's
+  tx = optax.chain(optax.adam(1e-2), onc.nowcast(pred, interval=1, ctx=5, horizon=3))
+  st = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(6):
+    u, st = step(jax.tree.map(jnp.ones_like, params), st, params)
+    params = optax.apply_updates(params, u)
+  assert int(onc.find_nowcast_state(st).n_jumps) == 1
+  with pytest.raises(ValueError, match="max_fan_in leaves .* fallback="):
+    onc.predictors.nino(max_fan_in=8)
+  with pytest.raises(ValueError, match="fallback_horizon must be a positive int"):
+    onc.predictors.nino(fallback=fallback, fallback_horizon=0)
+  with pytest.raises(ValueError, match="max_fan_in must be a positive int"):
+    onc.predictors.nino(fallback=fallback, max_fan_in=0)
+  no_bias = {"params": {"Dense_0": {"kernel": jnp.ones((4, 3))}, "Dense_1": {"kernel": jnp.ones((3, 2))}}}
+  with pytest.raises(ValueError, match="max_fan_in=2 left every tensor"):
+    onc.predictors.nino(fallback=fallback, max_fan_in=2).init(no_bias)
+
+
 def test_nino_argument_errors():
   with pytest.raises(ValueError, match="apply_fn and example_input together"):
     onc.predictors.nino(apply_fn=lambda p, x: x)

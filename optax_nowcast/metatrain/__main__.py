@@ -8,6 +8,8 @@
     python -m optax_nowcast.metatrain train --predictor lfd2 --n 5 --m 40 --runs trajectories --out trained
 
     python -m optax_nowcast.metatrain pretrained   # the recipe of the shipped weights, end to end
+    python -m optax_nowcast.metatrain recipe --scale gpu --out OUT [--dry-run]   # the diverse recipe
+    python -m optax_nowcast.metatrain pack-data --out .data_pack   # its data, small enough to carry
 
 ``--out optax_nowcast/pretrained`` replaces the weights shipped with the package (see its MODEL_CARD.md).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs
 
@@ -78,9 +81,44 @@ def main(argv=None) -> dict:
   pr.add_argument("--data-dir", default=None)
   pr.add_argument("--skip-collect", action="store_true", help="train on the runs already in --runs")
   pr.add_argument("--only", default="wnn_plus,wnn,lfd2", help="which predictors to (re)train")
+  rc = sub.add_parser("recipe", help="the diverse recipe in one budgeted command (metatrain.recipe)")
+  rc.add_argument("--scale", default="toy", choices=["toy", "gpu"])
+  rc.add_argument("--out", default="recipe_out")
+  rc.add_argument("--runs", default=None, help="where the trajectories go (default: OUT/trajectories)")
+  rc.add_argument("--data-dir", default=None)
+  rc.add_argument("--budget-minutes", type=float, default=None, help="default: the scale's")
+  rc.add_argument("--dry-run", action="store_true",
+                  help="print the plan and the collection cost measured on this machine; train nothing")
+  pk = sub.add_parser("pack-data", help="class-balanced subsets of the datasets, to carry (datasets.pack)")
+  pk.add_argument("--out", default=".data_pack")
+  pk.add_argument("--data-dir", default=None)
+  pk.add_argument("--fm-train", type=int, default=15_000)
+  pk.add_argument("--cifar-train", type=int, default=4_000)
+  pk.add_argument("--test", type=int, default=2_000)
   cd = sub.add_parser("card", help="record the shipped files' sha256 and rewrite MODEL_CARD.md")
   cd.add_argument("--out", default="optax_nowcast/pretrained")
   args = parser.parse_args(argv)
+  if args.command == "pack-data":
+    from optax_nowcast.tasks import datasets
+    res = datasets.pack(args.out, args.data_dir, args.fm_train, args.cifar_train, args.test)
+    for name, r in res.items():
+      print(f"{args.out}/{name}: {r['bytes'] / 2**20:.1f} MiB"
+            + (f" ({r['train']} train, {r['test']} test)" if "train" in r else ""))
+    return res
+  if args.command == "recipe":
+    import dataclasses
+
+    from optax_nowcast.metatrain import recipe
+    scale = recipe.SCALES[args.scale]
+    if args.budget_minutes is not None:
+      scale = dataclasses.replace(scale, budget_s=60 * args.budget_minutes)
+    if args.dry_run:
+      res = recipe.dry_run(scale, args.data_dir, args.out)
+      os.makedirs(args.out, exist_ok=True)
+      with open(os.path.join(args.out, "dry_run.json"), "w") as f:
+        json.dump(res, f, indent=1)
+      return res
+    return recipe.run(scale, args.out, args.data_dir, args.runs)
   if args.command == "card":
     from optax_nowcast.metatrain import pretrained
     print(f"wrote {pretrained.refresh_card(args.out)}")

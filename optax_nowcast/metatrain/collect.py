@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_nowcast.tasks import TASKS, make_task
+from optax_nowcast.tasks import TASKS, TaskSpec, make_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,15 @@ def _leaf_index(params) -> list[dict[str, Any]]:
   return out
 
 
-def estimate_bytes(task_name: str, runs: Sequence[RunSpec], steps: int, interval: int,
+def _spec(task: str | TaskSpec) -> TaskSpec:
+  if isinstance(task, TaskSpec):
+    return task
+  if task not in TASKS:
+    raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}, or pass a TaskSpec.")
+  return TASKS[task]
+
+
+def estimate_bytes(task_name: str | TaskSpec, runs: Sequence[RunSpec], steps: int, interval: int,
                    dtype=np.float16) -> int:
   """Bytes of the states ``collect`` would write (printed before a collection starts).
 
@@ -77,7 +85,7 @@ def estimate_bytes(task_name: str, runs: Sequence[RunSpec], steps: int, interval
   """
   total = 0
   for r in runs:
-    spec = dataclasses.replace(TASKS[task_name], **dict(r.overrides))
+    spec = dataclasses.replace(_spec(task_name), **dict(r.overrides))
     task_params = _param_count(spec)
     total += (steps // interval + 1) * task_params * np.dtype(dtype).itemsize
   return total
@@ -97,7 +105,8 @@ def task_template(spec) -> Any:
   if spec.kind == "vision":
     chans = 1 if spec.dataset == "fashion_mnist" else 3
     side = 28 if chans == 1 else 32
-    return jax.eval_shape(CNN(spec.features).init, key, jnp.zeros((1, side, side, chans)))
+    model = MLP(spec.features) if spec.arch == "mlp" else CNN(spec.features)
+    return jax.eval_shape(model.init, key, jnp.zeros((1, side, side, chans)))
   if spec.kind == "lm":
     layers, dim, heads = spec.lm_shape
     return jax.eval_shape(GPT(65, spec.block_size, layers, dim, heads).init, key,
@@ -110,7 +119,7 @@ def _param_count(spec) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(task_template(spec))))
 
 
-def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: int, out_dir: str,
+def collect(task_name: str | TaskSpec, runs: Sequence[RunSpec], *, steps: int, interval: int, out_dir: str,
             data_dir: str | None = None, vmap: int = 4, dtype=np.float16, quiet: bool = False,
             shard: tuple[int, int] = (0, 1)) -> dict:
   """Trains every run of ``runs`` for ``steps`` steps, saving states every ``interval`` steps.
@@ -126,6 +135,8 @@ def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: in
   """
   if steps % interval:
     raise ValueError(f"steps ({steps}) must be a multiple of interval ({interval}).")
+  base_spec = _spec(task_name)
+  task_name = base_spec.name
   i, n = shard
   if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
     raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}.")
@@ -146,7 +157,7 @@ def collect(task_name: str, runs: Sequence[RunSpec], *, steps: int, interval: in
   bar = tqdm(total=len(todo) * steps, unit="step", disable=quiet or not todo) if tqdm else None
   computed = []
   for overrides, group in groups.items():
-    task = make_task(task_name, data_dir, **dict(overrides), steps=steps)
+    task = make_task(base_spec, data_dir, **dict(overrides), steps=steps)
     for start in range(0, len(group), vmap):
       chunk = group[start:start + vmap]
       _train_group(task, chunk, steps, interval, out_dir, dtype, bar)
@@ -182,15 +193,33 @@ def write_index(out_dir: str, task_name: str, runs: Sequence[RunSpec], *, steps:
   return path
 
 
+def _group_optimizer(task, group: Sequence[RunSpec], params):
+  """The vmapped runs' optimizer and its state, each run at its ``lr_scale`` times the task's rate.
+
+  Adam/AdamW at a constant rate (the shipped weights' recipe) injects the rate itself; any other base
+  optimizer or schedule (``TaskSpec.optimizer``, ``.schedule``) is the task's own, followed by an injected
+  ``optax.scale(lr_scale)``: every optimizer here is linear in its rate (weight decay included), so this is
+  the same as scaling the rate (the schedule's peak).
+  """
+  spec = task.spec
+  scales = jnp.asarray([r.lr_scale for r in group], jnp.float32)
+  if spec.optimizer == "adam" and spec.schedule == "constant":
+    base = optax.adamw if spec.weight_decay else optax.adam
+    kwargs = {"weight_decay": spec.weight_decay} if spec.weight_decay else {}
+    tx = optax.inject_hyperparams(base)(learning_rate=spec.learning_rate, **kwargs)
+    opt_state = jax.vmap(tx.init)(params)
+    opt_state.hyperparams["learning_rate"] = spec.learning_rate * scales
+    return tx, opt_state
+  tx = optax.chain(task.optimizer(), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+  opt_state = jax.vmap(tx.init)(params)
+  opt_state[1].hyperparams["step_size"] = scales
+  return tx, opt_state
+
+
 def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_dir: str, dtype, bar):
   spec = task.spec
-  base = optax.adamw if spec.weight_decay else optax.adam
-  kwargs = {"weight_decay": spec.weight_decay} if spec.weight_decay else {}
-  tx = optax.inject_hyperparams(base)(learning_rate=spec.learning_rate, **kwargs)
   params = jax.vmap(task.init)(jnp.stack([jax.random.PRNGKey(r.seed) for r in group]))
-  opt_state = jax.vmap(tx.init)(params)
-  lrs = jnp.asarray([spec.learning_rate * r.lr_scale for r in group], jnp.float32)
-  opt_state.hyperparams["learning_rate"] = lrs
+  tx, opt_state = _group_optimizer(task, group, params)
 
   def one_run(p, o, idx):
     def step(c, i):

@@ -336,7 +336,8 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
          config: Mapping[str, Any] | None = None, node_features: str | None = None, lpe_seed: int = 0,
          lpe: np.ndarray | None = None, order: Sequence[str] | None = None,
          subgraphs: str | None = None, apply_fn: Callable[..., Any] | None = None,
-         example_input: Any = None, fallback: Predictor | None = None) -> Predictor:
+         example_input: Any = None, fallback: Predictor | None = None,
+         max_fan_in: int | None = None, fallback_horizon: int | None = None) -> Predictor:
   """The NiNo predictor.
 
   Args:
@@ -362,6 +363,16 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     fallback: a predictor (e.g. ``linefit_plus()``) for the parameters the graph cannot express (a custom
       layer, a scalar temperature; with names, any layer that is not Dense/Conv in a stack); NiNo predicts
       the rest, and ``init`` warns once naming them. Default: ``init`` raises naming them.
+    max_fan_in: leave the weight tensors whose neurons receive more than this many of their edges (a
+      Dense ``(in, out)`` kernel: ``in``; a 784-pixel input layer) to ``fallback``, which is then required.
+      A jump costs about ``18 D^2`` flops per edge of the graph (``D = 128``: nine ``D x D`` products per
+      edge; 40 MFLOP per 1,000 edges), so on a 784-256-128-10 MLP the input layer's 200,704 edges are
+      85 % of the work; without them the graph network runs on the other 34,000 (their neurons keep
+      their other edges; input neurons left with none are dropped from the graph). Default: NiNo
+      predicts every tensor of the graph.
+    fallback_horizon: the most intervals ahead the fallback predicts (it is asked for ``min(k,
+      fallback_horizon)``): NiNo is called with horizons up to 40 intervals (k-decay), far beyond where a
+      line fit through 5 states is sound (``linefit_plus`` is run at 5 on its own). Default: NiNo's ``k``.
     subgraphs: ``None`` (one graph, as NiNo) or ``"module"``: the graph network runs on one top-level
       module's subgraph at a time (``graphs.split_graph``; node features computed per subgraph), so the
       jump's scratch memory is bounded by the largest module instead of the model. Messages do not cross
@@ -421,6 +432,15 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   if fallback is not None and fallback.min_ctx > ctx:
     raise ValueError(f"nino: fallback {fallback.name!r} needs ctx >= {fallback.min_ctx}; NiNo runs with "
                      f"ctx={ctx}.")
+  if max_fan_in is not None and (isinstance(max_fan_in, bool) or not isinstance(max_fan_in, int)
+                                 or max_fan_in < 1):
+    raise ValueError(f"nino: max_fan_in must be a positive int (or None), got {max_fan_in!r}.")
+  if fallback_horizon is not None and (isinstance(fallback_horizon, bool)
+                                       or not isinstance(fallback_horizon, int) or fallback_horizon < 1):
+    raise ValueError(f"nino: fallback_horizon must be a positive int (or None), got {fallback_horizon!r}.")
+  if max_fan_in is not None and fallback is None:
+    raise ValueError("nino: max_fan_in leaves the widest tensors to another predictor; pass "
+                     "fallback=predictors.linefit_plus() (or another predictor) with it.")
   args = example_input if isinstance(example_input, tuple) else (example_input,)
 
   def build(params) -> graphs_lib.NeuralGraph:
@@ -437,13 +457,23 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
                        "fallback=predictors.linefit_plus() to predict what the graph cannot express with "
                        "another predictor.") from e
 
+  def drop_wide(g: graphs_lib.NeuralGraph, params) -> graphs_lib.NeuralGraph:
+    wide = [i for i in g.leaf_groups() if g.fan_in(i) > max_fan_in]
+    if not wide:
+      return g
+    paths = [graphs_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return g.without(wide, [paths[i] for i in wide])
+
   def init(params):
     g = build(params)
     if g.uncovered:
       warnings.warn(f"nino: {', '.join(g.uncovered)} are not in the neural graph; {fallback.name!r} "
                     "predicts them.", stacklevel=2)
+    if max_fan_in is not None:
+      g = drop_wide(g, params)
     if not g.leaf_groups():
-      raise ValueError("nino: no parameter is in the neural graph.")
+      hint = f" (max_fan_in={max_fan_in} left every tensor to the fallback)" if max_fan_in else ""
+      raise ValueError(f"nino: no parameter is in the neural graph{hint}.")
     if subgraphs == "module":
       sub = graphs_lib.split_graph(g, graphs_lib.module_parts(g, params))
       feat = np.zeros((len(sub.names), sub.num_nodes, n_feat), np.float32)
@@ -512,8 +542,9 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
                                                                        strict=True)])
     theirs = iter(())
     if g.uncovered:
-      other, state = fallback.predict([h for h, i in zip(leaves, inside, strict=True) if not i], times, k,
-                                      state)
+      k_fb = k if fallback_horizon is None else jnp.minimum(k, fallback_horizon)
+      other, state = fallback.predict([h for h, i in zip(leaves, inside, strict=True) if not i], times,
+                                      k_fb, state)
       theirs = iter(other)
     return jax.tree.unflatten(treedef, [next(ours) if i else next(theirs) for i in inside]), state
 

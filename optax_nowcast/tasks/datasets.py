@@ -13,6 +13,11 @@ random data. Where the files are looked for, first match wins:
 4. the cache folder ``$OPTAX_NOWCAST_CACHE`` (default ``~/.cache/optax_nowcast``), where ``download=True``
    puts the canonical files, checked against their published MD5 sums, on a machine with internet.
 
+Where no canonical files are found, a folder made by :func:`pack` is read instead: ``packed.npz`` in a
+dataset's folder (``fashion-mnist/``, ``cifar10/``) holds a class-balanced subset of the canonical release
+(checked against its ``manifest.json``), small enough to carry to a machine that has no copy
+(``python -m optax_nowcast.metatrain pack-data --out DIR``, then ``OPTAX_NOWCAST_DATA_DIR=DIR``).
+
 >>> import os
 >>> os.path.basename(default_cache_dir())
 'optax_nowcast'
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import tarfile
@@ -120,6 +126,69 @@ def _check_labels(y: np.ndarray, num_classes: int, per_class: int, what: str) ->
                      f"got counts {counts.tolist()}; the file is corrupt or not the canonical release.")
 
 
+# ------------------------------------------------------------------------------------- packed subsets
+
+PACKED = "packed.npz"
+
+
+def _balanced(y: np.ndarray, per_class: int, num_classes: int = 10) -> np.ndarray:
+  """The first ``per_class`` indices of every class, in file order."""
+  idx = [np.flatnonzero(y == c)[:per_class] for c in range(num_classes)]
+  if any(len(i) < per_class for i in idx):
+    raise ValueError(f"fewer than {per_class} examples in some class.")
+  return np.sort(np.concatenate(idx))
+
+
+def pack(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, fm_train: int = 15_000,
+         cifar_train: int = 4_000, test: int = 2_000) -> dict[str, dict[str, int]]:
+  """Writes class-balanced subsets of Fashion-MNIST and CIFAR-10 (``<out>/<dataset>/packed.npz``, the first
+  ``n / 10`` examples of each class of each split, compressed) and a copy of Tiny Shakespeare
+  (``<out>/tiny_shakespeare/input.txt``), read from the canonical files (found as the loaders find them,
+  ``data_dir`` first); returns the bytes written per file, also in ``<out>/manifest.json``.
+  """
+  out = Path(out_dir)
+  written: dict[str, dict[str, int]] = {}
+  def source(name: str) -> Path | None:
+    return Path(data_dir) / name if data_dir and (Path(data_dir) / name).exists() else None
+
+  for name, loader, n_train, full in (("fashion-mnist", load_fashion_mnist, fm_train, 60_000),
+                                      ("cifar10", load_cifar10, cifar_train, 50_000)):
+    d = loader(source(name))
+    if len(d.y_train) != full:
+      raise ValueError(f"pack: {name} was read from a packed subset ({len(d.y_train)} training examples); "
+                       "pack from the canonical files.")
+    tr, te = _balanced(d.y_train, n_train // 10), _balanced(d.y_test, test // 10)
+    (out / name).mkdir(parents=True, exist_ok=True)
+    path = out / name / PACKED
+    np.savez_compressed(path, x_train=d.x_train[tr], y_train=d.y_train[tr], x_test=d.x_test[te],
+                        y_test=d.y_test[te])
+    written[name] = {"train": len(tr), "test": len(te), "bytes": path.stat().st_size}
+  load_tiny_shakespeare(source("tiny_shakespeare"))  # checked
+  (out / "tiny_shakespeare").mkdir(parents=True, exist_ok=True)
+  path = out / "tiny_shakespeare" / "input.txt"
+  path.write_bytes(_shakespeare_file(source("tiny_shakespeare")).read_bytes())
+  written["tiny_shakespeare"] = {"bytes": path.stat().st_size}
+  (out / "manifest.json").write_text(json.dumps(written, indent=1))
+  return written
+
+
+def _load_packed(dirs: list[Path], what: str, shape: tuple[int, ...], mean, std) -> ImageData | None:
+  """A :func:`pack` subset from the first of ``dirs`` that has one, checked; None if none has."""
+  found = next((d / PACKED for d in dirs if (d / PACKED).is_file()), None)
+  if found is None:
+    return None
+  with np.load(found) as z:
+    arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+  for split in ("train", "test"):
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.dtype != np.uint8 or x.shape[1:] != shape or len(x) != len(y) or len(y) % 10:
+      raise ValueError(f"{found}: {split} split has x {x.shape} {x.dtype}, y {y.shape}; expected uint8 "
+                       f"(n, {', '.join(map(str, shape))}) with n a multiple of 10: rebuild it with pack().")
+    _check_labels(y, 10, len(y) // 10, f"{what} ({found}) {split} labels")
+  return ImageData(arrays["x_train"], arrays["y_train"].astype(np.int32), arrays["x_test"],
+                   arrays["y_test"].astype(np.int32), mean, std)
+
+
 # --------------------------------------------------------------------------------------- Fashion-MNIST
 
 def _read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -152,6 +221,9 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
     for name, md5 in FASHION_MNIST_FILES.items():
       if not (found / name).is_file():
         _download(FASHION_MNIST_URL + name, found / name, md5)
+  if found is None and (packed := _load_packed(dirs, "Fashion-MNIST", (28, 28, 1), FASHION_MNIST_MEAN,
+                                               FASHION_MNIST_STD)) is not None:
+    return packed
   if found is None:
     raise FileNotFoundError(
         "Fashion-MNIST not found: looked for " + ", ".join(FASHION_MNIST_FILES) + " in "
@@ -212,6 +284,9 @@ def load_cifar10(path: str | os.PathLike | None = None, download: bool = False) 
   if found is None and download:
     found = default_cache_dir() / "cifar10" / CIFAR10_TARBALL
     _download(CIFAR10_URL, found, CIFAR10_MD5)
+  if found is None and (packed := _load_packed([d for d in dirs if d.is_dir()], "CIFAR-10", (32, 32, 3),
+                                               CIFAR10_MEAN, CIFAR10_STD)) is not None:
+    return packed
   if found is None:
     raise FileNotFoundError(
         f"CIFAR-10 not found: looked for {CIFAR10_TARBALL} or cifar-10-batches-py/ in "
@@ -235,15 +310,7 @@ def load_cifar10(path: str | os.PathLike | None = None, download: bool = False) 
 
 # ------------------------------------------------------------------------------------- Tiny Shakespeare
 
-def load_tiny_shakespeare(path: str | os.PathLike | None = None, download: bool = False,
-                          val_fraction: float = 0.1) -> TextData:
-  """Tiny Shakespeare (Karpathy's char-rnn corpus): 1,115,394 characters, a 65-character vocabulary.
-
-  The vocabulary is the sorted set of characters; the last ``val_fraction`` of the text is the validation
-  split (as in nanoGPT's ``shakespeare_char``).
-  """
-  if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+def _shakespeare_file(path: str | os.PathLike | None, download: bool = False) -> Path:
   cands = _candidates(path, "OPTAX_NOWCAST_SHAKESPEARE", "tiny_shakespeare")
   files = [c if c.is_file() else c / "input.txt" for c in cands]
   found = next((f for f in files if f.is_file()), None)
@@ -254,6 +321,19 @@ def load_tiny_shakespeare(path: str | os.PathLike | None = None, download: bool 
     raise FileNotFoundError(
         "Tiny Shakespeare not found: looked for " + ", ".join(map(str, files)) + f". Get it from "
         f"{SHAKESPEARE_URL}, set OPTAX_NOWCAST_SHAKESPEARE to the file, or pass download=True.")
+  return found
+
+
+def load_tiny_shakespeare(path: str | os.PathLike | None = None, download: bool = False,
+                          val_fraction: float = 0.1) -> TextData:
+  """Tiny Shakespeare (Karpathy's char-rnn corpus): 1,115,394 characters, a 65-character vocabulary.
+
+  The vocabulary is the sorted set of characters; the last ``val_fraction`` of the text is the validation
+  split (as in nanoGPT's ``shakespeare_char``).
+  """
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+  found = _shakespeare_file(path, download)
   text = found.read_text(encoding="utf-8")
   vocab = "".join(sorted(set(text)))
   if len(text) != SHAKESPEARE_LENGTH or len(vocab) != SHAKESPEARE_VOCAB:
@@ -268,6 +348,7 @@ def load_tiny_shakespeare(path: str | os.PathLike | None = None, download: bool 
 
 __all__ = [
     "ImageData",
+    "pack",
     "TextData",
     "default_cache_dir",
     "load_cifar10",

@@ -156,15 +156,15 @@ GENERAL_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
        features=(12, 24, 24)),
     _g("G-C10-CNN20-adamw-step", "vision", "cifar10", 2000, 64, 2e-3, "adam", "step", wd=1e-2,
        features=(20, 40, 40)),
-    _g("G-FM-Res-adam", "vision", "fashion_mnist", 2000, 128, 3e-3, "adam", "constant", arch="resnet",
-       features=(16, 32)),
+    _g("G-FM-Res-adam", "vision", "fashion_mnist", 2000, 64, 3e-3, "adam", "constant", arch="resnet",
+       features=(8, 16)),
     _g("G-C10-Res-nesterov-cos", "vision", "cifar10", 2000, 64, 0.05, "nesterov", "warmup_cosine",
-       arch="resnet", features=(16, 32)),
+       arch="resnet", features=(8, 16)),
     _g("G-LM-4-16-adamw", "lm", "tiny_shakespeare", 3000, 32, 3e-3, "adam", "constant", wd=1e-2,
        lm_shape=(4, 16, 2), val_size=256),
     _g("G-LM-1-48-lion-cos", "lm", "tiny_shakespeare", 3000, 32, 3e-4, "lion", "warmup_cosine", wd=1e-2,
        lm_shape=(1, 48, 4), val_size=256),
-    _g("G-LM-2-40-adam-lin", "lm", "tiny_shakespeare", 3000, 64, 3e-3, "adam", "linear",
+    _g("G-LM-2-40-adam-lin", "lm", "tiny_shakespeare", 3000, 32, 3e-3, "adam", "linear",
        lm_shape=(2, 40, 4), val_size=256),
 ]}
 
@@ -373,23 +373,25 @@ def _lm_task(spec: TaskSpec, data: datasets.TextData) -> Task:
               jnp.zeros((1, t), jnp.int32))
 
 
-def make_task(name: str, data_dir: str | None = None, fast_conv: bool | None = None, **overrides) -> Task:
+def make_task(name: str | TaskSpec, data_dir: str | None = None, fast_conv: bool | None = None,
+              **overrides) -> Task:
   """Builds a task by name (see the table in the module docstring), loading its data.
 
   Args:
-    name: one of ``TASKS``.
+    name: one of ``TASKS``, ``GENERAL_TASKS`` or ``ARCH_TASKS``, or a ``TaskSpec`` (e.g. a meta-training
+      recipe's configuration, ``optax_nowcast.metatrain.recipe``).
     data_dir: a folder holding ``fashion-mnist/``, ``cifar10/`` and ``tiny_shakespeare/``; default: where the
       loaders look (``optax_nowcast.tasks.datasets``).
     fast_conv: compute convolutions as im2col matmuls (``conv_as_matmul``); default: on CPU only.
     **overrides: ``TaskSpec`` fields to change, e.g. ``steps=300, val_size=500``.
   """
   known = {**TASKS, **GENERAL_TASKS, **ARCH_TASKS}
-  if name not in known:
+  if not isinstance(name, TaskSpec) and name not in known:
     raise ValueError(f"Unknown task {name!r}; choose one of {sorted(known)}.")
   fields = {f.name for f in dataclasses.fields(TaskSpec)}
   if bad := sorted(set(overrides) - fields):
     raise ValueError(f"Unknown TaskSpec field(s) {bad}; the fields are {sorted(fields)}.")
-  spec = dataclasses.replace(known[name], **overrides)
+  spec = dataclasses.replace(name if isinstance(name, TaskSpec) else known[name], **overrides)
   data = _load(spec.dataset, data_dir)
   if spec.kind == "lm":
     return _lm_task(spec, data)
