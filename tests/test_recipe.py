@@ -59,10 +59,13 @@ def test_toy_recipe_end_to_end(tmp_path):
 
 
 def test_dry_run_measures_collection_and_training_here(tmp_path):
-  res = recipe.dry_run(recipe.SCALES["toy"], None, str(tmp_path), log=lambda m: None)
+  res = main(["recipe", "--scale", "toy", "--out", str(tmp_path), "--dry-run"])
   assert set(res["costs"]) == {"digits-MLP32"}
   assert res["costs"]["digits-MLP32"]["s_per_group_step"] > 0 and res["expected_collect_s_here"] > 0
   assert res["nino_step_s_here"] > 0 and len(res["plan"]) == 2
+  assert json.loads((tmp_path / "recipe_toy_dry_run.json").read_text())["plan"] == res["plan"]
+  table = (tmp_path / "recipe_toy_dry_run.md").read_text()
+  assert "| digits-MLP32 |" in table and table.count("| R-digits-MLP32-") == 2
 
 
 def test_pack_carries_balanced_subsets_the_loaders_read(tmp_path):

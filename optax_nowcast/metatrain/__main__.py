@@ -87,6 +87,8 @@ def main(argv=None) -> dict:
   rc.add_argument("--runs", default=None, help="where the trajectories go (default: OUT/trajectories)")
   rc.add_argument("--data-dir", default=None)
   rc.add_argument("--budget-minutes", type=float, default=None, help="default: the scale's")
+  rc.add_argument("--results", default=None,
+                  help="--dry-run: where recipe_<scale>_dry_run.{json,md} go (default: --out)")
   rc.add_argument("--dry-run", action="store_true",
                   help="print the plan and the collection cost measured on this machine; train nothing")
   pk = sub.add_parser("pack-data", help="class-balanced subsets of the datasets, to carry (datasets.pack)")
@@ -114,9 +116,14 @@ def main(argv=None) -> dict:
       scale = dataclasses.replace(scale, budget_s=60 * args.budget_minutes)
     if args.dry_run:
       res = recipe.dry_run(scale, args.data_dir, args.out)
-      os.makedirs(args.out, exist_ok=True)
-      with open(os.path.join(args.out, "dry_run.json"), "w") as f:
+      target = args.results or args.out
+      os.makedirs(target, exist_ok=True)
+      stem = os.path.join(target, f"recipe_{args.scale}_dry_run")
+      with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=1)
+      with open(stem + ".md", "w") as f:
+        f.write(recipe.format_dry_run(res, args.scale))
+      print(f"wrote {stem}.json and .md")
       return res
     return recipe.run(scale, args.out, args.data_dir, args.runs)
   if args.command == "card":

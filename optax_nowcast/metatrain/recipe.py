@@ -200,6 +200,23 @@ def dry_run(scale: Scale, data_dir: str | None, out: str,
           "budget_s": scale.budget_s, "machine": _machine()}
 
 
+def format_dry_run(res: dict[str, Any], scale_name: str) -> str:
+  """The dry run as a markdown table (``benchmarks/results/recipe_<scale>_dry_run.md``)."""
+  plan_rows = res["plan"]
+  lines = [f"`python -m optax_nowcast.metatrain recipe --scale {scale_name} --dry-run` on {res['machine']}: "
+           f"{len(plan_rows)} configurations, {sum(r['runs'] for r in plan_rows)} runs, "
+           f"{sum(r['bytes'] for r in plan_rows) / 2**20:.0f} MiB of float16 states; collecting all of it "
+           f"here would take about {res['expected_collect_s_here'] / 60:.1f} minutes (budget on the target "
+           f"machine: {res['budget_s'] / 60:.1f} minutes in all). One NiNo training step on "
+           f"{res['nino_step_config']} (the largest model): {res['nino_step_s_here']:.2f} s here.", "",
+           "| model | compile and data (s) | ms per step of one vmapped group |", "|---|---|---|"]
+  lines += [f"| {m} | {c['compile_s']:.1f} | {1e3 * c['s_per_group_step']:.2f} |"
+            for m, c in res["costs"].items()]
+  lines += ["", "| configuration | runs | MiB |", "|---|---|---|"]
+  lines += [f"| {r['config']} | {r['runs']} | {r['bytes'] / 2**20:.1f} |" for r in plan_rows]
+  return "\n".join(lines) + "\n"
+
+
 def _machine() -> str:
   import jax
   dev = jax.devices()[0].device_kind

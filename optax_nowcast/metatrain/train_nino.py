@@ -195,10 +195,16 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   schedule = optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps)
   tx = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adamw(schedule, weight_decay=cfg.weight_decay))
   opt_state = tx.init(params)
-  graphs_of = {t: rs[0].graph for t, rs in by_task.items()}
+  # Tasks of one model (its configurations with other optimizers, schedules, rates) share one graph and so
+  # one compiled step: keyed by the parameter shapes.
+  shape_of = {t: tuple((m["path"], tuple(m["shape"])) for m in rs[0].meta["leaves"])
+              for t, rs in by_task.items()}
+  graphs_of = {}
+  for t, rs in by_task.items():
+    graphs_of.setdefault(shape_of[t], rs[0].graph)
 
-  def loss_fn(p, task, x, y, m, hm, feat, idx=None):
-    g = graphs_of[task]
+  def loss_fn(p, key, x, y, m, hm, feat, idx=None):
+    g = graphs_of[key]
 
     def one(x, y, m, hm, f, idx):
       out = model.apply(p, make_graphs_tuple(g, x, f), edges=idx)  # (E or len(idx), slots, K)
@@ -212,14 +218,15 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   steps_by_task = {}
 
   def get_step(task):
-    if task not in steps_by_task:
+    key = shape_of[task]
+    if key not in steps_by_task:
       @jax.jit
       def step(p, o, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(p, task, *batch)
+        loss, grads = jax.value_and_grad(loss_fn)(p, key, *batch)
         u, o = tx.update(grads, o, p)
         return optax.apply_updates(p, u), o, loss
-      steps_by_task[task] = (step, jax.jit(lambda p, batch: loss_fn(p, task, *batch)))
-    return steps_by_task[task]
+      steps_by_task[key] = (step, jax.jit(lambda p, batch: loss_fn(p, key, *batch)))
+    return steps_by_task[key]
 
   def batch(pool: list[GraphRun], rng, flip=True):
     """``windows_per_batch`` windows of one task; in training with ``head_edges``, each window's random
