@@ -76,6 +76,14 @@ PAGES = {
         "The demo (sklearn digits)",
         "`python -m optax_nowcast demo`: Adam vs Adam + nowcast(linefit) on sklearn's digits, 3 seeds.",
         ["demo_digits.md", "demo_digits.png"], "python -m optax_nowcast demo"),
+    "metatraining": (
+        "Meta-training at GPU scale: the plan and its costs",
+        "The diverse recipe (`metatrain.recipe`, scale `gpu`): its configurations and, measured "
+        "on the machine the dry run ran on, each model's compile and per-step collection cost and one NiNo "
+        "training step. The device run itself waits for a lent GPU (`benchmarks/gpu_recipe.sh`).",
+        ["recipe_gpu_dry_run.md"],
+        "python -m optax_nowcast.metatrain recipe --scale gpu --dry-run --out /tmp/r "
+        "--results benchmarks/results"),
     "lfd_synthetic": (
         "LFD-2 on the paper's synthetic sequences",
         "Shou et al.'s synthetic benchmark, regenerated.",

@@ -24,7 +24,7 @@ def test_gpu_plan_is_diverse_large_and_held_out():
   assert any(s.optimizer == "adam" and s.weight_decay for s in specs)  # AdamW
   assert {s.schedule for s in specs} == set(recipe.SCHEDULES)
   assert {s.kind for s in specs} == {"digits", "vision", "lm"} and any(s.arch == "mlp" for s in specs)
-  assert recipe.held_out_clash(scale) == []
+  assert all(recipe.held_out_clash(sc) == [] for sc in recipe.SCALES.values())
   assert len({s.name for s in specs}) == len(specs)
   first = [s.name.split("-", 1)[1].rsplit("-", 2)[0] for s in specs[: len(scale.models)]]
   assert sorted(first) == sorted(scale.models)  # round robin: a short budget still sees every model

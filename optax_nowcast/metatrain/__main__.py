@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
   pr.add_argument("--skip-collect", action="store_true", help="train on the runs already in --runs")
   pr.add_argument("--only", default="wnn_plus,wnn,lfd2", help="which predictors to (re)train")
   rc = sub.add_parser("recipe", help="the diverse recipe in one budgeted command (metatrain.recipe)")
-  rc.add_argument("--scale", default="toy", choices=["toy", "gpu"])
+  rc.add_argument("--scale", default="toy", choices=["toy", "cpu", "gpu"])
   rc.add_argument("--out", default="recipe_out")
   rc.add_argument("--runs", default=None, help="where the trajectories go (default: OUT/trajectories)")
   rc.add_argument("--data-dir", default=None)

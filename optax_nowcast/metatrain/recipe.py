@@ -2,6 +2,7 @@
 
     python -m optax_nowcast.metatrain recipe --scale gpu --out OUT --dry-run   # the plan, costs measured here
     python -m optax_nowcast.metatrain recipe --scale gpu --out OUT             # on one GPU, under 8 minutes
+    python -m optax_nowcast.metatrain recipe --scale cpu --out OUT             # two CPU cores, about an hour
     python -m optax_nowcast.metatrain recipe --scale toy --out OUT             # CPU, about a minute (tested)
 
 The trajectory distribution is the generalization issue's: vision CNNs and MLPs at several widths and
@@ -38,6 +39,7 @@ from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs, 
 from optax_nowcast.metatrain.train import TrainConfig, find_runs, save_predictor, train_wnn_plus
 from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
 from optax_nowcast.tasks import TaskSpec
+from optax_nowcast.weights_io import SHIPPED_DIR
 
 # name -> the model and its data: TaskSpec fields, with the Adam learning rate of that model.
 MODELS: dict[str, dict[str, Any]] = {
@@ -94,6 +96,15 @@ SCALES: dict[str, Scale] = {
                  nino=NiNoTrainConfig(steps=6, hidden=16, horizons=3, checkpoint_every=3),
                  wnn_plus=TrainConfig(steps=10, hidden=16, horizons=3, elements_per_window=256),
                  budget_s=120.0),
+    # Two CPU cores, about an hour: 7 models x 4 (optimizer, schedule) x 3 seeds = 84 runs of 2,000 steps
+    # (no 784-input MLP: its graph dominates NiNo's training step here), then the shipped NiNo fine-tuned.
+    "cpu": Scale(models=("digits-MLP32", "digits-MLP128-64", "digits-MLP48x3", "FM-CNN12", "C10-CNN10",
+                         "LM-1-32", "LM-2-24"), combos_per_model=4, seeds=(0, 1, 2), lr_scales=(1.0,),
+                 steps=2000, interval=100, vmap=3,
+                 nino=NiNoTrainConfig(steps=600, learning_rate=1e-3, init=os.path.join(SHIPPED_DIR,
+                                                                                     "nino.msgpack")),
+                 wnn_plus=TrainConfig(steps=2000, hidden=128, horizons=40, elements_per_window=512),
+                 budget_s=3600.0, collect_fraction=0.5),
     # One H200, under 8 minutes: 10 models x 4 (optimizer, schedule) x 4 seeds x 2 rates = 320 runs of
     # 4,000 steps (today's shipped NiNo: 24 runs), then NiNo for what is left of the budget.
     "gpu": Scale(models=tuple(MODELS), combos_per_model=4, seeds=(0, 1, 2, 3), lr_scales=(0.5, 1.5),
