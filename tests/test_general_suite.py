@@ -103,6 +103,20 @@ def test_general_quick_writes_one_table_and_one_plot(tmp_path):
   # on the constant-rate configuration the rate clock is the step clock: the same run
   const = [r for r in rows if r["schedule"] == "constant"]
   assert const[0]["final_diff"] == const[1]["final_diff"]
+  assert not any(r["paired_measured"] for r in rows)
+  # paired wall time of one configuration joins the summary once measured
+  from benchmarks import paired_time
+  name = const[0]["config"]
+  timed = paired_time.main(["--suite", "general-quick", "--tasks", name, "--methods", "linefit+",
+                            "--repeats", "2", "--steps", "10", "--out", str(tmp_path)])
+  bench.report("general-quick", bench.SUITES["general-quick"][2], bench.GENERAL_QUICK, str(tmp_path))
+  with open(tmp_path / "general-quick_summary.json") as f:
+    rows = json.load(f)["rows"]
+  row = next(r for r in rows if r["config"] == name and r["method"] == "linefit+")
+  assert row["paired_measured"] and sum(r["paired_measured"] for r in rows) == 1
+  assert row["paired_time"] == timed["tasks"][name]["linefit+"]["median"]["time_reduction_pct"]
+  table = (tmp_path / "general-quick_summary.md").read_text()
+  assert "paired time" in table and "of 1 |" in table
 
 
 def test_rate_methods_pass_the_tasks_schedule():
