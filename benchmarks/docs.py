@@ -37,9 +37,11 @@ PAGES = {
         "Generalization: held-out configurations",
         "Models, optimizers and learning-rate schedules no predictor was trained on "
         "(`optax_nowcast.tasks.GENERAL_TASKS`), 3 seeds each; the decaying schedules also at 40-85 % of "
-        "their length. Configurations not yet run are absent.",
-        ["general_summary.md", "general_summary.png"],
-        "python -m benchmarks.run --suite general --methods adam,linefit+,nino-ours"),
+        "their length (where swept); wall time paired with the base's in one process "
+        "(`benchmarks.paired_time --suite general`).",
+        ["general_summary.md", "general_summary.png", "paired_time_general.md"],
+        "python -m benchmarks.run --suite general --methods adam,linefit+,nino-ours; "
+        "python -m benchmarks.paired_time --suite general"),
     "architectures": (
         "NiNo on other architectures",
         "Models whose graph is traced from the forward pass (`nino(apply_fn=..., example_input=...)`): a "

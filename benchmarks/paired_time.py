@@ -205,7 +205,7 @@ def main(argv=None) -> dict[str, Any]:
   found = R._finished_runs(args.suite, seeds, s0, list(dict.fromkeys([args.out, RESULTS])))
   if args.quick:
     args.tasks, args.methods, args.repeats = "digits", "linefit,wnn+", 2
-  tasks = args.tasks.split(",") if args.tasks else list(found)
+  tasks = args.tasks.split(",") if args.tasks else [n for n in found if "@" not in n]  # not the sweeps
   name_out = "paired_time_quick" if args.quick else "paired_time"
   if args.suite != "full":
     name_out += f"_{args.suite}"

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,14 +122,15 @@ def _param_count(spec) -> int:
 
 def collect(task_name: str | TaskSpec, runs: Sequence[RunSpec], *, steps: int, interval: int, out_dir: str,
             data_dir: str | None = None, vmap: int = 4, dtype=np.float16, quiet: bool = False,
-            shard: tuple[int, int] = (0, 1)) -> dict:
+            shard: tuple[int, int] = (0, 1), timings: list[float] | None = None) -> dict:
   """Trains every run of ``runs`` for ``steps`` steps, saving states every ``interval`` steps.
 
   ``shard=(i, n)``: this process trains only the runs ``i, i + n, i + 2n, ...`` of ``runs``, so that ``n``
   processes (on one machine or several sharing ``out_dir``) split a collection; each writes its own run
   folders, and each, when done, rewrites ``<out_dir>/<task>/collection.json`` (:func:`write_index`): the
   last to finish leaves the complete index. A process that dies leaves its unfinished runs out of the index;
-  rerun it (finished runs are skipped).
+  rerun it (finished runs are skipped). ``timings``: a list that gets the wall seconds of every
+  ``interval``-step chunk of every vmapped group, in order (the first of a group includes its compile).
 
   Returns ``{"computed": [...run ids], "skipped": [...], "index": path}``. Example:
   :mod:`optax_nowcast.metatrain`.
@@ -160,7 +162,7 @@ def collect(task_name: str | TaskSpec, runs: Sequence[RunSpec], *, steps: int, i
     task = make_task(base_spec, data_dir, **dict(overrides), steps=steps)
     for start in range(0, len(group), vmap):
       chunk = group[start:start + vmap]
-      _train_group(task, chunk, steps, interval, out_dir, dtype, bar)
+      _train_group(task, chunk, steps, interval, out_dir, dtype, bar, timings)
       computed += [r.run_id for r in chunk]
   if bar is not None:
     bar.close()
@@ -216,7 +218,8 @@ def _group_optimizer(task, group: Sequence[RunSpec], params):
   return tx, opt_state
 
 
-def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_dir: str, dtype, bar):
+def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_dir: str, dtype, bar,
+                 timings: list[float] | None = None):
   spec = task.spec
   params = jax.vmap(task.init)(jnp.stack([jax.random.PRNGKey(r.seed) for r in group]))
   tx, opt_state = _group_optimizer(task, group, params)
@@ -247,9 +250,12 @@ def _train_group(task, group: Sequence[RunSpec], steps: int, interval: int, out_
   for a, row in zip(arrays, rows, strict=True):
     a[0] = row
   for s in range(0, steps, interval):
+    t0 = time.perf_counter()
     idx = jnp.asarray(np.stack([task.batch_indices(r.seed, s, interval) for r in group]))
     params, opt_state = run_chunk(params, opt_state, idx)
-    rows = flat(params)
+    rows = flat(params)  # on the host: the chunk is done
+    if timings is not None:
+      timings.append(time.perf_counter() - t0)
     for a, row in zip(arrays, rows, strict=True):
       a[s // interval + 1] = row
     if bar is not None:

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from optax_nowcast.metatrain.collect import collect, estimate_bytes, plan_runs, runs_summary
 from optax_nowcast.metatrain.train import TrainConfig, find_runs, save_predictor, train_wnn_plus
 from optax_nowcast.metatrain.train_nino import NiNoTrainConfig, train_nino
@@ -142,8 +144,9 @@ def plan(scale: Scale) -> list[dict[str, Any]]:
 
 def measure_costs(scale: Scale, data_dir: str | None, out: str,
                   log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
-  """Per model (its first configuration): seconds to compile and per training step of one vmapped group,
-  measured on this machine by collecting ``2 * interval`` steps."""
+  """Per model (its first configuration): seconds to load and compile, and per training step of one
+  vmapped group (the median of its ``interval``-step chunks after the first), measured on this machine by
+  collecting ``PROBE_INTERVALS`` intervals."""
   costs = {}
   seen = set()
   for s in configurations(scale):
@@ -152,16 +155,15 @@ def measure_costs(scale: Scale, data_dir: str | None, out: str,
       continue
     seen.add(model)
     runs = plan_runs(scale.seeds, scale.lr_scales)[: scale.vmap]
+    chunks: list[float] = []
     t0 = time.perf_counter()
-    collect(dataclasses.replace(s, name=s.name + "-probe"), runs, steps=scale.interval,
-            interval=scale.interval, out_dir=out, data_dir=data_dir, vmap=scale.vmap, quiet=True)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    collect(dataclasses.replace(s, name=s.name + "-probe2"), runs, steps=PROBE_INTERVALS * scale.interval,
-            interval=scale.interval, out_dir=out, data_dir=data_dir, vmap=scale.vmap, quiet=True)
-    more = time.perf_counter() - t0
-    per_step = max(more - first, 1e-9) / ((PROBE_INTERVALS - 1) * scale.interval)
-    costs[model] = {"compile_s": max(first - scale.interval * per_step, 0.0), "s_per_group_step": per_step}
+    collect(dataclasses.replace(s, name=s.name + "-probe"), runs, steps=PROBE_INTERVALS * scale.interval,
+            interval=scale.interval, out_dir=out, data_dir=data_dir, vmap=scale.vmap, quiet=True,
+            timings=chunks)
+    total = time.perf_counter() - t0
+    per_step = float(np.median(chunks[1:])) / scale.interval
+    setup = total - sum(chunks[1:])  # the data, the model, the compile (in the first chunk), the files
+    costs[model] = {"compile_s": max(setup - scale.interval * per_step, 0.0), "s_per_group_step": per_step}
     log(f"  {model}: compile and load {costs[model]['compile_s']:.1f} s, "
         f"{1e3 * per_step:.2f} ms per step of {len(runs)} vmapped runs")
   return costs
@@ -173,7 +175,7 @@ PROBE_INTERVALS = 7  # a probe run's states: enough for NiNo's windows (ctx 5 + 
 def measure_nino_step(scale: Scale, probe_dir: str, config: str) -> float:
   """Seconds per NiNo training step (the scale's config, compile excluded) on the probe runs of one
   configuration: 2 steps, then 8, from scratch each time."""
-  folders = find_runs(probe_dir, [config + "-probe2"])
+  folders = find_runs(probe_dir, [config + "-probe"])
   quiet = lambda m: None  # noqa: E731
   short = dataclasses.replace(scale.nino, steps=2, checkpoint_every=1000, horizons=1)
   long = dataclasses.replace(short, steps=8)
