@@ -838,6 +838,7 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
         diffs.append(sign * (r["final_full_val_metric"] - b["final_full_val_metric"]))
         lengths.append(_length_saving(found, name, method, r["seed"], b["final_full_val_metric"], hib))
       got = [x for x in lengths if x is not None]
+      timed = (paired or {}).get(name, {}).get(method)
       rows.append({
           "config": name, "method": method, "schedule": spec.schedule, "optimizer": spec.optimizer,
           "seeds": len(diffs), "never": never,
@@ -845,9 +846,8 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
           "robust_reduction": _median(robust) if all(x is not None for x in robust) else None,
           "final_diff": float(np.mean(diffs)) if diffs else None, "base_spread": float(spread),
           "length_saving": _median(got) if got and len(got) == len(lengths) else None,
-          "paired_measured": method in (paired or {}).get(name, {}),
-          "paired_time": (paired or {}).get(name, {}).get(method, {}).get("median", {}).get(
-              "time_reduction_pct"),
+          "paired_measured": timed is not None,
+          "paired_time": None if timed is None else timed["median"]["time_reduction_pct"],
       })
   return rows
 

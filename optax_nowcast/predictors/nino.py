@@ -366,10 +366,10 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     max_fan_in: leave the weight tensors whose neurons receive more than this many of their edges (a
       Dense ``(in, out)`` kernel: ``in``; a 784-pixel input layer) to ``fallback``, which is then required.
       A jump costs about ``18 D^2`` flops per edge of the graph (``D = 128``: nine ``D x D`` products per
-      edge; 40 MFLOP per 1,000 edges), so on a 784-256-128-10 MLP the input layer's 200,704 edges are
-      85 % of the work; without them the graph network runs on the other 34,000 (their neurons keep
-      their other edges; input neurons left with none are dropped from the graph). Default: NiNo
-      predicts every tensor of the graph.
+      edge, 0.3 MFLOP), so on a 784-256-128-10 MLP the input layer's 200,704 edges are 85 % of the work;
+      without them the graph network runs on the other 34,000 (their neurons keep their other edges;
+      input neurons left with none are dropped from the graph). Default: NiNo predicts every tensor of
+      the graph.
     fallback_horizon: the most intervals ahead the fallback predicts (it is asked for ``min(k,
       fallback_horizon)``): NiNo is called with horizons up to 40 intervals (k-decay), far beyond where a
       line fit through 5 states is sound (``linefit_plus`` is run at 5 on its own). Default: NiNo's ``k``.
@@ -432,12 +432,9 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   if fallback is not None and fallback.min_ctx > ctx:
     raise ValueError(f"nino: fallback {fallback.name!r} needs ctx >= {fallback.min_ctx}; NiNo runs with "
                      f"ctx={ctx}.")
-  if max_fan_in is not None and (isinstance(max_fan_in, bool) or not isinstance(max_fan_in, int)
-                                 or max_fan_in < 1):
-    raise ValueError(f"nino: max_fan_in must be a positive int (or None), got {max_fan_in!r}.")
-  if fallback_horizon is not None and (isinstance(fallback_horizon, bool)
-                                       or not isinstance(fallback_horizon, int) or fallback_horizon < 1):
-    raise ValueError(f"nino: fallback_horizon must be a positive int (or None), got {fallback_horizon!r}.")
+  for name, value in (("max_fan_in", max_fan_in), ("fallback_horizon", fallback_horizon)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ValueError(f"nino: {name} must be a positive int (or None), got {value!r}.")
   if max_fan_in is not None and fallback is None:
     raise ValueError("nino: max_fan_in leaves the widest tensors to another predictor; pass "
                      "fallback=predictors.linefit_plus() (or another predictor) with it.")
