@@ -213,6 +213,17 @@ class Temperature(nn.Module):
     return nn.Dense(3)(nn.relu(nn.Dense(6)(x))) / t
 
 
+def _jumps_in_six_steps(pred, params) -> int:
+  """Jumps made by six jitted Adam steps chained with ``nowcast(pred, interval=1, ctx=5)``."""
+  tx = optax.chain(optax.adam(1e-2), onc.nowcast(pred, interval=1, ctx=5, horizon=3))
+  st = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(6):
+    u, st = step(jax.tree.map(jnp.ones_like, params), st, params)
+    params = optax.apply_updates(params, u)
+  return int(onc.find_nowcast_state(st).n_jumps)
+
+
 def test_unsupported_layer_is_named_with_the_option():
   m = Temperature()
   x = jnp.zeros((1, 4))
@@ -249,13 +260,7 @@ def test_fallback_predicts_what_the_graph_cannot_express():
   for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves({"params": {k: v for k, v in out["params"].items()
                                                                       if k != "temperature"}}), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  tx = optax.chain(optax.adam(1e-2), onc.nowcast(pred, interval=1, ctx=5, horizon=3))
-  st = tx.init(params)
-  step = jax.jit(tx.update)
-  for _ in range(6):
-    u, st = step(jax.tree.map(jnp.ones_like, params), st, params)
-    params = optax.apply_updates(params, u)
-  assert int(onc.find_nowcast_state(st).n_jumps) == 1
+  assert _jumps_in_six_steps(pred, params) == 1
 
 
 def test_fallback_with_names_leaves_norm_layers_to_it():
@@ -324,13 +329,7 @@ def test_max_fan_in_leaves_wide_layers_to_the_fallback():
   line, _ = fallback.predict([rest], times, jnp.int32(3), fallback.init([rest[0]]))
   assert np.all(np.isfinite(out["params"]["Dense_1"]["kernel"]))
   assert not np.allclose(out["params"]["Dense_1"]["kernel"], line[0], atol=1e-3)  # NiNo's, not the line's
-  tx = optax.chain(optax.adam(1e-2), onc.nowcast(pred, interval=1, ctx=5, horizon=3))
-  st = tx.init(params)
-  step = jax.jit(tx.update)
-  for _ in range(6):
-    u, st = step(jax.tree.map(jnp.ones_like, params), st, params)
-    params = optax.apply_updates(params, u)
-  assert int(onc.find_nowcast_state(st).n_jumps) == 1
+  assert _jumps_in_six_steps(pred, params) == 1
   with pytest.raises(ValueError, match="max_fan_in leaves .* fallback="):
     onc.predictors.nino(max_fan_in=8)
   with pytest.raises(ValueError, match="fallback_horizon must be a positive int"):

@@ -17,6 +17,17 @@ from optax_nowcast.tasks import make_task
 
 
 @pytest.mark.slow
+def _train_alone(task, tx, seed: int, steps: int):
+  """One run of ``task`` with ``tx``, step by step on the minibatches ``collect`` gives that seed."""
+  params = task.init(jax.random.PRNGKey(seed))
+  opt_state = tx.init(params)
+  for s in range(steps):
+    g = jax.grad(task.loss)(params, jnp.asarray(task.batch_indices(seed, s, 1)[0]))
+    u, opt_state = tx.update(g, opt_state, params)
+    params = optax.apply_updates(params, u)
+  return params
+
+
 def test_collect_digits_vmapped_equals_plain_training(tmp_path):
   runs = plan_runs([0, 1], lr_scales=[1.0, 2.0])
   assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
@@ -29,14 +40,9 @@ def test_collect_digits_vmapped_equals_plain_training(tmp_path):
   states, meta = load_run(str(tmp_path / "digits" / run.run_id))
   assert states.shape == (6, 26122) and meta["steps"] == [0, 20, 40, 60, 80, 100] and meta["complete"]
   # The same run trained alone, without vmap or inject_hyperparams.
-  tx = optax.adam(task.spec.learning_rate * 2.0)
-  params = task.init(jax.random.PRNGKey(1))
-  opt_state = tx.init(params)
-  np.testing.assert_allclose(states[0], np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)]))
-  for s in range(100):
-    g = jax.grad(task.loss)(params, jnp.asarray(task.batch_indices(1, s, 1)[0]))
-    u, opt_state = tx.update(g, opt_state, params)
-    params = optax.apply_updates(params, u)
+  first = task.init(jax.random.PRNGKey(1))
+  np.testing.assert_allclose(states[0], np.concatenate([np.ravel(x) for x in jax.tree.leaves(first)]))
+  params = _train_alone(task, optax.adam(task.spec.learning_rate * 2.0), seed=1, steps=100)
   back = unflatten(states[-1], meta, params)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
     # Batched and plain matmuls round differently and Adam amplifies it on a few coordinates.
@@ -61,13 +67,7 @@ def test_collect_trains_each_runs_own_optimizer_and_schedule(tmp_path):
     assert meta["spec"]["optimizer"] == "nesterov" and meta["spec"]["schedule"] == "warmup_cosine"
     assert meta["learning_rate"] == pytest.approx(0.02 * run.lr_scale)
     task = make_task(dataclasses.replace(spec, steps=60, learning_rate=0.02 * run.lr_scale))
-    tx = task.optimizer()
-    params = task.init(jax.random.PRNGKey(3))
-    opt_state = tx.init(params)
-    for s in range(60):
-      g = jax.grad(task.loss)(params, jnp.asarray(task.batch_indices(3, s, 1)[0]))
-      u, opt_state = tx.update(g, opt_state, params)
-      params = optax.apply_updates(params, u)
+    params = _train_alone(task, task.optimizer(), seed=3, steps=60)
     back = unflatten(states[-1], meta, params)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
       assert np.linalg.norm(np.asarray(a) - np.asarray(b)) < 1e-4 * np.linalg.norm(np.asarray(b))
