@@ -163,7 +163,7 @@ def test_linen_out_of_order_and_nnx_give_one_graph():
   pn = nnx.state(m, nnx.Param)
   gn = graph_trace.trace_graph(graph_trace.nnx_apply(m), pn, x)
   _same_graph(gl, gn)
-  by_path = lambda params, g: {graphs._path_str(k): p for (k, _), p in  # noqa: E731
+  by_path = lambda params, g: {graphs.path_str(k): p for (k, _), p in  # noqa: E731
                                zip(jax.tree_util.tree_flatten_with_path(params)[0], g.positions, strict=True)}
   a, b = by_path(pl, gl), by_path(pn, gn)
   linen_to_nnx = {"Dense_1/kernel": "l1/kernel", "Dense_1/bias": "l1/bias", "LayerNorm_0/scale": "ln/scale",

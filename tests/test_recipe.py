@@ -68,8 +68,8 @@ def test_dry_run_measures_collection_and_training_here(tmp_path):
   assert "| digits-MLP32 |" in table and table.count("| R-digits-MLP32-") == 2
 
 
-def test_pack_carries_balanced_subsets_the_loaders_read(tmp_path):
-  written = datasets.pack(tmp_path, fm_train=200, cifar_train=100, test=100)
+def test_pack_carries_balanced_subsets_the_loaders_read(tmp_path, data_dir):
+  written = datasets.pack(tmp_path, data_dir, fm_train=200, cifar_train=100, test=100)
   assert written["fashion-mnist"]["train"] == 200 and written["cifar10"]["test"] == 100
   fm = datasets.load_fashion_mnist(tmp_path / "fashion-mnist")  # no canonical files there: the pack
   assert fm.x_train.shape == (200, 28, 28, 1) and np.bincount(fm.y_train).tolist() == [20] * 10
