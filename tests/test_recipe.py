@@ -26,7 +26,7 @@ def test_gpu_plan_is_diverse_large_and_held_out():
   assert {s.kind for s in specs} == {"digits", "vision", "lm"} and any(s.arch == "mlp" for s in specs)
   assert all(recipe.held_out_clash(sc) == [] for sc in recipe.SCALES.values())
   assert len({s.name for s in specs}) == len(specs)
-  first = [s.name.split("-", 1)[1].rsplit("-", 2)[0] for s in specs[: len(scale.models)]]
+  first = [recipe.model_of(s) for s in specs[: len(scale.models)]]
   assert sorted(first) == sorted(scale.models)  # round robin: a short budget still sees every model
   assert sum(r["bytes"] for r in rows) < 2**30
 

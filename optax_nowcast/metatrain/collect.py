@@ -9,7 +9,7 @@ Layout on disk, one folder per run (``<out>/<task>/<run_id>/``):
   parameter leaf its path, shape and offset in the flat vector; ``"complete": true`` once the run finished.
 
 Runs that share a model shape are trained together: ``vmap`` over runs inside one jitted ``lax.scan``
-(each run its own seed, minibatch order and learning rate through ``optax.inject_hyperparams``). A finished
+(each run its own seed, minibatch order and rate multiplier, an injected ``optax.scale``). A finished
 run is never recomputed, so an interrupted collection resumes.
 """
 
@@ -196,25 +196,13 @@ def write_index(out_dir: str, task_name: str, runs: Sequence[RunSpec], *, steps:
 
 
 def _group_optimizer(task, group: Sequence[RunSpec], params):
-  """The vmapped runs' optimizer and its state, each run at its ``lr_scale`` times the task's rate.
-
-  Adam/AdamW at a constant rate (the shipped weights' recipe) injects the rate itself; any other base
-  optimizer or schedule (``TaskSpec.optimizer``, ``.schedule``) is the task's own, followed by an injected
-  ``optax.scale(lr_scale)``: every optimizer here is linear in its rate (weight decay included), so this is
-  the same as scaling the rate (the schedule's peak).
-  """
-  spec = task.spec
-  scales = jnp.asarray([r.lr_scale for r in group], jnp.float32)
-  if spec.optimizer == "adam" and spec.schedule == "constant":
-    base = optax.adamw if spec.weight_decay else optax.adam
-    kwargs = {"weight_decay": spec.weight_decay} if spec.weight_decay else {}
-    tx = optax.inject_hyperparams(base)(learning_rate=spec.learning_rate, **kwargs)
-    opt_state = jax.vmap(tx.init)(params)
-    opt_state.hyperparams["learning_rate"] = spec.learning_rate * scales
-    return tx, opt_state
+  """The vmapped runs' optimizer and its state: the task's own (``TaskSpec.optimizer``, ``.schedule``)
+  followed by an injected ``optax.scale(lr_scale)`` per run. Every base optimizer here is linear in its
+  rate (weight decay included), so this is each run at ``lr_scale`` times the task's rate (the schedule's
+  peak)."""
   tx = optax.chain(task.optimizer(), optax.inject_hyperparams(optax.scale)(step_size=1.0))
   opt_state = jax.vmap(tx.init)(params)
-  opt_state[1].hyperparams["step_size"] = scales
+  opt_state[1].hyperparams["step_size"] = jnp.asarray([r.lr_scale for r in group], jnp.float32)
   return tx, opt_state
 
 

@@ -135,11 +135,19 @@ def configurations(scale: Scale) -> list[TaskSpec]:
   return [s for group in by_model for s in group]
 
 
+def model_of(spec: TaskSpec) -> str:
+  """The :data:`MODELS` entry a configuration of :func:`configurations` trains."""
+  return next(m for m in MODELS if spec.name.startswith(f"R-{m}-"))
+
+
 def plan(scale: Scale) -> list[dict[str, Any]]:
   """One row per configuration: its runs, steps and the bytes of its states."""
   runs = plan_runs(scale.seeds, scale.lr_scales)
-  return [{"config": s.name, "spec": s, "runs": len(runs),
+  return [{"config": s.name, "model": model_of(s), "spec": s, "runs": len(runs),
            "bytes": estimate_bytes(s, runs, scale.steps, scale.interval)} for s in configurations(scale)]
+
+
+PROBE_INTERVALS = 7  # a probe run's states: enough for NiNo's windows (ctx 5 + a horizon)
 
 
 def measure_costs(scale: Scale, data_dir: str | None, out: str,
@@ -150,7 +158,7 @@ def measure_costs(scale: Scale, data_dir: str | None, out: str,
   costs = {}
   seen = set()
   for s in configurations(scale):
-    model = s.name.split("-", 1)[1].rsplit("-", 2)[0]
+    model = model_of(s)
     if model in seen:
       continue
     seen.add(model)
@@ -167,9 +175,6 @@ def measure_costs(scale: Scale, data_dir: str | None, out: str,
     log(f"  {model}: compile and load {costs[model]['compile_s']:.1f} s, "
         f"{1e3 * per_step:.2f} ms per step of {len(runs)} vmapped runs")
   return costs
-
-
-PROBE_INTERVALS = 7  # a probe run's states: enough for NiNo's windows (ctx 5 + a horizon)
 
 
 def measure_nino_step(scale: Scale, probe_dir: str, config: str) -> float:
@@ -199,9 +204,8 @@ def dry_run(scale: Scale, data_dir: str | None, out: str,
   costs = measure_costs(scale, data_dir, os.path.join(out, "probe"), log)
   total = 0.0
   for r in rows:
-    model = r["config"].split("-", 1)[1].rsplit("-", 2)[0]
-    groups = -(-r["runs"] // scale.vmap)
-    total += costs[model]["compile_s"] + groups * scale.steps * costs[model]["s_per_group_step"]
+    cost = costs[r["model"]]
+    total += cost["compile_s"] + -(-r["runs"] // scale.vmap) * scale.steps * cost["s_per_group_step"]
   log(f"collecting all of it here: about {total / 60:.1f} minutes; the budget is {scale.budget_s / 60:.1f} "
       f"minutes in all, at most {scale.collect_fraction:.0%} of it for collection")
   largest = max(rows, key=lambda r: r["bytes"] / r["runs"])["config"]
@@ -256,10 +260,11 @@ def run(scale: Scale, out: str, data_dir: str | None = None, runs_root: str | No
     log(f"collected {r['config']}: {r['runs']} runs in {time.perf_counter() - t0:.1f} s")
   record["phases"]["collect_s"] = time.perf_counter() - t_start
   folders = find_runs(runs_root, [c["config"] for c in record["collected"]])
+  data = runs_summary(folders)
   quiet = lambda m: None  # noqa: E731
   t0 = time.perf_counter()
   wnn = train_wnn_plus(folders, scale.wnn_plus, log=quiet)
-  wnn["data"] = runs_summary(folders)
+  wnn["data"] = data
   save_predictor(out, "wnn_plus", wnn)
   record["phases"]["wnn_plus_s"] = time.perf_counter() - t0
   log(f"WNN+: {scale.wnn_plus.steps} steps, validation L1 {wnn['initial_val_loss']:.4f} -> "
@@ -267,7 +272,7 @@ def run(scale: Scale, out: str, data_dir: str | None = None, runs_root: str | No
   t0 = time.perf_counter()
   left = scale.budget_s - (time.perf_counter() - t_start)
   nino = train_nino(folders, scale.nino, out_dir=out, log=log, time_budget_s=max(left, 1.0))
-  nino["data"] = runs_summary(folders)
+  nino["data"] = data
   save_predictor(out, "nino", nino)
   record["phases"]["nino_s"] = time.perf_counter() - t0
   record["nino_steps"] = nino["step"]
@@ -282,8 +287,7 @@ def run(scale: Scale, out: str, data_dir: str | None = None, runs_root: str | No
 
 
 def _card(out: str, scale: Scale, record: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
-  data = runs_summary(find_runs(os.path.join(out, "trajectories"))) if os.path.isdir(
-      os.path.join(out, "trajectories")) else results["nino"]["data"]
+  """``MODEL_CARD.md`` of a recipe run: time per phase, the predictors, the runs they were trained on."""
   lines = ["# Predictors of the diverse recipe", "",
            f"Written by `python -m optax_nowcast.metatrain recipe` on {record['machine']}, "
            f"{time.strftime('%Y-%m-%d')}; {record['runs']} runs of {scale.steps} steps (a state every "
@@ -298,7 +302,7 @@ def _card(out: str, scale: Scale, record: dict[str, Any], results: dict[str, dic
                  f"{res['val_loss']:.4g} | {res['train_runs']} / {res['val_runs']} |")
   lines += ["", "| configuration | runs | learning rates | parameters |", "|---|---|---|---|"]
   lines += [f"| {d['task']} | {d['runs']} | {', '.join(f'{x:g}' for x in d['lr'])} | {d['params']:,} |"
-            for d in data]
+            for d in results["nino"]["data"]]
   path = os.path.join(out, "MODEL_CARD.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -311,11 +315,11 @@ def held_out_clash(scale: Scale) -> list[str]:
   from optax_nowcast.tasks import GENERAL_TASKS, TASKS
 
   def key(s: TaskSpec):
-    return (s.kind, s.dataset or s.kind, tuple(s.features), tuple(s.lm_shape), s.arch)
+    return (s.kind, s.dataset, tuple(s.features), tuple(s.lm_shape), s.arch)
 
   banned = {key(s) for s in GENERAL_TASKS.values()} | {key(TASKS[t]) for t in ("FM-32", "C10-32", "LM-3-64")}
   return [s.name for s in configurations(scale) if key(s) in banned]
 
 
 __all__ = ["MODELS", "OPTIMIZERS", "SCALES", "SCHEDULES", "Scale", "configurations", "dry_run",
-           "held_out_clash", "measure_costs", "plan", "run"]
+           "held_out_clash", "measure_costs", "model_of", "plan", "run"]

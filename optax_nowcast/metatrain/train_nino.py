@@ -199,9 +199,7 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
   # one compiled step: keyed by the parameter shapes.
   shape_of = {t: tuple((m["path"], tuple(m["shape"])) for m in rs[0].meta["leaves"])
               for t, rs in by_task.items()}
-  graphs_of = {}
-  for t, rs in by_task.items():
-    graphs_of.setdefault(shape_of[t], rs[0].graph)
+  graphs_of = {shape_of[t]: rs[0].graph for t, rs in by_task.items()}  # equal graphs for one shape
 
   def loss_fn(p, key, x, y, m, hm, feat, idx=None):
     g = graphs_of[key]
@@ -215,18 +213,18 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
 
     return jnp.mean(jax.vmap(one)(x, y, m, hm, feat, idx))
 
-  steps_by_task = {}
+  steps_by_shape = {}
 
   def get_step(task):
     key = shape_of[task]
-    if key not in steps_by_task:
+    if key not in steps_by_shape:
       @jax.jit
       def step(p, o, batch):
         loss, grads = jax.value_and_grad(loss_fn)(p, key, *batch)
         u, o = tx.update(grads, o, p)
         return optax.apply_updates(p, u), o, loss
-      steps_by_task[key] = (step, jax.jit(lambda p, batch: loss_fn(p, key, *batch)))
-    return steps_by_task[key]
+      steps_by_shape[key] = (step, jax.jit(lambda p, batch: loss_fn(p, key, *batch)))
+    return steps_by_shape[key]
 
   def batch(pool: list[GraphRun], rng, flip=True):
     """``windows_per_batch`` windows of one task; in training with ``head_edges``, each window's random
