@@ -98,8 +98,7 @@ def _graph_edges(name: str, params) -> int | None:
     return None
   g = onc.graphs.neural_graph(params)
   if "max_fan_in" in name:
-    wide = [i for i in g.leaf_groups() if g.fan_in(i) > FAN_IN]
-    g = g.without(wide, [str(i) for i in wide])
+    g = g.without([i for i in g.leaf_groups() if g.fan_in(i) > FAN_IN])
   return g.num_edges
 
 

@@ -118,8 +118,8 @@ class NeuralGraph:
     edges = np.unique(self.positions[leaf].reshape(-1) // self.num_slots)
     return int(np.bincount(self.receivers[edges]).max())
 
-  def without(self, leaves: Sequence[int], paths: Sequence[str]) -> NeuralGraph:
-    """The graph with the edges of ``leaves`` removed (``paths``: their names, added to ``uncovered``).
+  def without(self, leaves: Sequence[int]) -> NeuralGraph:
+    """The graph with the edges of ``leaves`` removed (their paths added to ``uncovered``).
 
     Neurons left with no edge but their self-loop (the input pixels of a dropped first layer) are removed
     too and the rest renumbered; the kept leaves' ``positions`` point at the same edges as before.
@@ -151,7 +151,12 @@ class NeuralGraph:
         self, num_nodes=int(used.sum()), senders=new_node[self.senders[keep]],
         receivers=new_node[self.receivers[keep]], edge_type=self.edge_type[keep],
         edge_const=self.edge_const[keep], positions=positions, pos_w=self.pos_w[used], blocks=blocks,
-        uncovered=tuple(self.uncovered) + tuple(paths))
+        uncovered=tuple(self.uncovered) + tuple(self.leaf_paths()[i] for i in sorted(drop)))
+
+  def leaf_paths(self) -> list[str]:
+    """Every params leaf's path (``path_str``), in ``positions`` order."""
+    like = jax.tree.unflatten(self.treedef, list(range(len(self.positions))))
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
 
 
 class _Builder:

@@ -454,20 +454,13 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
                        "fallback=predictors.linefit_plus() to predict what the graph cannot express with "
                        "another predictor.") from e
 
-  def drop_wide(g: graphs_lib.NeuralGraph, params) -> graphs_lib.NeuralGraph:
-    wide = [i for i in g.leaf_groups() if g.fan_in(i) > max_fan_in]
-    if not wide:
-      return g
-    paths = [graphs_lib.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    return g.without(wide, [paths[i] for i in wide])
-
   def init(params):
     g = build(params)
     if g.uncovered:
       warnings.warn(f"nino: {', '.join(g.uncovered)} are not in the neural graph; {fallback.name!r} "
                     "predicts them.", stacklevel=2)
     if max_fan_in is not None:
-      g = drop_wide(g, params)
+      g = g.without([i for i in g.leaf_groups() if g.fan_in(i) > max_fan_in])
     if not g.leaf_groups():
       hint = f" (max_fan_in={max_fan_in} left every tensor to the fallback)" if max_fan_in else ""
       raise ValueError(f"nino: no parameter is in the neural graph{hint}.")

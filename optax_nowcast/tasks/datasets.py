@@ -15,7 +15,7 @@ random data. Where the files are looked for, first match wins:
 
 Where no canonical files are found, a folder made by :func:`pack` is read instead: ``packed.npz`` in a
 dataset's folder (``fashion-mnist/``, ``cifar10/``) holds a class-balanced subset of the canonical release
-(checked against its ``manifest.json``), small enough to carry to a machine that has no copy
+(its shapes, dtypes and class counts checked), small enough to carry to a machine that has no copy
 (``python -m optax_nowcast.metatrain pack-data --out DIR``, then ``OPTAX_NOWCAST_DATA_DIR=DIR``).
 
 >>> import os
@@ -148,6 +148,7 @@ def pack(out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
   """
   out = Path(out_dir)
   written: dict[str, dict[str, int]] = {}
+
   def source(name: str) -> Path | None:
     return Path(data_dir) / name if data_dir and (Path(data_dir) / name).exists() else None
 
@@ -284,7 +285,7 @@ def load_cifar10(path: str | os.PathLike | None = None, download: bool = False) 
   if found is None and download:
     found = default_cache_dir() / "cifar10" / CIFAR10_TARBALL
     _download(CIFAR10_URL, found, CIFAR10_MD5)
-  if found is None and (packed := _load_packed([d for d in dirs if d.is_dir()], "CIFAR-10", (32, 32, 3),
+  if found is None and (packed := _load_packed(dirs, "CIFAR-10", (32, 32, 3),
                                                CIFAR10_MEAN, CIFAR10_STD)) is not None:
     return packed
   if found is None:
