@@ -39,6 +39,8 @@ PREDICTORS: dict[str, Callable[[], onc.Predictor]] = {
         fallback=onc.predictors.linefit_plus(), max_fan_in=FAN_IN, fallback_horizon=5),
     "linefit+": onc.predictors.linefit_plus,
 }
+# The NiNo predictors' graphs: the max_fan_in each runs with (0: the whole graph).
+GRAPH_FAN_IN = {"nino-ours": 0, f"nino-ours, max_fan_in={FAN_IN}": FAN_IN}
 TASKS = ["G-FM-MLP2-adam", "G-FM-MLP3-adamw-cos"]
 QUICK_TASKS = ["G-digits-MLP2-adabelief"]
 
@@ -94,11 +96,11 @@ def measure(task_name: str, data_dir: str | None, repeats: int, ctx: int = 5) ->
 
 def _graph_edges(name: str, params) -> int | None:
   """Edges NiNo runs on (the graph without the tensors ``max_fan_in`` leaves to the fallback)."""
-  if not name.startswith("nino"):
+  if name not in GRAPH_FAN_IN:
     return None
   g = onc.graphs.neural_graph(params)
-  if "max_fan_in" in name:
-    g = g.without([i for i in g.leaf_groups() if g.fan_in(i) > FAN_IN])
+  if fan := GRAPH_FAN_IN[name]:
+    g = g.without([i for i in g.leaf_groups() if g.fan_in(i) > fan])
   return g.num_edges
 
 
