@@ -19,6 +19,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 _NINO_TRAIN = "python -m optax_nowcast.metatrain train --predictor nino --runs DIR --steps 2000 --out OUT"
 _NINO_HEAD = ("python -m optax_nowcast.metatrain train --predictor nino --runs DIR "
               "--tasks digits,FM-16,LM-3-24 --steps 1000 --head-edges 4096 --out OUT")
+# The generalization issue's diverse distribution (optax_nowcast.metatrain.recipe, scale "cpu"): 7 models x 4
+# (optimizer, schedule) pairs x 3 seeds, disjoint from the generalization suite and the held-out paper tasks.
+_RECIPE_CPU = "python -m optax_nowcast.metatrain recipe --scale cpu --out OUT"
 NINO_VARIANTS = {
     "nino++c": ("nino_c6", f"{_NINO_TRAIN} --node-features lpe+centrality --lpe 6",
                 "our NiNo with 5 eigenvectors + centrality as node features"),
@@ -33,6 +36,8 @@ NINO_VARIANTS = {
                                 "optax_nowcast/pretrained/nino.msgpack --steps 600 --learning-rate 1e-3 "
                                 "--out OUT", "our shipped NiNo fine-tuned on all 30 runs of the recipe"),
     "nino-recipe": ("nino_recipe", _NINO_TRAIN, "our NiNo trained from scratch on the recipe's 30 runs"),
+    "nino-div": ("nino_div", _RECIPE_CPU,
+                 "our shipped NiNo fine-tuned on the diverse CPU recipe (optimizers, schedules, widths)"),
 }
 WNN_PLUS_VARIANTS = {
     "wnn+noc10": ("wnn_plus_noc10", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
@@ -41,6 +46,8 @@ WNN_PLUS_VARIANTS = {
     "wnn+h32": ("wnn_plus_h32", "python -m optax_nowcast.metatrain train --predictor wnn+ --runs DIR "
                                 "--tasks digits,FM-16,LM-2-32,LM-3-24 --hidden 32 --steps 4000 "
                                 "--elements 512 --out OUT", "wnn+noc10 at hidden 32"),
+    "wnn+div": ("wnn_plus_div", _RECIPE_CPU, "WNN+ trained on the diverse CPU recipe (optimizers, schedules, "
+                "widths)"),
 }
 VARIANTS = {**NINO_VARIANTS, **WNN_PLUS_VARIANTS}
 

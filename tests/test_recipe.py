@@ -44,6 +44,9 @@ def test_toy_recipe_end_to_end(tmp_path):
   log = json.loads((out / "recipe_log.json").read_text())
   assert set(log["phases"]) == {"collect_s", "wnn_plus_s", "nino_s"}
   card = (out / "MODEL_CARD.md").read_text()
+  assert "`python -m optax_nowcast.metatrain recipe --scale toy --out OUT`" in card
+  for name in ("nino", "wnn_plus"):  # each file's hash, as weights_io checks it at load
+    assert json.loads((out / f"{name}.json").read_text())["sha256"] in card
   for s in recipe.configurations(toy):
     assert s.name in card
     meta = json.loads(next((out / "trajectories" / s.name).glob("*/index.json")).read_text())

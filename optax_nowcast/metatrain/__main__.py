@@ -125,7 +125,9 @@ def main(argv=None) -> dict:
         f.write(recipe.format_dry_run(res, args.scale))
       print(f"wrote {stem}.json and .md")
       return res
-    return recipe.run(scale, args.out, args.data_dir, args.runs)
+    command = f"python -m optax_nowcast.metatrain recipe --scale {args.scale}" + (
+        f" --budget-minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "")
+    return recipe.run(scale, args.out, args.data_dir, args.runs, command=command)
   if args.command == "card":
     from optax_nowcast.metatrain import pretrained
     print(f"wrote {pretrained.refresh_card(args.out)}")

@@ -27,6 +27,7 @@ The learning rate of a configuration is its model's Adam rate times :data:`OPTIM
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -241,12 +242,15 @@ def _machine() -> str:
 
 
 def run(scale: Scale, out: str, data_dir: str | None = None, runs_root: str | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Collects, trains WNN+ and NiNo within ``scale.budget_s`` and writes the weights, log and card."""
+        log: Callable[[str], None] = print,
+        command: str = "python -m optax_nowcast.metatrain recipe") -> dict[str, Any]:
+  """Collects, trains WNN+ and NiNo within ``scale.budget_s`` and writes the weights, log and card
+  (``command``: how this run was asked for, for the card)."""
   t_start = time.perf_counter()
   runs_root = runs_root or os.path.join(out, "trajectories")
   os.makedirs(out, exist_ok=True)
-  record: dict[str, Any] = {"machine": _machine(), "budget_s": scale.budget_s, "collected": [], "phases": {}}
+  record: dict[str, Any] = {"command": command, "machine": _machine(), "budget_s": scale.budget_s,
+                            "collected": [], "phases": {}}
   runs = plan_runs(scale.seeds, scale.lr_scales)
   for r in plan(scale):
     spent = time.perf_counter() - t_start
@@ -286,20 +290,27 @@ def run(scale: Scale, out: str, data_dir: str | None = None, runs_root: str | No
   return record
 
 
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 def _card(out: str, scale: Scale, record: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
-  """``MODEL_CARD.md`` of a recipe run: time per phase, the predictors, the runs they were trained on."""
+  """``MODEL_CARD.md`` of a recipe run: the command, time per phase, the predictors (validation loss and
+  each file's sha256) and the runs they were trained on."""
   lines = ["# Predictors of the diverse recipe", "",
-           f"Written by `python -m optax_nowcast.metatrain recipe` on {record['machine']}, "
+           f"Written by `{record['command']} --out OUT` on {record['machine']}, "
            f"{time.strftime('%Y-%m-%d')}; {record['runs']} runs of {scale.steps} steps (a state every "
            f"{scale.interval}), {len(record['collected'])} configurations (models x optimizers x "
            "schedules, disjoint from the generalization suite).", "",
            "| phase | seconds |", "|---|---|"]
   lines += [f"| {k} | {v:.0f} |" for k, v in record["phases"].items()]
-  lines += ["", "| predictor | training steps | validation L1 (start -> end) | train / val runs |",
-            "|---|---|---|---|"]
+  lines += ["", "| predictor | training steps | validation L1 (start -> end) | train / val runs | sha256 of "
+            "`<predictor>.msgpack` |", "|---|---|---|---|---|"]
   for name, res in results.items():
     lines.append(f"| `{name}` | {res.get('step', scale.wnn_plus.steps)} | {res['initial_val_loss']:.4g} -> "
-                 f"{res['val_loss']:.4g} | {res['train_runs']} / {res['val_runs']} |")
+                 f"{res['val_loss']:.4g} | {res['train_runs']} / {res['val_runs']} | "
+                 f"`{_sha256(os.path.join(out, name + '.msgpack'))}` |")
   lines += ["", "| configuration | runs | learning rates | parameters |", "|---|---|---|---|"]
   lines += [f"| {d['task']} | {d['runs']} | {', '.join(f'{x:g}' for x in d['lr'])} | {d['params']:,} |"
             for d in results["nino"]["data"]]
