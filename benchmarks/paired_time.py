@@ -202,7 +202,8 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args(argv)
   s0, _, seeds = R.SUITES[args.suite]
-  found = R._finished_runs(args.suite, seeds, s0, list(dict.fromkeys([args.out, RESULTS])))
+  found = R._finished_runs(args.suite, seeds, s0, list(dict.fromkeys([args.out, RESULTS])),
+                           R.TASK_SEEDS.get(args.suite))
   if args.quick:
     args.tasks, args.methods, args.repeats = "digits", "linefit,wnn+", 2
   tasks = args.tasks.split(",") if args.tasks else [n for n in found if "@" not in n]  # not the sweeps

@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -81,6 +81,12 @@ SUITES = {
 # Per suite and task: Settings fields that differ from the suite's (the digits configurations record
 # every 40 steps: 2,000 steps hold 10 jumps).
 TASK_SETTINGS = {"general": {n: {"interval": 40} for n, t in GENERAL_TASKS.items() if t.kind == "digits"}}
+# Per suite and configuration: more seeds than the suite's where 3 leave the answer within the noise (the
+# issue's rule): the digits configurations (the base's seed-to-seed spread is as large as the methods'
+# effects, and a method reaches the target on some seeds and not others) and G-FM-MLP3-adamw-cos (whose
+# target one NiNo seed misses by less than the spread). Their length sweeps (``<config>@<p>``) too.
+TASK_SEEDS = {"general": {**{n: 5 for n, t in GENERAL_TASKS.items() if t.kind == "digits"},
+                          "G-FM-MLP3-adamw-cos": 5}}
 ALL_TASKS = {**TASKS, **GENERAL_TASKS, **ARCH_TASKS}
 LENGTHS = (40, 55, 70, 85)  # % of a decaying configuration's steps, besides 100
 
@@ -88,6 +94,12 @@ LENGTHS = (40, 55, 70, 85)  # % of a decaying configuration's steps, besides 100
 def base_name(name: str) -> str:
   """``"G-FM-MLP3-adamw-cos@70"`` -> ``"G-FM-MLP3-adamw-cos"``."""
   return name.split("@")[0]
+
+
+def seeds_for(name: str, seeds: int, task_seeds: Mapping[str, int] | None) -> int:
+  """How many seeds the suite entry ``name`` (``<config>`` or ``<config>@<p>``) runs: ``task_seeds``' count
+  for its configuration (e.g. ``TASK_SEEDS[suite]``), else ``seeds``."""
+  return (task_seeds or {}).get(base_name(name), seeds)
 
 
 def settings_for(suite: str, name: str, s: Settings) -> Settings:
@@ -643,14 +655,16 @@ def plot_task(task: str, runs: dict[str, list[dict]], path: str) -> str | None:
 
 def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: Settings, out: str,
               data_dir: str | None = None, force: bool = False, quiet: bool = False,
-              only_seeds: list[int] | None = None, read_runs: Sequence[str] = ()) -> dict[str, Any]:
+              only_seeds: list[int] | None = None, read_runs: Sequence[str] = (),
+              task_seeds: Mapping[str, int] | None = None) -> dict[str, Any]:
   """Runs (or resumes) a suite and writes its JSON, table and plots. Returns the summary and counts.
 
   ``read_runs``: more result folders whose finished runs count too (read, never written), e.g. the
   committed baseline runs when an experiment writes its own results elsewhere.
 
   ``only_seeds`` computes just those of seeds ``0..seeds-1`` (finished runs of the others are still
-  reported), so that one suite can be split across processes, one per core.
+  reported), so that one suite can be split across processes, one per core. ``task_seeds``: configuration
+  -> its own number of seeds instead of ``seeds`` (``TASK_SEEDS``).
   """
   try:
     from tqdm.auto import tqdm
@@ -661,8 +675,9 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
       raise ValueError(f"Unknown method {m!r}; choose from {sorted(METHODS)}.")
   if "adam" not in methods:
     raise ValueError("methods must include 'adam': it defines the target and the reductions.")
-  if only_seeds is not None and not set(only_seeds) <= set(range(seeds)):
-    raise ValueError(f"only_seeds {sorted(only_seeds)} must lie in 0..{seeds - 1}: raise seeds or drop them.")
+  most = max([seeds, *(seeds_for(n, seeds, task_seeds) for n in tasks)])
+  if only_seeds is not None and not set(only_seeds) <= set(range(most)):
+    raise ValueError(f"only_seeds {sorted(only_seeds)} must lie in 0..{most - 1}: raise seeds or drop them.")
   todo, loaded, computed = [], {}, 0
   for name in tasks:
     if base_name(name) not in ALL_TASKS:
@@ -672,7 +687,7 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
     st = settings_for(suite, name, s)
     spec = _spec_for(name, st)
     for method in methods:
-      for seed in range(seeds):
+      for seed in range(seeds_for(name, seeds, task_seeds)):
         path = os.path.join(out, "runs", suite, name, method, f"seed{seed}.json")
         fp = _fingerprint(spec, method, seed, st)
         r = None if force else _load_run([out, *read_runs], suite, name, method, seed, fp)
@@ -706,7 +721,7 @@ def run_suite(suite: str, tasks: list[str], methods: list[str], seeds: int, s: S
   if bar is not None:
     bar.close()
 
-  rep = report(suite, seeds, s, out, read_runs)
+  rep = report(suite, seeds, s, out, read_runs, task_seeds)
   return {**rep, "computed": computed, "reused": len(loaded) - computed}
 
 
@@ -723,8 +738,10 @@ def _load_run(roots: Sequence[str], suite: str, task: str, method: str, seed: in
   return None
 
 
-def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str]) -> dict[str, dict[str, list]]:
-  """Every task of the suite with all ``seeds`` of Adam done, and each method with all seeds done."""
+def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str],
+                   task_seeds: Mapping[str, int] | None = None) -> dict[str, dict[str, list]]:
+  """Every task of the suite with all its seeds (``seeds``, or ``task_seeds``' count) of Adam done, and each
+  method with all of them done."""
   roots = [roots] if isinstance(roots, str) else list(roots)
   names = {n for root in roots if os.path.isdir(os.path.join(root, "runs", suite))
            for n in os.listdir(os.path.join(root, "runs", suite))}
@@ -737,7 +754,8 @@ def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str]) ->
     runs = {}
     for method in METHODS:
       rs = []
-      for seed in range(seeds):
+      n = seeds_for(name, seeds, task_seeds)
+      for seed in range(n):
         try:
           r = _load_run(roots, suite, name, method, seed, _fingerprint(spec, method, seed, st))
         except (FileNotFoundError, ValueError):  # a method whose weights are not at hand has no runs here
@@ -745,17 +763,18 @@ def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str]) ->
         if r is None:
           break
         rs.append(r)
-      if len(rs) == seeds:
+      if len(rs) == n:
         runs[method] = rs
     if "adam" in runs:
       found[name] = runs
   return found
 
 
-def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[str] = ()) -> dict[str, Any]:
+def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[str] = (),
+           task_seeds: Mapping[str, int] | None = None) -> dict[str, Any]:
   """Summarises every finished (task, method) of the suite: ``<suite>.json``, ``.md`` and plots."""
   order = list(SUITES[suite][1]) if suite in SUITES else []
-  found = _finished_runs(suite, seeds, s, [out, *read_runs])
+  found = _finished_runs(suite, seeds, s, [out, *read_runs], task_seeds)
   summary = {}
   for name in sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n)):
     runs = found[name]
@@ -765,6 +784,7 @@ def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[st
       plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
   table = format_table(suite, summary, s)
   write_results(out, suite, {"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds,
+                             "task_seeds": dict(task_seeds or {}),
                              "summary": summary, "backend": jax.default_backend(),
                              "runs": f"runs/{suite}/<task>/<method>/seed<k>.json"}, table)
   with open(os.path.join(out, f"{suite}_matrix.md"), "w") as f:
@@ -1002,12 +1022,13 @@ def main(argv=None) -> dict[str, Any]:
   suite = args.suite or ("quick" if args.quick else "full")
   s, tasks, seeds = SUITES[suite]
   tasks = args.tasks.split(",") if args.tasks else tasks
+  task_seeds = TASK_SEEDS.get(suite, {}) if args.seeds is None else {}  # --seeds: that many for every task
   seeds = args.seeds or seeds
   t0 = time.perf_counter()
   res = run_suite(suite, tasks, args.methods.split(","), seeds, s, args.out,
                   args.data_dir or default_data_dir(), args.force, args.quiet,
                   [int(k) for k in args.only_seeds.split(",")] if args.only_seeds else None,
-                  [d for d in args.read_runs.split(",") if d])
+                  [d for d in args.read_runs.split(",") if d], task_seeds)
   print(res["table"])
   print(f"\n{res['computed']} runs computed, {res['reused']} reused, {time.perf_counter() - t0:.0f} s; wrote "
         f"{args.out}/{suite}.json, .md and {suite}_<task>.png")

@@ -98,6 +98,22 @@ def test_only_seeds_computes_just_those(tmp_path):
     bench.run_suite("test", ["digits"], ["adam"], 2, SMALL, out, only_seeds=[2])
 
 
+def test_task_seeds_give_a_configuration_more_seeds(tmp_path):
+  """``task_seeds``: a configuration (and its length sweeps) runs and reports its own number of seeds, and
+  only once all of them are done."""
+  out = str(tmp_path)
+  more = {"digits": 3}
+  assert bench.seeds_for("digits@40", 2, more) == 3 and bench.seeds_for("FM-16", 2, more) == 2
+  res = bench.run_suite("test", ["digits"], ["adam"], 2, SMALL, out, quiet=True, task_seeds=more,
+                        only_seeds=[2])
+  assert res["computed"] == 1 and res["summary"] == {}  # seeds 0 and 1 still missing
+  res = bench.run_suite("test", ["digits"], ["adam"], 2, SMALL, out, quiet=True, task_seeds=more)
+  assert res["computed"] == 2
+  assert [r["seed"] for r in res["summary"]["digits"]["methods"]["adam"]["per_seed"]] == [0, 1, 2]
+  assert bench._finished_runs("test", 2, SMALL, [out], {"digits": 4}) == {}
+  assert bench.TASK_SEEDS["general"]["G-FM-MLP3-adamw-cos"] == 5
+
+
 def test_weight_prediction_table_pairs_each_seed_with_adam(tmp_path):
   out = str(tmp_path)
   res = bench.run_suite("test", ["digits"], ["adam", "wp2"], 2, SMALL, out, quiet=True)
