@@ -36,7 +36,8 @@ PAGES = {
     "general": (
         "Generalization: held-out configurations",
         "Models, optimizers and learning-rate schedules no predictor was trained on "
-        "(`optax_nowcast.tasks.GENERAL_TASKS`), 3 seeds each; the decaying schedules also at 40-85 % of "
+        "(`optax_nowcast.tasks.GENERAL_TASKS`), 3 seeds each (5 where 3 leave the answer within the noise: "
+        "`benchmarks.run.TASK_SEEDS`); the decaying schedules also at 40-85 % of "
         "their length (where swept); wall time paired with the base's in one process "
         "(`benchmarks.paired_time --suite general`).",
         ["general_summary.md", "general_summary.png", "paired_time_general.md"],
