@@ -27,7 +27,6 @@ The learning rate of a configuration is its model's Adam rate times :data:`OPTIM
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -290,9 +289,10 @@ def run(scale: Scale, out: str, data_dir: str | None = None, runs_root: str | No
   return record
 
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+def _recorded_sha256(out: str, name: str) -> str:
+  """The sha256 of ``<name>.msgpack`` that its record (``<name>.json``) holds and loading checks."""
+  with open(os.path.join(out, f"{name}.json")) as f:
+    return json.load(f)["sha256"]
 
 
 def _card(out: str, scale: Scale, record: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
@@ -310,7 +310,7 @@ def _card(out: str, scale: Scale, record: dict[str, Any], results: dict[str, dic
   for name, res in results.items():
     lines.append(f"| `{name}` | {res.get('step', scale.wnn_plus.steps)} | {res['initial_val_loss']:.4g} -> "
                  f"{res['val_loss']:.4g} | {res['train_runs']} / {res['val_runs']} | "
-                 f"`{_sha256(os.path.join(out, name + '.msgpack'))}` |")
+                 f"`{_recorded_sha256(out, name)}` |")
   lines += ["", "| configuration | runs | learning rates | parameters |", "|---|---|---|---|"]
   lines += [f"| {d['task']} | {d['runs']} | {', '.join(f'{x:g}' for x in d['lr'])} | {d['params']:,} |"
             for d in results["nino"]["data"]]
