@@ -751,10 +751,9 @@ def _finished_runs(suite: str, seeds: int, s: Settings, roots: Sequence[str],
       continue
     st = settings_for(suite, name, s)
     spec = _spec_for(name, st)
-    runs = {}
+    runs, n = {}, seeds_for(name, seeds, task_seeds)
     for method in METHODS:
       rs = []
-      n = seeds_for(name, seeds, task_seeds)
       for seed in range(n):
         try:
           r = _load_run(roots, suite, name, method, seed, _fingerprint(spec, method, seed, st))
