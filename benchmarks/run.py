@@ -826,10 +826,13 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
     base's on the same seed, against ``base_spread`` (max - min of the base's over seeds), signed so that
     positive is better;
   * ``length_saving`` (decaying schedules, with ``<config>@<p>`` runs): per seed, the shortest schedule
-    length whose final metric reaches the base's final metric at full length, ``1 - L / L_base``; median;
+    length whose final metric reaches the base's final metric at full length, ``1 - L / L_base``; median,
+    a seed that reaches it at no length (``length_never`` counts them) counting as the worst value;
   * ``paired_time``: the median over seeds of the paired wall-time reduction to the base's final value
     (``benchmarks.paired_time --suite``; ``None``: a seed never reached it, or not measured:
-    ``paired_measured``).
+    ``paired_measured``);
+  * ``length_time`` (and ``length_time_never``): ``length_saving`` in wall time, each one's shortest run
+    timed with the paired costs (``_length_saving(costs=)``).
   """
   rows = []
   for name in [n for n in found if "@" not in n]:
@@ -841,7 +844,8 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
     for method, rs in runs.items():
       if method == "adam":
         continue
-      red, robust, never, diffs, lengths = [], [], 0, [], []
+      red, robust, never, diffs, lengths, ltimes = [], [], 0, [], [], []
+      timed = (paired or {}).get(name, {}).get(method)
       for r in rs:
         b = base.get(r["seed"])
         if b is None:
@@ -856,38 +860,74 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
         never += red[-1] is None
         diffs.append(sign * (r["final_full_val_metric"] - b["final_full_val_metric"]))
         lengths.append(_length_saving(found, name, method, r["seed"], b["final_full_val_metric"], hib))
-      got = [x for x in lengths if x is not None]
-      timed = (paired or {}).get(name, {}).get(method)
+        if timed is not None:
+          ltimes.append(_length_saving(found, name, method, r["seed"], b["final_full_val_metric"], hib,
+                                       timed))
+      lsave, lnever = _median_never(lengths)
+      ltime, ltnever = _median_never(ltimes) if timed is not None else (None, None)
       rows.append({
           "config": name, "method": method, "schedule": spec.schedule, "optimizer": spec.optimizer,
           "seeds": len(diffs), "never": never,
           "reduction": None if never else _median(red), "reduction_reached": _median(red),
           "robust_reduction": _median(robust) if all(x is not None for x in robust) else None,
           "final_diff": float(np.mean(diffs)) if diffs else None, "base_spread": float(spread),
-          "length_saving": _median(got) if got and len(got) == len(lengths) else None,
+          "length_saving": lsave, "length_never": lnever,
+          "length_time": ltime, "length_time_never": ltnever,
           "paired_measured": timed is not None,
           "paired_time": None if timed is None else timed["median"]["time_reduction_pct"],
       })
   return rows
 
 
-def _length_saving(found, name: str, method: str, seed: int, goal: float, hib: bool) -> float | None:
-  """``1 - L_method / L_base``: the shortest lengths (``<name>@<p>`` and 100 %) reaching ``goal``."""
-  def shortest(m: str) -> int | None:
-    for pct in (*LENGTHS, 100):
-      key = name if pct == 100 else f"{name}@{pct}"
-      rs = [r for r in found.get(key, {}).get(m, []) if r["seed"] == seed]
-      if not rs:
-        return None
-      v = rs[0]["final_full_val_metric"]
-      if (v >= goal - 1e-12) if hib else (v <= goal + 1e-12):
-        return pct
-    return None
+NEVER = "never"  # a seed whose every swept length (full length included) ends short of the goal
 
+
+def _shortest(found, name: str, method: str, seed: int, goal: float, hib: bool):
+  """The shortest length (``<name>@<p>``, then 100 %) whose run of ``method`` reaches ``goal``: ``(p, run)``;
+  ``NEVER`` if every length was run and none does; ``None`` if a length was not run."""
+  for pct in (*LENGTHS, 100):
+    key = name if pct == 100 else f"{name}@{pct}"
+    rs = [r for r in found.get(key, {}).get(method, []) if r["seed"] == seed]
+    if not rs:
+      return None
+    v = rs[0]["final_full_val_metric"]
+    if (v >= goal - 1e-12) if hib else (v <= goal + 1e-12):
+      return pct, rs[0]
+  return NEVER
+
+
+def _length_saving(found, name: str, method: str, seed: int, goal: float, hib: bool,
+                   costs: dict[str, Any] | None = None) -> float | str | None:
+  """``1 - L_method / L_base``: the shortest lengths (``<name>@<p>`` and 100 %) reaching ``goal``.
+
+  With ``costs`` (a method's entry of ``paired_time_<suite>.json``: the base's and the method's seconds per
+  step, ``c_b`` and ``c_m``, and what a jump period adds, ``o_m``, measured side by side), the same in wall
+  time: ``1 - (s_m c_m + n_m o_m) / (s_b c_b)``, with ``s`` the steps of each one's shortest run and
+  ``n_m`` its jumps. ``NEVER`` when every length was run and none reaches ``goal`` (it counts as the worst
+  value in the medians: dropping it would flatter the method); ``None`` when a length was not run.
+  """
   if not any(f"{name}@{p}" in found for p in LENGTHS):
     return None
-  mine, theirs = shortest(method), shortest("adam")
-  return None if mine is None or theirs is None else 100 * (1 - mine / theirs)
+  mine, theirs = _shortest(found, name, method, seed, goal, hib), _shortest(found, name, "adam", seed, goal,
+                                                                           hib)
+  if mine is None or theirs is None:
+    return None
+  if mine == NEVER or theirs == NEVER:
+    return NEVER if mine == NEVER else None
+  if costs is None:
+    return 100 * (1 - mine[0] / theirs[0])
+  t_m = mine[1]["eval_steps"][-1] * costs["s_per_step"] + len(mine[1]["jump_steps"]) * costs[
+      "period_overhead_s"]
+  return 100 * (1 - t_m / (theirs[1]["eval_steps"][-1] * costs["adam_s_per_step"]))
+
+
+def _median_never(values: list) -> tuple[float | None, int | None]:
+  """Per-seed length savings -> (their median, ``None`` if that is a ``NEVER`` seed; how many are
+  ``NEVER``), or ``(None, None)`` unless every seed has one (a length not run)."""
+  if not values or any(x is None for x in values):
+    return None, None
+  med = float(np.median([-np.inf if x == NEVER else x for x in values]))
+  return (med if np.isfinite(med) else None), sum(x == NEVER for x in values)
 
 
 def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
@@ -899,12 +939,15 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
       "the base's total gain; final: the method's final metric minus the base's on the same seed (mean; "
       "positive is better; accuracy in points, perplexity in units) against the base's seed-to-seed spread "
       "(max - min); length saving (decaying schedules): 1 - the shortest schedule length (40, 55, 70, 85, "
-      "100 %) whose final metric reaches the base's at full length, over the base's own; paired time: 1 - "
-      "wall time / the base's to the base's final value, costs measured side by side in one process "
-      "(`python -m benchmarks.paired_time --suite " + suite + "`; blank: not measured).", "",
+      "100 %) whose final metric reaches the base's at full length, over the base's own (median over seeds; "
+      "`never`: seeds that reach it at no length, counted as the worst); paired time: 1 - wall time / the "
+      "base's to the base's final value, costs measured side by side in one process (`python -m "
+      "benchmarks.paired_time --suite " + suite + "`; blank: not measured); length paired time: the length "
+      "saving in wall time, each one's shortest run reaching the goal timed with the same costs (its "
+      "steps and its jumps).", "",
       "| configuration | schedule | method | seeds | reduction | never | robust reduction | final vs base "
-      "(spread) | length saving | paired time |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+      "(spread) | length saving | paired time | length paired time |",
+      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     scale = 100 if ALL_TASKS[base_name(r["config"])].metric == "accuracy" else 1
     fd = ("—" if r["final_diff"] is None
@@ -912,8 +955,9 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
     lines.append(
         f"| {r['config']} | {r['schedule']} | {r['method']} | {r['seeds']} | "
         f"{_fmt(r['reduction'], '.1f')} % | {r['never']} | {_fmt(r['robust_reduction'], '.1f')} % | {fd} | "
-        f"{_fmt(r['length_saving'], '.0f')} % | "
-        f"{(_fmt(r['paired_time'], '.1f') + ' %') if r.get('paired_measured') else ''} |")
+        f"{_fmt_saving(r, 'length_saving', 'length_never')} | "
+        f"{(_fmt(r['paired_time'], '.1f') + ' %') if r.get('paired_measured') else ''} | "
+        f"{_fmt_saving(r, 'length_time', 'length_time_never')} |")
   by_method: dict[str, list[dict]] = {}
   for r in rows:
     by_method.setdefault(r["method"], []).append(r)
@@ -921,22 +965,45 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
             "reduction (over the seeds that reached the target; the next column counts those that did "
             "not), the median length saving over the decaying ones, and how often the final metric fell "
             "below the base's by more than the base's spread, and on how many of the configurations timed "
-            "the paired wall time to the base's final value beat the base's.", "",
+            "the paired wall time to the base's final value beat the base's; the last column counts, as a "
+            "user of each schedule would see it, the constant-rate configurations by their paired time to "
+            "the base's final value and the decaying ones by their length paired time (those with both "
+            "measured).", "",
             "| method | configurations | median reduction (constant rate) | seeds never reaching "
             "(constant) | median length saving (decaying) | configurations where the final metric is worse "
-            "than the base's by more than its spread | paired time better than the base |",
-            "|---|---|---|---|---|---|---|"]
+            "than the base's by more than its spread | paired time better than the base | paired time "
+            "better (constant: to the base's value; decaying: by length) |",
+            "|---|---|---|---|---|---|---|---|"]
   for m, rs in by_method.items():
     const = [r for r in rs if r["schedule"] == "constant"]
     red = _median([r["reduction_reached"] for r in const])
-    saving = _median([r["length_saving"] for r in rs if r["schedule"] != "constant"])
+    swept = [r for r in rs if r["schedule"] != "constant" and r.get("length_never") is not None]
+    saving = float(np.median([-np.inf if r["length_saving"] is None else r["length_saving"]
+                              for r in swept])) if swept else None
     worse = sum(r["final_diff"] is not None and r["final_diff"] < -r["base_spread"] for r in rs)
     timed = [r for r in rs if r.get("paired_measured")]
     faster = sum(r["paired_time"] is not None and r["paired_time"] > 0 for r in timed)
+    user = [r["paired_time"] if r["schedule"] == "constant" else r["length_time"] for r in timed
+            if r["schedule"] == "constant" or r.get("length_time_never") is not None]
     lines.append(f"| {m} | {len(rs)} | {_fmt(red, '.1f')} % | {sum(r['never'] for r in const)} | "
-                 f"{_fmt(saving, '.0f')} % | {worse} of {len(rs)} | "
-                 f"{f'{faster} of {len(timed)}' if timed else '—'} |")
+                 f"{_fmt_median_saving(saving, len(swept))} | {worse} of {len(rs)} | "
+                 f"{f'{faster} of {len(timed)}' if timed else '—'} | "
+                 f"{f'{sum(x is not None and x > 0 for x in user)} of {len(user)}' if user else '—'} |")
   return "\n".join(lines)
+
+
+def _fmt_saving(r: dict[str, Any], key: str, never_key: str) -> str:
+  """A row's length saving: ``—`` without a full sweep; ``never``: the median seed reaches at no length."""
+  if r.get(never_key) is None:
+    return "— %"
+  never = f" ({r[never_key]} never)" if r[never_key] else ""
+  return ("never" if r[key] is None else f"{r[key]:.0f} %") + never
+
+
+def _fmt_median_saving(saving: float | None, n: int) -> str:
+  if saving is None:
+    return "— %"
+  return f"{'never' if not np.isfinite(saving) else f'{saving:.0f} %'} (over {n})"
 
 
 def plot_general(rows: list[dict[str, Any]], path: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +90,41 @@ def test_length_saving_is_the_shortest_length_reaching_the_base():
   # m reaches 0.90 at 55 %, the base only at 85 %: 1 - 55 / 85
   assert bench._length_saving(found, "c", "m", 0, 0.90, True) == pytest.approx(100 * (1 - 55 / 85))
   assert bench._length_saving({"c": found["c"]}, "c", "m", 0, 0.90, True) is None  # no sweep
+  # a method that reaches the goal at no length, full length included, is "never", not left out
+  assert bench._length_saving(found, "c", "m", 0, 0.95, True) == bench.NEVER
+  del found["c@70"]["m"]
+  assert bench._length_saving(found, "c", "m", 0, 0.95, True) is None  # a length not run: no figure
+
+
+def test_length_paired_time_times_each_shortest_run_with_the_paired_costs():
+  def run(final, steps, jumps):
+    return {"seed": 0, "final_full_val_metric": final, "val_metric": [0.5, final], "jump_steps": jumps,
+            "eval_steps": [steps // 2, steps]}
+  found = {"c": {"adam": [run(0.90, 1000, [])], "m": [run(0.92, 1000, [200, 400, 600, 800])]}}
+  for pct, (a, m) in zip(bench.LENGTHS, [(0.80, 0.86), (0.84, 0.90), (0.88, 0.92), (0.90, 0.93)],
+                         strict=True):
+    n = 10 * pct
+    found[f"c@{pct}"] = {"adam": [run(a, n, [])], "m": [run(m, n, list(range(200, n, 200)))]}
+  costs = {"adam_s_per_step": 1e-3, "s_per_step": 2e-3, "period_overhead_s": 0.05}
+  # m's shortest: 550 steps and 2 jumps (200, 400); the base's: 850 steps
+  want = 100 * (1 - (550 * 2e-3 + 2 * 0.05) / (850 * 1e-3))
+  assert bench._length_saving(found, "c", "m", 0, 0.90, True, costs) == pytest.approx(want)
+  assert bench._length_saving(found, "c", "m", 0, 0.95, True, costs) == bench.NEVER
+
+
+def test_a_seed_that_never_reaches_counts_against_the_length_saving():
+  found = {"c": {"adam": [_run(s, 0.90) for s in range(3)], "m": [_run(s, f) for s, f in
+                                                                 enumerate([0.92, 0.80, 0.80])]}}
+  for pct in bench.LENGTHS:
+    found[f"c@{pct}"] = {"adam": [_run(s, 0.85) for s in range(3)],
+                         "m": [_run(s, 0.91 if s == 0 else 0.80) for s in range(3)]}
+  with mock.patch.dict(bench.ALL_TASKS, {"c": bench.ALL_TASKS["G-digits-MLP4-lion-lin"]}):
+    rows = bench.general_rows(found, bench.GENERAL)
+    table = bench.format_general("general", rows)
+  (row,) = rows
+  # seed 0 saves 60 %, seeds 1 and 2 never reach: the median seed never reaches
+  assert row["length_never"] == 2 and row["length_saving"] is None
+  assert "| never (2 never) |" in table and "| never (over 1) |" in table
 
 
 def test_general_quick_writes_one_table_and_one_plot(tmp_path):
