@@ -206,7 +206,7 @@ def main(argv=None) -> dict[str, Any]:
                            R.TASK_SEEDS.get(args.suite))
   if args.quick:
     args.tasks, args.methods, args.repeats = "digits", "linefit,wnn+", 2
-  tasks = args.tasks.split(",") if args.tasks else [n for n in found if "@" not in n]  # not the sweeps
+  tasks = args.tasks.split(",") if args.tasks else [n for n in found if not R.is_variant(n)]
   name_out = "paired_time_quick" if args.quick else "paired_time"
   if args.suite != "full":
     name_out += f"_{args.suite}"

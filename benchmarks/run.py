@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -89,11 +90,17 @@ TASK_SEEDS = {"general": {**{n: 5 for n, t in GENERAL_TASKS.items() if t.kind ==
                           "G-FM-MLP3-adamw-cos": 5}}
 ALL_TASKS = {**TASKS, **GENERAL_TASKS, **ARCH_TASKS}
 LENGTHS = (40, 55, 70, 85)  # % of a decaying configuration's steps, besides 100
+RATE_CHECK = (0.5, 2.0)  # the base's (peak) learning rate times these (``<config>~lr<m>``): is it tuned?
 
 
 def base_name(name: str) -> str:
-  """``"G-FM-MLP3-adamw-cos@70"`` -> ``"G-FM-MLP3-adamw-cos"``."""
-  return name.split("@")[0]
+  """``"G-FM-MLP3-adamw-cos@70"`` (or ``...~lr2``) -> ``"G-FM-MLP3-adamw-cos"``."""
+  return re.split(r"[@~]", name)[0]
+
+
+def is_variant(name: str) -> bool:
+  """A length-sweep (``<config>@<p>``) or base-rate (``<config>~lr<m>``) entry, not a configuration."""
+  return name != base_name(name)
 
 
 def seeds_for(name: str, seeds: int, task_seeds: Mapping[str, int] | None) -> int:
@@ -296,10 +303,13 @@ def _overrides(s: Settings) -> dict[str, int]:
 
 
 def _extra(name: str, s: Settings) -> dict[str, Any]:
-  """The spec fields of a length-sweep task ``<config>@<p>``: its name and p % of the steps."""
-  if "@" not in name:
+  """The spec fields of a length-sweep task ``<config>@<p>`` (its name and p % of the steps) or of a
+  base-rate check ``<config>~lr<m>`` (its name and m times the (peak) learning rate)."""
+  if not is_variant(name):
     return {}
   spec = dataclasses.replace(ALL_TASKS[base_name(name)], **_overrides(s))
+  if "~lr" in name:
+    return {"name": name, "learning_rate": spec.learning_rate * float(name.split("~lr")[1])}
   pct = int(name.split("@")[1])
   steps = max(s.eval_every, round(spec.steps * pct / 100 / s.eval_every) * s.eval_every)
   return {"name": name, "steps": steps}
@@ -310,10 +320,11 @@ def _spec_for(name: str, s: Settings):
 
 
 def make_suite_task(name: str, data_dir: str | None, s: Settings) -> Task:
-  """The task of a suite entry (``<config>`` or ``<config>@<p>``) with the settings' overrides."""
+  """The task of a suite entry (``<config>``, ``<config>@<p>`` or ``<config>~lr<m>``) with the settings'
+  overrides."""
   extra = _extra(name, s)
-  steps = {"steps": extra["steps"]} if extra else {}
-  task = make_task(base_name(name), data_dir, **{**_overrides(s), **steps})
+  fields = {k: v for k, v in extra.items() if k != "name"}
+  task = make_task(base_name(name), data_dir, **{**_overrides(s), **fields})
   return dataclasses.replace(task, spec=_spec_for(name, s)) if extra else task
 
 
@@ -779,7 +790,7 @@ def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[st
     runs = found[name]
     summary[name] = {"spec": dataclasses.asdict(_spec_for(name, s)),
                      "methods": summarise_task(runs, _spec_for(name, s), s)}
-    if "@" not in name:
+    if not is_variant(name):
       plot_task(name, runs, os.path.join(out, f"{suite}_{name}.png"))
   table = format_table(suite, summary, s)
   write_results(out, suite, {"suite": suite, "settings": dataclasses.asdict(s), "seeds": seeds,
@@ -789,8 +800,9 @@ def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[st
   with open(os.path.join(out, f"{suite}_matrix.md"), "w") as f:
     f.write(format_matrix(suite, summary) + "\n")
   if suite.startswith("general"):
-    rows = general_rows(found, s, _paired_times(out, suite))
-    write_results(out, f"{suite}_summary", {"suite": suite, "rows": rows}, format_general(suite, rows))
+    rows, rates = general_rows(found, s, _paired_times(out, suite)), rate_rows(found)
+    table = format_general(suite, rows) + ("\n\n" + format_rate_check(suite, rates) if rates else "")
+    write_results(out, f"{suite}_summary", {"suite": suite, "rows": rows, "rate_check": rates}, table)
     plot_general(rows, os.path.join(out, f"{suite}_summary.png"))
   wp = weight_prediction_rows(summary)
   if wp:
@@ -835,7 +847,7 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
     timed with the paired costs (``_length_saving(costs=)``).
   """
   rows = []
-  for name in [n for n in found if "@" not in n]:
+  for name in [n for n in found if not is_variant(n)]:
     spec = ALL_TASKS[base_name(name)]
     hib, sign = spec.higher_is_better, (1.0 if spec.higher_is_better else -1.0)
     runs = found[name]
@@ -928,6 +940,48 @@ def _median_never(values: list) -> tuple[float | None, int | None]:
     return None, None
   med = float(np.median([-np.inf if x == NEVER else x for x in values]))
   return (med if np.isfinite(med) else None), sum(x == NEVER for x in values)
+
+
+def rate_rows(found: dict[str, dict[str, list[dict]]]) -> list[dict[str, Any]]:
+  """Per configuration with base-rate runs (``<config>~lr<m>``, method ``adam``): the base's final metric
+  (whole validation split, mean over seeds) at each rate multiplier ``m`` (1: the suite's own rate), and
+  whether the suite's rate is the best of them or within the base's seed-to-seed spread of the best."""
+  rows = []
+  for name in [n for n in found if not is_variant(n)]:
+    hib = ALL_TASKS[name].higher_is_better
+    finals = {1.0: [r["final_full_val_metric"] for r in found[name]["adam"]]}
+    for m in RATE_CHECK:
+      key = f"{name}~lr{m:g}"
+      if "adam" in found.get(key, {}):
+        finals[m] = [r["final_full_val_metric"] for r in found[key]["adam"]]
+    if len(finals) == 1:
+      continue
+    means = {m: float(np.mean(v)) for m, v in sorted(finals.items())}
+    best = (max if hib else min)(means, key=means.get)
+    spread = float(np.ptp(finals[1.0]))
+    rows.append({"config": name, "means": {f"{m:g}": v for m, v in means.items()}, "best": best,
+                 "spread": spread, "tuned": abs(means[best] - means[1.0]) <= spread,
+                 "seeds": {f"{m:g}": len(v) for m, v in finals.items()}})
+  return rows
+
+
+def format_rate_check(suite: str, rows: list[dict[str, Any]]) -> str:
+  """The base-rate check: is each configuration's base learning rate tuned to within a factor 2?"""
+  mults = sorted({float(m) for r in rows for m in r["means"]})
+  lines = [f"Base learning rate: the base optimizer's final metric (mean over seeds; accuracy in %, "
+           f"perplexity) with its (peak) learning rate times {', '.join(f'{m:g}' for m in mults)} "
+           f"(`python -m benchmarks.run --suite {suite} --tasks <config>~lr<m> --methods adam`); tuned: the "
+           "suite's rate (x1) is the best, or within the base's seed-to-seed spread (max - min) of the best.",
+           "",
+           "| configuration | " + " | ".join(f"x{m:g}" for m in mults) + " | spread (x1) | best | tuned |",
+           "|---|" + "---|" * (len(mults) + 3)]
+  for r in rows:
+    scale = 100 if ALL_TASKS[r["config"]].metric == "accuracy" else 1
+    cells = [_fmt(None if r["means"].get(f"{m:g}") is None else scale * r["means"][f"{m:g}"], ".2f")
+             for m in mults]
+    lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {scale * r['spread']:.2f} | "
+                 f"x{r['best']:g} | {'yes' if r['tuned'] else 'no'} |")
+  return "\n".join(lines)
 
 
 def format_general(suite: str, rows: list[dict[str, Any]]) -> str:

@@ -188,3 +188,24 @@ def test_nino_methods_trace_the_models_names_cannot_express():
   assert onc.find_nowcast_state(tx.init(params)) is not None
   mlp = bench.make_suite_task("G-digits-MLP2-adabelief", None, bench.GENERAL_QUICK)
   assert bench._names_readable(mlp)
+
+
+def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
+  name = "G-digits-MLP2-adabelief"
+  spec = bench._spec_for(f"{name}~lr2", bench.GENERAL)
+  assert spec.learning_rate == pytest.approx(2 * GENERAL_TASKS[name].learning_rate)
+  assert spec.name == f"{name}~lr2" and spec.steps == GENERAL_TASKS[name].steps
+  assert bench.base_name(f"{name}~lr0.5") == name and bench.is_variant(f"{name}~lr0.5")
+  assert not bench.is_variant(name)
+  # the fingerprint differs from the configuration's own: its runs are never taken for the base's
+  assert bench._fingerprint(spec, "adam", 0, bench.GENERAL) != bench._fingerprint(
+      bench._spec_for(name, bench.GENERAL), "adam", 0, bench.GENERAL)
+  found = {name: {"adam": [_run(s, f) for s, f in enumerate([0.90, 0.91])]},
+           f"{name}~lr0.5": {"adam": [_run(s, f) for s, f in enumerate([0.80, 0.82])]},
+           f"{name}~lr2": {"adam": [_run(s, f) for s, f in enumerate([0.93, 0.95])]}}
+  (row,) = bench.rate_rows(found)
+  # x2 is better than x1 by 3.5 points, more than x1's spread (1 point): not tuned
+  assert row["best"] == 2.0 and not row["tuned"] and row["means"]["0.5"] == pytest.approx(0.81)
+  assert "| x2 | no |" in bench.format_rate_check("general", [row])
+  found[f"{name}~lr2"]["adam"][1]["final_full_val_metric"] = 0.87  # mean 0.90: x1 (0.905) is the best
+  assert bench.rate_rows(found)[0]["tuned"]
