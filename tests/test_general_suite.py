@@ -197,6 +197,9 @@ def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
   assert spec.name == f"{name}~lr2" and spec.steps == GENERAL_TASKS[name].steps
   assert bench.base_name(f"{name}~lr0.5") == name and bench.is_variant(f"{name}~lr0.5")
   assert not bench.is_variant(name)
+  for bad in (f"{name}~lrx", f"{name}@0", f"{name}@40~lr2", f"{name}~lr0"):
+    with pytest.raises(ValueError, match="<config>~lr<m>"):
+      bench._spec_for(bad, bench.GENERAL)
   # the fingerprint differs from the configuration's own: its runs are never taken for the base's
   assert bench._fingerprint(spec, "adam", 0, bench.GENERAL) != bench._fingerprint(
       bench._spec_for(name, bench.GENERAL), "adam", 0, bench.GENERAL)
