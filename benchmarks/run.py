@@ -283,6 +283,11 @@ METHODS: dict[str, Method] = {
                                          fallback_horizon=5, **kw),
         "nino-ours, tensors of fan-in > 256 (wide input layers) left to linefit+ (at most 5 intervals ahead)",
         nino_horizon=True, weights=_shipped("nino"), trace=True),
+    "nino-ours+fan256/rate": nowcast_method(
+        lambda **kw: onc.predictors.nino(fallback=onc.predictors.linefit_plus(), max_fan_in=256,
+                                         fallback_horizon=5, **kw),
+        "nino-ours+fan256 on the learning-rate clock (README's settings for a decaying schedule and a "
+        "784-input MLP on CPU)", nino_horizon=True, rate_clock=True, weights=_shipped("nino"), trace=True),
     "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
                                    nino_horizon=True, rollback=True, weights=_shipped("nino"), trace=True),
     "linefit+/rate": nowcast_method(onc.predictors.linefit_plus, "linefit+ on the learning-rate clock",
