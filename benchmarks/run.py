@@ -863,7 +863,7 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
     timed with the paired costs (``_length_saving(costs=)``).
   """
   rows = []
-  for name in [n for n in found if not is_variant(n)]:
+  for name in [n for n in found if "@" not in n]:  # configurations and their base-rate entries
     spec = ALL_TASKS[base_name(name)]
     hib, sign = spec.higher_is_better, (1.0 if spec.higher_is_better else -1.0)
     runs = found[name]
@@ -1014,10 +1014,30 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
       "base's to the base's final value, costs measured side by side in one process (`python -m "
       "benchmarks.paired_time --suite " + suite + "`; blank: not measured); length paired time: the length "
       "saving in wall time, each one's shortest run reaching the goal timed with the same costs (its "
-      "steps and its jumps).", "",
-      "| configuration | schedule | method | seeds | reduction | never | robust reduction | final vs base "
-      "(spread) | length saving | paired time | length paired time |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
+      "steps and its jumps).", ""]
+  main = [r for r in rows if not is_variant(r["config"])]
+  other = [r for r in rows if is_variant(r["config"])]
+  lines += _general_lines(main)
+  lines += ["", "Overall, per method: the median over the constant-rate configurations of their median "
+            "reduction (over the seeds that reached the target; the next column counts those that did "
+            "not), the median length saving over the decaying ones, and how often the final metric fell "
+            "below the base's by more than the base's spread, and on how many of the configurations timed "
+            "the paired wall time to the base's final value beat the base's; the last column counts, as a "
+            "user of each schedule would see it, the constant-rate configurations by their paired time to "
+            "the base's final value and the decaying ones by their length paired time (those with both "
+            "measured).", ""] + _overall_lines(main)
+  if other:
+    lines += ["", "On top of the base at another learning rate (`<config>~lr<m>`: the base's (peak) rate "
+              "times m, both the base and the method; the base-rate check below says where that base is "
+              "better), with the same measures against that base:", "",
+              *_general_lines(other)[2:], "", *_overall_lines(other)]
+  return "\n".join(lines)
+
+
+def _general_lines(rows: list[dict[str, Any]]) -> list[str]:
+  lines = ["| configuration | schedule | method | seeds | reduction | never | robust reduction | final vs "
+           "base (spread) | length saving | paired time | length paired time |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     scale = 100 if ALL_TASKS[base_name(r["config"])].metric == "accuracy" else 1
     fd = ("—" if r["final_diff"] is None
@@ -1028,22 +1048,18 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
         f"{_fmt_saving(r, 'length_saving', 'length_never')} | "
         f"{(_fmt(r['paired_time'], '.1f') + ' %') if r.get('paired_measured') else ''} | "
         f"{_fmt_saving(r, 'length_time', 'length_time_never')} |")
+  return lines
+
+
+def _overall_lines(rows: list[dict[str, Any]]) -> list[str]:
   by_method: dict[str, list[dict]] = {}
   for r in rows:
     by_method.setdefault(r["method"], []).append(r)
-  lines += ["", "Overall, per method: the median over the constant-rate configurations of their median "
-            "reduction (over the seeds that reached the target; the next column counts those that did "
-            "not), the median length saving over the decaying ones, and how often the final metric fell "
-            "below the base's by more than the base's spread, and on how many of the configurations timed "
-            "the paired wall time to the base's final value beat the base's; the last column counts, as a "
-            "user of each schedule would see it, the constant-rate configurations by their paired time to "
-            "the base's final value and the decaying ones by their length paired time (those with both "
-            "measured).", "",
-            "| method | configurations | median reduction (constant rate) | seeds never reaching "
-            "(constant) | median length saving (decaying) | configurations where the final metric is worse "
-            "than the base's by more than its spread | paired time better than the base | paired time "
-            "better (constant: to the base's value; decaying: by length) |",
-            "|---|---|---|---|---|---|---|---|"]
+  lines = ["| method | configurations | median reduction (constant rate) | seeds never reaching "
+           "(constant) | median length saving (decaying) | configurations where the final metric is worse "
+           "than the base's by more than its spread | paired time better than the base | paired time "
+           "better (constant: to the base's value; decaying: by length) |",
+           "|---|---|---|---|---|---|---|---|"]
   for m, rs in by_method.items():
     const = [r for r in rs if r["schedule"] == "constant"]
     red = _median([r["reduction_reached"] for r in const])
@@ -1059,7 +1075,7 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
                  f"{_fmt_median_saving(saving, len(swept))} | {worse} of {len(rs)} | "
                  f"{f'{faster} of {len(timed)}' if timed else '—'} | "
                  f"{f'{sum(x is not None and x > 0 for x in user)} of {len(user)}' if user else '—'} |")
-  return "\n".join(lines)
+  return lines
 
 
 def _fmt_saving(r: dict[str, Any], key: str, never_key: str) -> str:
@@ -1084,6 +1100,7 @@ def plot_general(rows: list[dict[str, Any]], path: str) -> str | None:
     import matplotlib.pyplot as plt
   except ImportError:  # pragma: no cover
     return None
+  rows = [r for r in rows if not is_variant(r["config"])]
   if not rows:
     return None
   configs = list(dict.fromkeys(r["config"] for r in rows))

@@ -212,3 +212,17 @@ def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
   assert "| x2 | no |" in bench.format_rate_check("general", [row])
   found[f"{name}~lr2"]["adam"][1]["final_full_val_metric"] = 0.87  # mean 0.90: x1 (0.905) is the best
   assert bench.rate_rows(found)[0]["tuned"]
+
+
+def test_methods_on_a_base_rate_entry_get_their_own_table():
+  name = "G-digits-MLP2-adabelief"
+  curve = [0.5, 0.8, 0.9, 0.9]
+  run = {"seed": 0, "final_full_val_metric": 0.9, "val_metric": curve, "eval_steps": [10, 20, 30, 40]}
+  fast = {**run, "val_metric": [0.5, 0.9, 0.9, 0.9]}
+  found = {name: {"adam": [run], "m": [run]}, f"{name}~lr2": {"adam": [run], "m": [fast]}}
+  rows = bench.general_rows(found, dataclasses.replace(bench.GENERAL, smooth=1))
+  assert [(r["config"], r["method"]) for r in rows] == [(name, "m"), (f"{name}~lr2", "m")]
+  assert rows[0]["reduction"] == 0.0 and rows[1]["reduction"] == pytest.approx(100 * (1 - 20 / 30))
+  table = bench.format_general("general", rows)
+  main, other = table.split("On top of the base at another learning rate")
+  assert f"| {name} |" in main and "~lr2" not in main and f"| {name}~lr2 | constant | m |" in other
