@@ -987,7 +987,8 @@ def format_rate_check(suite: str, rows: list[dict[str, Any]]) -> str:
   lines = [f"Base learning rate: the base optimizer's final metric (mean over seeds; accuracy in %, "
            f"perplexity) with its (peak) learning rate times {', '.join(f'{m:g}' for m in mults)} "
            f"(`python -m benchmarks.run --suite {suite} --tasks <config>~lr<m> --methods adam`); tuned: the "
-           "suite's rate (x1) is the best, or within the base's seed-to-seed spread (max - min) of the best.",
+           "suite's rate (x1) is the best, or within the base's seed-to-seed spread (max - min) of the best; "
+           "a best at the end of the range (`edge`) may lie beyond it.",
            "",
            "| configuration | " + " | ".join(f"x{m:g}" for m in mults) + " | spread (x1) | best | tuned |",
            "|---|" + "---|" * (len(mults) + 3)]
@@ -995,8 +996,9 @@ def format_rate_check(suite: str, rows: list[dict[str, Any]]) -> str:
     scale = 100 if ALL_TASKS[r["config"]].metric == "accuracy" else 1
     cells = [_fmt(None if r["means"].get(f"{m:g}") is None else scale * r["means"][f"{m:g}"], ".2f")
              for m in mults]
+    edge = " (edge)" if r["best"] != 1.0 and r["best"] in (mults[0], mults[-1]) else ""
     lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {scale * r['spread']:.2f} | "
-                 f"x{r['best']:g} | {'yes' if r['tuned'] else 'no'} |")
+                 f"x{r['best']:g}{edge} | {'yes' if r['tuned'] else 'no'} |")
   return "\n".join(lines)
 
 

@@ -209,7 +209,7 @@ def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
   (row,) = bench.rate_rows(found)
   # x2 is better than x1 by 3.5 points, more than x1's spread (1 point): not tuned
   assert row["best"] == 2.0 and not row["tuned"] and row["means"]["0.5"] == pytest.approx(0.81)
-  assert "| x2 | no |" in bench.format_rate_check("general", [row])
+  assert "| x2 (edge) | no |" in bench.format_rate_check("general", [row])
   found[f"{name}~lr2"]["adam"][1]["final_full_val_metric"] = 0.87  # mean 0.90: x1 (0.905) is the best
   assert bench.rate_rows(found)[0]["tuned"]
 
