@@ -1032,7 +1032,7 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
     lines += ["", "On top of the base at another learning rate (`<config>~lr<m>`: the base's (peak) rate "
               "times m, both the base and the method; the base-rate check below says where that base is "
               "better), with the same measures against that base:", "",
-              *_general_lines(other)[2:], "", *_overall_lines(other)]
+              *_general_lines(other), "", *_overall_lines(other)]
   return "\n".join(lines)
 
 

@@ -226,3 +226,4 @@ def test_methods_on_a_base_rate_entry_get_their_own_table():
   table = bench.format_general("general", rows)
   main, other = table.split("On top of the base at another learning rate")
   assert f"| {name} |" in main and "~lr2" not in main and f"| {name}~lr2 | constant | m |" in other
+  assert other.count("| configuration | schedule | method |") == 1  # its rows under their own header
