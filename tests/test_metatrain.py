@@ -190,7 +190,9 @@ def test_nino_fine_tuning_starts_from_the_given_weights(digits_runs, tmp_path):
   np.testing.assert_allclose(tuned["initial_val_loss"], first["val_loss"], rtol=1e-6)
   fresh = train_nino(runs, cfg, log=lambda *_: None)
   assert fresh["initial_val_loss"] != pytest.approx(first["val_loss"], rel=1e-6)
-  assert tuned["train_config"]["init"] == weights
+  assert tuned["train_config"]["init"] == weights and "init_sha256" not in first
+  with open(str(tmp_path / "a" / "nino.json")) as f:
+    assert tuned["init_sha256"] == json.load(f)["sha256"]  # the start weights, wherever they lay
   with pytest.raises(ValueError, match="init=.*hidden: 8 in the file, 16 here"):
     train_nino(runs, dataclasses.replace(cfg, hidden=16, init=weights), log=lambda *_: None)
   with pytest.raises(FileNotFoundError, match="init="):

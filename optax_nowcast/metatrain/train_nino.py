@@ -30,6 +30,7 @@ starts over).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -294,6 +295,9 @@ def train_nino(run_folders: Sequence[str], cfg: NiNoTrainConfig, out_dir: str | 
             "train_runs": sum(len(v) for v in train.values()), "val_runs": sum(len(v) for v in val.values()),
             "seconds": before + time.perf_counter() - t0, "train_config": dataclasses.asdict(cfg),
             "n_params": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
+  if cfg.init:  # the start weights by content: ``init`` is a path on the machine that trained
+    with open(cfg.init, "rb") as f:
+      result["init_sha256"] = hashlib.sha256(f.read()).hexdigest()
   if out_dir is not None and finished:
     result["data"] = runs_summary(list(run_folders))  # the model card's data table
     save_predictor(out_dir, "nino", result)
