@@ -235,6 +235,11 @@ def _shipped(name: str) -> Callable[[], str]:
   return lambda: weights_io.shipped_path(name)
 
 
+def _nino_fan256(**kw) -> onc.Predictor:
+  """The shipped NiNo with tensors of fan-in over 256 left to linefit+, at most 5 intervals ahead."""
+  return onc.predictors.nino(fallback=onc.predictors.linefit_plus(), max_fan_in=256, fallback_horizon=5, **kw)
+
+
 def _lfd2(task: Task, s: Settings) -> optax.GradientTransformation:
   """LFD-2 (shipped weights, n = 5 and m = 40 saved states): farcast from [w_0, w_n], k-decay from 40."""
   return optax.chain(task.optimizer(), onc.farcast(onc.predictors.lfd2(), n=s.ctx, unit=s.interval,
@@ -277,15 +282,13 @@ METHODS: dict[str, Method] = {
     "nino-ours+dp": nowcast_method(onc.predictors.nino, "nino-ours with NiNo++'s dynamic period",
                                    nino_horizon=True, dynamic=True, weights=_shipped("nino"), trace=True),
     "nino-ours+fan256": nowcast_method(
-        lambda **kw: onc.predictors.nino(fallback=onc.predictors.linefit_plus(), max_fan_in=256,
-                                         fallback_horizon=5, **kw),
+        _nino_fan256,
         "nino-ours, tensors of fan-in > 256 (wide input layers) left to linefit+ (at most 5 intervals ahead)",
         nino_horizon=True, weights=_shipped("nino"), trace=True),
     "nino-ours+fan256/rate": nowcast_method(
-        lambda **kw: onc.predictors.nino(fallback=onc.predictors.linefit_plus(), max_fan_in=256,
-                                         fallback_horizon=5, **kw),
-        "nino-ours+fan256 on the learning-rate clock (README's settings for a decaying schedule and a "
-        "784-input MLP on CPU)", nino_horizon=True, rate_clock=True, weights=_shipped("nino"), trace=True),
+        _nino_fan256, "nino-ours+fan256 on the learning-rate clock (README's settings for a decaying "
+        "schedule and a 784-input MLP on CPU)", nino_horizon=True, rate_clock=True, weights=_shipped("nino"),
+        trace=True),
     "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
                                    nino_horizon=True, rollback=True, weights=_shipped("nino"), trace=True),
     "linefit+/rate": nowcast_method(onc.predictors.linefit_plus, "linefit+ on the learning-rate clock",
@@ -1066,8 +1069,7 @@ def _overall_lines(rows: list[dict[str, Any]]) -> list[str]:
     const = [r for r in rs if r["schedule"] == "constant"]
     red = _median([r["reduction_reached"] for r in const])
     swept = [r for r in rs if r["schedule"] != "constant" and r.get("length_never") is not None]
-    saving = float(np.median([-np.inf if r["length_saving"] is None else r["length_saving"]
-                              for r in swept])) if swept else None
+    saving, _ = _median_never([NEVER if r["length_saving"] is None else r["length_saving"] for r in swept])
     worse = sum(r["final_diff"] is not None and r["final_diff"] < -r["base_spread"] for r in rs)
     timed = [r for r in rs if r.get("paired_measured")]
     faster = sum(r["paired_time"] is not None and r["paired_time"] > 0 for r in timed)
@@ -1089,9 +1091,10 @@ def _fmt_saving(r: dict[str, Any], key: str, never_key: str) -> str:
 
 
 def _fmt_median_saving(saving: float | None, n: int) -> str:
-  if saving is None:
+  """The median length saving over ``n`` swept configurations (``None``: the median one never reaches)."""
+  if not n:
     return "— %"
-  return f"{'never' if not np.isfinite(saving) else f'{saving:.0f} %'} (over {n})"
+  return f"{'never' if saving is None else f'{saving:.0f} %'} (over {n})"
 
 
 def plot_general(rows: list[dict[str, Any]], path: str) -> str | None:
