@@ -97,7 +97,7 @@ TASK_SEEDS = {"general": {**{n: 5 for n, t in GENERAL_TASKS.items() if t.kind ==
                           "G-FM-MLP3-adamw-cos": 5}}
 ALL_TASKS = {**TASKS, **GENERAL_TASKS, **ARCH_TASKS}
 LENGTHS = (40, 55, 70, 85)  # % of a decaying configuration's steps, besides 100
-RATE_CHECK = (0.5, 2.0)  # the base's (peak) learning rate times these (``<config>~lr<m>``): is it tuned?
+RATE_CHECK = (0.5, 2.0, 4.0)  # the base's (peak) learning rate times these (``<config>~lr<m>``): is it tuned?
 
 
 def base_name(name: str) -> str:
@@ -318,20 +318,24 @@ def _overrides(s: Settings) -> dict[str, int]:
 
 
 def _extra(name: str, s: Settings) -> dict[str, Any]:
-  """The spec fields of a length-sweep task ``<config>@<p>`` (its name and p % of the steps) or of a
-  base-rate check ``<config>~lr<m>`` (its name and m times the (peak) learning rate)."""
+  """The spec fields of a length-sweep task ``<config>@<p>`` (its name and p % of the steps), a base-rate
+  check ``<config>~lr<m>`` (its name and m times the (peak) learning rate), or both, ``<config>~lr<m>@<p>``
+  (the length sweep on top of the base at that rate)."""
   if not is_variant(name):
     return {}
-  m = re.fullmatch(r"[^@~]+(?:@(\d+)|~lr(\d+(?:\.\d+)?))", name)
-  if m is None or (m[1] and not 0 < int(m[1]) <= 100) or (m[2] and float(m[2]) <= 0):
-    raise ValueError(f"Task {name!r}: write <config>@<p> (p % of its steps, 1-100) or <config>~lr<m> (m > 0 "
-                     "times its learning rate), e.g. G-FM-CNN24-adam-cos@55 or G-FM-CNN24-adam-cos~lr2.")
+  m = re.fullmatch(r"[^@~]+(?:~lr(\d+(?:\.\d+)?))?(?:@(\d+))?", name)
+  if m is None or (m[2] and not 0 < int(m[2]) <= 100) or (m[1] and float(m[1]) <= 0):
+    raise ValueError(f"Task {name!r}: write <config>@<p> (p % of its steps, 1-100), <config>~lr<m> (m > 0 "
+                     "times its learning rate) or both as <config>~lr<m>@<p>, e.g. G-FM-CNN24-adam-cos@55, "
+                     "G-FM-CNN24-adam-cos~lr2 or G-FM-CNN24-adam-cos~lr2@55.")
   spec = dataclasses.replace(ALL_TASKS[base_name(name)], **_overrides(s))
+  out: dict[str, Any] = {"name": name}
+  if m[1]:
+    out["learning_rate"] = spec.learning_rate * float(m[1])
   if m[2]:
-    return {"name": name, "learning_rate": spec.learning_rate * float(m[2])}
-  pct = int(m[1])
-  steps = max(s.eval_every, round(spec.steps * pct / 100 / s.eval_every) * s.eval_every)
-  return {"name": name, "steps": steps}
+    pct = int(m[2])
+    out["steps"] = max(s.eval_every, round(spec.steps * pct / 100 / s.eval_every) * s.eval_every)
+  return out
 
 
 def _spec_for(name: str, s: Settings):
@@ -820,7 +824,7 @@ def report(suite: str, seeds: int, s: Settings, out: str, read_runs: Sequence[st
     f.write(format_matrix(suite, summary) + "\n")
   if suite.startswith("general"):
     rows, rates = general_rows(found, s, _paired_times(out, suite)), rate_rows(found)
-    table = format_general(suite, rows) + ("\n\n" + format_rate_check(suite, rates) if rates else "")
+    table = format_general(suite, rows, rates) + ("\n\n" + format_rate_check(suite, rates) if rates else "")
     write_results(out, f"{suite}_summary", {"suite": suite, "rows": rows, "rate_check": rates}, table)
     plot_general(rows, os.path.join(out, f"{suite}_summary.png"))
   wp = weight_prediction_rows(summary)
@@ -861,7 +865,8 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
     a seed that reaches it at no length (``length_never`` counts them) counting as the worst value;
   * ``paired_time``: the median over seeds of the paired wall-time reduction to the base's final value
     (``benchmarks.paired_time --suite``; ``None``: a seed never reached it, or not measured:
-    ``paired_measured``);
+    ``paired_measured``); a base-rate entry ``<config>~lr<m>`` not timed itself takes its configuration's
+    measured costs onto its own steps and jumps (``_paired_reduction``; ``paired_costs_of`` names it);
   * ``length_time`` (and ``length_time_never``): ``length_saving`` in wall time, each one's shortest run
     timed with the paired costs (``_length_saving(costs=)``).
   """
@@ -875,8 +880,11 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
     for method, rs in runs.items():
       if method == "adam":
         continue
-      red, robust, never, diffs, lengths, ltimes = [], [], 0, [], [], []
+      red, robust, never, diffs, lengths, ltimes, ptimes = [], [], 0, [], [], [], []
       timed = (paired or {}).get(name, {}).get(method)
+      # A base-rate entry without its own timing: its configuration's costs (the same model and optimizer, so
+      # the same seconds per step and per jump at any learning rate) on its own runs' steps and jumps.
+      costs = timed or ((paired or {}).get(base_name(name), {}).get(method) if is_variant(name) else None)
       for r in rs:
         b = base.get(r["seed"])
         if b is None:
@@ -884,18 +892,24 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
         target = _final_smoothed(b, s)
         first = float(b["val_metric"][0])
         easy = target - sign * ROBUST_GAIN * abs(target - first)
-        for goal, out in ((target, red), (easy, robust)):
+        for i, (goal, out) in enumerate(((target, red), (easy, robust))):
           st = steps_to_target(r["val_metric"], r["eval_steps"], goal, s.smooth, hib)
           sb = steps_to_target(b["val_metric"], b["eval_steps"], goal, s.smooth, hib)
           out.append(100 * (1 - st / sb) if st and sb else None)
+          if i == 0 and costs is not None and timed is None:
+            ptimes.append(_paired_reduction(costs, st, sb, r["jump_steps"]))
         never += red[-1] is None
         diffs.append(sign * (r["final_full_val_metric"] - b["final_full_val_metric"]))
         lengths.append(_length_saving(found, name, method, r["seed"], b["final_full_val_metric"], hib))
-        if timed is not None:
+        if costs is not None:
           ltimes.append(_length_saving(found, name, method, r["seed"], b["final_full_val_metric"], hib,
-                                       timed))
+                                       costs))
       lsave, lnever = _median_never(lengths)
-      ltime, ltnever = _median_never(ltimes) if timed is not None else (None, None)
+      ltime, ltnever = _median_never(ltimes) if costs is not None else (None, None)
+      if timed is not None:
+        ptime = timed["median"]["time_reduction_pct"]
+      else:
+        ptime = None if costs is None or any(x is None for x in ptimes) else _median(ptimes)
       rows.append({
           "config": name, "method": method, "schedule": spec.schedule, "optimizer": spec.optimizer,
           "seeds": len(diffs), "never": never,
@@ -904,10 +918,31 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
           "final_diff": float(np.mean(diffs)) if diffs else None, "base_spread": float(spread),
           "length_saving": lsave, "length_never": lnever,
           "length_time": ltime, "length_time_never": ltnever,
-          "paired_measured": timed is not None,
-          "paired_time": None if timed is None else timed["median"]["time_reduction_pct"],
+          "paired_measured": costs is not None, "paired_time": ptime,
+          "paired_costs_of": None if timed is not None or costs is None else base_name(name),
       })
   return rows
+
+
+def _paired_reduction(costs: dict[str, Any], steps: int | None, base_steps: int | None,
+                      jump_steps: Sequence[int]) -> float | None:
+  """``1 - (s_m c_m + n_m o_m) / (s_b c_b)``, ``benchmarks.paired_time``'s projection of measured costs
+  (``c``: seconds per step, ``o_m``: what a jump period adds) onto a run's steps to the target ``s`` and
+  its jumps up to them ``n_m``; ``None`` if either never reaches the target."""
+  if not steps or not base_steps:
+    return None
+  t = steps * costs["s_per_step"] + sum(j <= steps for j in jump_steps) * costs["period_overhead_s"]
+  return 100 * (1 - t / (base_steps * costs["adam_s_per_step"]))
+
+
+def tuned_rows(rows: list[dict[str, Any]], rates: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+  """The rows at each configuration's best base rate (``rate_rows``' ``best``; a configuration without a
+  rate check: its own rate), and the configurations whose best-rate entry has no method measured yet."""
+  best = {r["config"]: r["best"] for r in rates}
+  configs = list(dict.fromkeys(base_name(r["config"]) for r in rows))
+  entry = {c: c if best.get(c, 1.0) == 1.0 else f"{c}~lr{best[c]:g}" for c in configs}
+  out = [r for r in rows if entry[base_name(r["config"])] == r["config"]]
+  return out, [entry[c] for c in configs if not any(r["config"] == entry[c] for r in out)]
 
 
 NEVER = "never"  # a seed whose every swept length (full length included) ends short of the goal
@@ -985,7 +1020,7 @@ def rate_rows(found: dict[str, dict[str, list[dict]]]) -> list[dict[str, Any]]:
 
 
 def format_rate_check(suite: str, rows: list[dict[str, Any]]) -> str:
-  """The base-rate check: is each configuration's base learning rate tuned to within a factor 2?"""
+  """The base-rate check: is each configuration's base learning rate the best of the multipliers run?"""
   mults = sorted({float(m) for r in rows for m in r["means"]})
   lines = [f"Base learning rate: the base optimizer's final metric (mean over seeds; accuracy in %, "
            f"perplexity) with its (peak) learning rate times {', '.join(f'{m:g}' for m in mults)} "
@@ -999,14 +1034,16 @@ def format_rate_check(suite: str, rows: list[dict[str, Any]]) -> str:
     scale = 100 if ALL_TASKS[r["config"]].metric == "accuracy" else 1
     cells = [_fmt(None if r["means"].get(f"{m:g}") is None else scale * r["means"][f"{m:g}"], ".2f")
              for m in mults]
-    edge = " (edge)" if r["best"] != 1.0 and r["best"] in (mults[0], mults[-1]) else ""
+    own = sorted(float(m) for m in r["means"])  # the multipliers run for this configuration
+    edge = " (edge)" if r["best"] != 1.0 and r["best"] in (own[0], own[-1]) else ""
     lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {scale * r['spread']:.2f} | "
                  f"x{r['best']:g}{edge} | {'yes' if r['tuned'] else 'no'} |")
   return "\n".join(lines)
 
 
-def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
-  """One table of the generalization suite: a line per configuration and method."""
+def format_general(suite: str, rows: list[dict[str, Any]], rates: Sequence[dict[str, Any]] = ()) -> str:
+  """The generalization suite's tables: a line per configuration and method, at the suite's learning rates,
+  at each configuration's best base rate (``rates``: ``rate_rows``) and at the other rates run."""
   lines = [
       f"Suite `{suite}`: held-out configurations (models, optimizers, schedules no predictor was trained "
       "on). Reduction: median over seeds of 1 - steps / the base's steps to the base's own final smoothed "
@@ -1031,11 +1068,24 @@ def format_general(suite: str, rows: list[dict[str, Any]]) -> str:
             "user of each schedule would see it, the constant-rate configurations by their paired time to "
             "the base's final value and the decaying ones by their length paired time (those with both "
             "measured).", ""] + _overall_lines(main)
+  if rates:
+    tuned, missing = tuned_rows(rows, list(rates))
+    lines += ["", "At each configuration's best base learning rate: the same measures on top of the base at "
+              "the rate the base-rate check below found best (`<config>~lr<m>`: the base's (peak) rate "
+              "times m, for the base and the method alike; the suite's own rate where that is the best). "
+              "This is the honest baseline, a tuned learning rate; a best at the end of the range tried "
+              "(`edge` below) may still be short of the best. Paired times of `~lr` entries: the "
+              "configuration's costs measured side by side (the same seconds per step and per jump at any "
+              "rate) on the entry's own steps and jumps.", "", *_general_lines(tuned), "",
+              *_overall_lines(tuned)]
+    if missing:
+      lines += ["", "No method measured yet at the best rate of: " + ", ".join(f"`{m}`" for m in missing)
+                + "."]
+    other = [r for r in other if r not in tuned]
   if other:
     lines += ["", "On top of the base at another learning rate (`<config>~lr<m>`: the base's (peak) rate "
-              "times m, both the base and the method; the base-rate check below says where that base is "
-              "better), with the same measures against that base:", "",
-              *_general_lines(other), "", *_overall_lines(other)]
+              "times m, both the base and the method; not the best rate the check found), with the same "
+              "measures against that base:", "", *_general_lines(other), "", *_overall_lines(other)]
   return "\n".join(lines)
 
 

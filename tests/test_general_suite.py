@@ -197,7 +197,11 @@ def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
   assert spec.name == f"{name}~lr2" and spec.steps == GENERAL_TASKS[name].steps
   assert bench.base_name(f"{name}~lr0.5") == name and bench.is_variant(f"{name}~lr0.5")
   assert not bench.is_variant(name)
-  for bad in (f"{name}~lrx", f"{name}@0", f"{name}@40~lr2", f"{name}~lr0"):
+  both = bench._spec_for(f"{name}~lr2@55", bench.GENERAL)  # the length sweep on top of the base at 2x
+  assert both.learning_rate == spec.learning_rate and both.steps == bench._spec_for(f"{name}@55",
+                                                                                   bench.GENERAL).steps
+  assert both.steps < spec.steps and bench.base_name(both.name) == name
+  for bad in (f"{name}~lrx", f"{name}@0", f"{name}@40~lr2", f"{name}~lr0", f"{name}~lr2@101"):
     with pytest.raises(ValueError, match="<config>~lr<m>"):
       bench._spec_for(bad, bench.GENERAL)
   # the fingerprint differs from the configuration's own: its runs are never taken for the base's
@@ -210,6 +214,10 @@ def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
   # x2 is better than x1 by 3.5 points, more than x1's spread (1 point): not tuned
   assert row["best"] == 2.0 and not row["tuned"] and row["means"]["0.5"] == pytest.approx(0.81)
   assert "| x2 (edge) | no |" in bench.format_rate_check("general", [row])
+  # the edge is each configuration's own: x2 is inside the range of one run at x4 too (worse there)
+  wider = {**row, "means": {**row["means"], "4": 0.5}}
+  lines = bench.format_rate_check("general", [row, wider]).splitlines()
+  assert "| — | 1.00 | x2 (edge) | no |" in lines[-2] and lines[-1].endswith("| 50.00 | 1.00 | x2 | no |")
   found[f"{name}~lr2"]["adam"][1]["final_full_val_metric"] = 0.87  # mean 0.90: x1 (0.905) is the best
   assert bench.rate_rows(found)[0]["tuned"]
 
@@ -227,3 +235,26 @@ def test_methods_on_a_base_rate_entry_get_their_own_table():
   main, other = table.split("On top of the base at another learning rate")
   assert f"| {name} |" in main and "~lr2" not in main and f"| {name}~lr2 | constant | m |" in other
   assert other.count("| configuration | schedule | method |") == 1  # its rows under their own header
+
+
+def test_the_tuned_view_takes_each_configuration_at_its_best_rate_timed_with_its_costs():
+  name = "G-digits-MLP2-adabelief"
+  run = {"seed": 0, "final_full_val_metric": 0.9, "val_metric": [0.5, 0.8, 0.9, 0.9],
+         "eval_steps": [10, 20, 30, 40], "jump_steps": []}
+  fast = {**run, "val_metric": [0.5, 0.9, 0.9, 0.9], "jump_steps": [15, 35]}
+  found = {name: {"adam": [run], "m": [run]}, f"{name}~lr2": {"adam": [run], "m": [fast]}}
+  costs = {"s_per_step": 0.002, "adam_s_per_step": 0.001, "period_overhead_s": 0.005}
+  paired = {name: {"m": {**costs, "median": {"time_reduction_pct": -5.0}}}}
+  rows = bench.general_rows(found, dataclasses.replace(bench.GENERAL, smooth=1), paired)
+  assert rows[0]["paired_time"] == -5.0 and rows[0]["paired_costs_of"] is None  # measured itself
+  # ~lr2: the configuration's costs on its own steps: 20 steps and the one jump before them, base 30 steps
+  assert rows[1]["paired_costs_of"] == name
+  assert rows[1]["paired_time"] == pytest.approx(100 * (1 - (20 * 0.002 + 0.005) / (30 * 0.001)))
+  assert bench.tuned_rows(rows, [{"config": name, "best": 2.0}]) == ([rows[1]], [])
+  assert bench.tuned_rows(rows, [{"config": name, "best": 1.0}]) == ([rows[0]], [])
+  assert bench.tuned_rows(rows, [{"config": name, "best": 4.0}]) == ([], [f"{name}~lr4"])
+  table = bench.format_general("general", rows, [{"config": name, "best": 2.0}])
+  _, tuned = table.split("At each configuration's best base learning rate")
+  assert f"| {name}~lr2 | constant | m |" in tuned and f"| {name} | constant |" not in tuned
+  assert "On top of the base at another learning rate" not in table  # its one ~lr row is the tuned one
+  assert "No method measured yet" in bench.format_general("general", rows, [{"config": name, "best": 4.0}])
