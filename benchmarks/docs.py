@@ -39,12 +39,15 @@ PAGES = {
         "(`optax_nowcast.tasks.GENERAL_TASKS`), 3 seeds each (5 where 3 leave the answer within the noise: "
         "`benchmarks.run.TASK_SEEDS`); the decaying schedules also at 40-85 % of "
         "their length (where swept); wall time paired with the base's in one process "
-        "(`benchmarks.paired_time --suite general`); the base's own learning rate checked at 0.5x and 2x.",
+        "(`benchmarks.paired_time --suite general`); the base's own learning rate checked at 0.5x to 4x (8x "
+        "where 4x was the best), and the methods measured again on top of each configuration's best base.",
         ["general_summary.md", "general_summary.png", "paired_time_general.md"],
         "python -m benchmarks.run --suite general --methods adam,linefit+,nino-ours; "
         "python -m benchmarks.run --suite general --tasks G-FM-CNN24-adam-cos@40 --methods "
-        "adam,nino-ours/rate; python -m benchmarks.run --suite general --tasks G-FM-CNN24-adam-cos~lr2 "
-        "--methods adam; python -m benchmarks.paired_time --suite general"),
+        "adam,nino-ours/rate; python -m benchmarks.run --suite general --tasks G-FM-CNN24-adam-cos~lr8 "
+        "--methods adam,nino-ours/rate; python -m benchmarks.run --suite general --tasks "
+        "G-FM-CNN24-adam-cos~lr8@40 --methods adam,nino-ours/rate; python -m benchmarks.paired_time "
+        "--suite general"),
     "architectures": (
         "NiNo on other architectures",
         "Models whose graph is traced from the forward pass (`nino(apply_fn=..., example_input=...)`): a "
