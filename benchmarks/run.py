@@ -854,7 +854,8 @@ def _paired_times(out: str, suite: str) -> dict[str, dict[str, Any]]:
 
 def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
                  paired: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-  """Per configuration and method of the generalization suite (runs as ``_finished_runs`` finds them):
+  """Per entry (a configuration, or one at another base rate, ``<config>~lr<m>``) and method of the
+  generalization suite (runs as ``_finished_runs`` finds them):
 
   * ``reduction``: the median over seeds of ``1 - steps / base's steps`` to the base's own final smoothed
     value (``None`` if a seed never reaches it; ``never`` counts those seeds), and ``robust_reduction`` to
@@ -862,7 +863,7 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
   * ``final_diff``: the mean over seeds of the method's final metric (whole validation split) minus the
     base's on the same seed, against ``base_spread`` (max - min of the base's over seeds), signed so that
     positive is better;
-  * ``length_saving`` (decaying schedules, with ``<config>@<p>`` runs): per seed, the shortest schedule
+  * ``length_saving`` (decaying schedules, with ``<entry>@<p>`` runs): per seed, the shortest schedule
     length whose final metric reaches the base's final metric at full length, ``1 - L / L_base``; median,
     a seed that reaches it at no length (``length_never`` counts them) counting as the worst value;
   * ``paired_time``: the median over seeds of the paired wall-time reduction to the base's final value
