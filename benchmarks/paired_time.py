@@ -140,8 +140,7 @@ def project(costs: dict[str, Any], summary: dict[str, Any], runs: dict[str, list
     for r in summary[method]["per_seed"]:
       st, sa = r["steps_to_target"], adam_steps.get(r["seed"])
       n = None if st is None else sum(1 for j in jump_steps[r["seed"]] if j <= st)
-      t = None if st is None else st * c["s_per_step"] + n * c["period_overhead_s"]
-      ta = None if sa is None else sa * c["adam_s_per_step"]
+      t, ta = R.paired_seconds(c, st, jump_steps[r["seed"]]), R.paired_seconds(c, sa)
       rows.append({"seed": r["seed"], "steps_to_target": st, "jumps_to_target": n, "time_s": t,
                    "adam_time_s": ta, "time_reduction_pct": 100 * (1 - t / ta) if t and ta else None,
                    "reduction_pct": r["reduction_pct"]})

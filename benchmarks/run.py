@@ -927,15 +927,23 @@ def general_rows(found: dict[str, dict[str, list[dict]]], s: Settings,
   return rows
 
 
+def paired_seconds(costs: dict[str, Any], steps: int | None,
+                   jump_steps: Sequence[int] | None = None) -> float | None:
+  """Measured costs (``benchmarks.paired_time``: ``c``, seconds per step; ``o_m``, what a jump period adds)
+  projected onto a run: ``s c_m + n_m o_m`` for ``steps`` steps and the ``n_m`` of ``jump_steps`` at or
+  before them, or the base's ``s c_b`` without ``jump_steps``; ``None`` for ``steps`` None (never)."""
+  if not steps:
+    return None
+  if jump_steps is None:
+    return steps * costs["adam_s_per_step"]
+  return steps * costs["s_per_step"] + sum(j <= steps for j in jump_steps) * costs["period_overhead_s"]
+
+
 def _paired_reduction(costs: dict[str, Any], steps: int | None, base_steps: int | None,
                       jump_steps: Sequence[int]) -> float | None:
-  """``1 - (s_m c_m + n_m o_m) / (s_b c_b)``, ``benchmarks.paired_time``'s projection of measured costs
-  (``c``: seconds per step, ``o_m``: what a jump period adds) onto a run's steps to the target ``s`` and
-  its jumps up to them ``n_m``; ``None`` if either never reaches the target."""
-  if not steps or not base_steps:
-    return None
-  t = steps * costs["s_per_step"] + sum(j <= steps for j in jump_steps) * costs["period_overhead_s"]
-  return 100 * (1 - t / (base_steps * costs["adam_s_per_step"]))
+  """``1 - (s_m c_m + n_m o_m) / (s_b c_b)`` (``paired_seconds``); ``None`` if either never reaches."""
+  t, tb = paired_seconds(costs, steps, jump_steps), paired_seconds(costs, base_steps)
+  return 100 * (1 - t / tb) if t and tb else None
 
 
 def tuned_rows(rows: list[dict[str, Any]], rates: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
@@ -985,9 +993,8 @@ def _length_saving(found, name: str, method: str, seed: int, goal: float, hib: b
     return NEVER if mine == NEVER else None
   if costs is None:
     return 100 * (1 - mine[0] / theirs[0])
-  t_m = mine[1]["eval_steps"][-1] * costs["s_per_step"] + len(mine[1]["jump_steps"]) * costs[
-      "period_overhead_s"]
-  return 100 * (1 - t_m / (theirs[1]["eval_steps"][-1] * costs["adam_s_per_step"]))
+  return _paired_reduction(costs, mine[1]["eval_steps"][-1], theirs[1]["eval_steps"][-1],
+                           mine[1]["jump_steps"])
 
 
 def _median_never(values: list) -> tuple[float | None, int | None]:
