@@ -84,6 +84,25 @@ def _wnn_plus_k20() -> bench.Method:
                       weights=lambda: onc.weights_io.shipped_path("wnn_plus"))
 
 
+def _nino_ours_k(max_k: int, rate_clock: bool) -> bench.Method:
+  """Our shipped NiNo with k-decay from ``max_k`` (not 40): a shorter horizon for a base already at its best
+  learning rate; ``rate_clock``: on the learning-rate clock, as ``nino-ours/rate``."""
+  def build(task, s):
+    pred = onc.predictors.nino(**bench._trace_args(task)) if not bench._names_readable(task) else \
+        onc.predictors.nino()
+    horizon = onc.schedules.k_decay(max_k, total_steps=task.spec.steps)
+    kw = {"learning_rate": task.learning_rate_schedule()} if rate_clock else {}
+    return bench.optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
+                                                           horizon=horizon, **kw))
+  clock = " on the learning-rate clock" if rate_clock else ""
+  return bench.Method(build, f"our shipped NiNo with k-decay from {max_k} (not 40){clock}",
+                      weights=lambda: onc.weights_io.shipped_path("nino"))
+
+
+# A shorter NiNo horizon on top of a base at its best learning rate (the generalization suite's tuned view).
+SHORT_HORIZON = {f"nino-ours+k{k}{clock}": (k, bool(clock)) for k in (10, 20) for clock in ("", "/rate")}
+
+
 def register_all() -> None:
   """Registers every variant (idempotent)."""
   for m in VARIANTS:
@@ -91,6 +110,9 @@ def register_all() -> None:
       bench.register(m, _variant(m))
   if "wnn+k20" not in bench.METHODS:
     bench.register("wnn+k20", _wnn_plus_k20())
+  for m, (k, rate_clock) in SHORT_HORIZON.items():
+    if m not in bench.METHODS:
+      bench.register(m, _nino_ours_k(k, rate_clock))
 
 
 register_all()

@@ -49,3 +49,18 @@ def test_variants_are_not_product_methods():
                        capture_output=True, text=True, check=True, cwd=bench.REPO).stdout
   assert "nino++gru" not in out and "wnn+k20" not in out and "nino-ours" in out
   assert "nino++gru" in bench.METHODS  # registered in this process by importing research.variants
+
+
+def test_short_horizon_variants_differ_from_nino_ours_only_in_k(tmp_path, monkeypatch):
+  """``nino-ours+k<K>``: the shipped NiNo with k-decay from K; from 40 it trains exactly as ``nino-ours``,
+  from 10 it makes the same jumps to other places."""
+  monkeypatch.setitem(bench.METHODS, "nino-ours+k40-test", variants._nino_ours_k(40, False))
+  methods = ["adam", "nino-ours", "nino-ours+k40-test", "nino-ours+k10"]
+  s = dataclasses.replace(SMALL, ctx=5)  # NiNo reads 5 states
+  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path / "out"), quiet=True)
+  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
+  assert runs["nino-ours+k40-test"]["final_full_val_loss"] == runs["nino-ours"]["final_full_val_loss"]
+  assert runs["nino-ours+k10"]["n_jumps"] == runs["nino-ours"]["n_jumps"] > 0
+  assert runs["nino-ours+k10"]["final_full_val_loss"] != runs["nino-ours"]["final_full_val_loss"]
+  assert set(variants.SHORT_HORIZON) == {"nino-ours+k10", "nino-ours+k20", "nino-ours+k10/rate",
+                                         "nino-ours+k20/rate"}
