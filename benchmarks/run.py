@@ -291,6 +291,8 @@ METHODS: dict[str, Method] = {
         _nino_fan256, "nino-ours+fan256 on the learning-rate clock (README's settings for a decaying "
         "schedule and a 784-input MLP on CPU)", nino_horizon=True, rate_clock=True, weights=_shipped("nino"),
         trace=True),
+    "linefit+rb": nowcast_method(onc.predictors.linefit_plus, "linefit+ with rollback (factor 1.5)",
+                                 rollback=True),
     "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
                                    nino_horizon=True, rollback=True, weights=_shipped("nino"), trace=True),
     "linefit+/rate": nowcast_method(onc.predictors.linefit_plus, "linefit+ on the learning-rate clock",
