@@ -146,16 +146,17 @@ class Method:
   weights: Callable[[], str] | None = None
 
 
-def _k_decay(task: Task) -> onc.schedules.KDecay:
-  return onc.schedules.k_decay(40, total_steps=task.spec.steps)  # NiNo's horizons: 40 intervals, decaying
+def _k_decay(task: Task, max_k: int = 40) -> onc.schedules.KDecay:
+  return onc.schedules.k_decay(max_k, total_steps=task.spec.steps)  # NiNo's horizons: 40 intervals, decaying
 
 
 def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_horizon: bool = False,
                    dynamic: bool = False, rollback: bool = False, rate_clock: bool = False,
-                   weights: Callable[[], str] | None = None, trace: bool = False) -> Method:
+                   weights: Callable[[], str] | None = None, trace: bool = False, max_k: int = 40) -> Method:
   """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
 
-  ``nino_horizon``: NiNo's k-decay from 40 over the run's jumps (else the suite's constant ``horizon``).
+  ``nino_horizon``: NiNo's k-decay from ``max_k`` (40) over the run's jumps (else the suite's constant
+  ``horizon``).
   ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
   ``rollback``: undo a jump when, ``min(50, interval // 4)`` steps after it, the running mean of the loss
   exceeds 1.5x its running mean before the jump (the horizon then halves).
@@ -169,7 +170,7 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
     pred = predictor(**_trace_args(task)) if trace and not _names_readable(task) else predictor()
     base = s.ctx * s.interval
     period = onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic else None
-    horizon = _k_decay(task) if nino_horizon else s.horizon
+    horizon = _k_decay(task, max_k) if nino_horizon else s.horizon
     kw = {"rollback_factor": 1.5} if rollback else {}
     if rate_clock:
       kw["learning_rate"] = task.learning_rate_schedule()

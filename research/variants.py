@@ -87,16 +87,11 @@ def _wnn_plus_k20() -> bench.Method:
 def _nino_ours_k(max_k: int, rate_clock: bool) -> bench.Method:
   """Our shipped NiNo with k-decay from ``max_k`` (not 40): a shorter horizon for a base already at its best
   learning rate; ``rate_clock``: on the learning-rate clock, as ``nino-ours/rate``."""
-  def build(task, s):
-    pred = onc.predictors.nino(**bench._trace_args(task)) if not bench._names_readable(task) else \
-        onc.predictors.nino()
-    horizon = onc.schedules.k_decay(max_k, total_steps=task.spec.steps)
-    kw = {"learning_rate": task.learning_rate_schedule()} if rate_clock else {}
-    return bench.optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
-                                                           horizon=horizon, **kw))
   clock = " on the learning-rate clock" if rate_clock else ""
-  return bench.Method(build, f"our shipped NiNo with k-decay from {max_k} (not 40){clock}",
-                      weights=lambda: onc.weights_io.shipped_path("nino"))
+  label = f"our shipped NiNo with k-decay from {max_k} (not 40){clock}"
+  return bench.nowcast_method(onc.predictors.nino, label, nino_horizon=True, max_k=max_k,
+                              rate_clock=rate_clock, weights=lambda: onc.weights_io.shipped_path("nino"),
+                              trace=True)
 
 
 # A shorter NiNo horizon on top of a base at its best learning rate (the generalization suite's tuned view).
