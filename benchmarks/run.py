@@ -147,7 +147,8 @@ class Method:
 
 
 def _k_decay(task: Task, max_k: int = 40) -> onc.schedules.KDecay:
-  return onc.schedules.k_decay(max_k, total_steps=task.spec.steps)  # NiNo's horizons: 40 intervals, decaying
+  """NiNo's horizons: ``max_k`` intervals (40 in NiNo) at the first jump, decaying over the run's jumps."""
+  return onc.schedules.k_decay(max_k, total_steps=task.spec.steps)
 
 
 def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_horizon: bool = False,

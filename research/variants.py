@@ -76,12 +76,9 @@ def _variant(method: str) -> bench.Method:
 
 
 def _wnn_plus_k20() -> bench.Method:
-  def build(task, s):
-    horizon = onc.schedules.k_decay(20, total_steps=task.spec.steps)
-    return bench.optax.chain(task.optimizer(), onc.nowcast(onc.predictors.wnn_plus(), interval=s.interval,
-                                                           ctx=s.ctx, horizon=horizon))
-  return bench.Method(build, "our shipped WNN+ with k-decay from 20 (not 40)",
-                      weights=lambda: onc.weights_io.shipped_path("wnn_plus"))
+  return bench.nowcast_method(onc.predictors.wnn_plus, "our shipped WNN+ with k-decay from 20 (not 40)",
+                              nino_horizon=True, max_k=20,
+                              weights=lambda: onc.weights_io.shipped_path("wnn_plus"))
 
 
 def _nino_ours_k(max_k: int, rate_clock: bool) -> bench.Method:
