@@ -153,14 +153,19 @@ def _k_decay(task: Task, max_k: int = 40) -> onc.schedules.KDecay:
 
 def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_horizon: bool = False,
                    dynamic: bool = False, rollback: bool = False, rate_clock: bool = False,
-                   weights: Callable[[], str] | None = None, trace: bool = False, max_k: int = 40) -> Method:
+                   weights: Callable[[], str] | None = None, trace: bool = False, max_k: int = 40,
+                   restore_base: bool = False, rollback_limit: float | None = None) -> Method:
   """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
 
   ``nino_horizon``: NiNo's k-decay from ``max_k`` (40) over the run's jumps (else the suite's constant
   ``horizon``).
   ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
   ``rollback``: undo a jump when, ``min(50, interval // 4)`` steps after it, the running mean of the loss
-  exceeds 1.5x its running mean before the jump (the horizon then halves).
+  exceeds 1.5x its running mean before the jump (the horizon then halves); with ``rollback_limit``,
+  also at once when the loss is non-finite or above that many times the pre-jump mean (``None``: the
+  window's end only, as the rollback methods were measured before ``nowcast`` had the limit).
+  ``restore_base``: ``nowcast(..., base=<the task's optimizer>)``, so that a rollback also returns the
+  base's state (momentum, Adam's moments) to the jump (the same updates as the chain without a rollback).
   ``rate_clock``: ``nowcast(learning_rate=<the task's schedule>)``, times and horizons in cumulative
   learning rate (the same as steps with a constant rate).
   ``trace``: ``predictor(apply_fn=, example_input=)`` (NiNo's graph read from the forward pass) for the
@@ -172,9 +177,12 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
     base = s.ctx * s.interval
     period = onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic else None
     horizon = _k_decay(task, max_k) if nino_horizon else s.horizon
-    kw = {"rollback_factor": 1.5} if rollback else {}
+    kw = {"rollback_factor": 1.5, "rollback_limit": rollback_limit} if rollback else {}
     if rate_clock:
       kw["learning_rate"] = task.learning_rate_schedule()
+    if restore_base:
+      return onc.nowcast(pred, interval=s.interval, ctx=s.ctx, period=period, horizon=horizon,
+                         base=task.optimizer(), **kw)
     return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
                                                      period=period, horizon=horizon, **kw))
   return Method(build, label, weights=weights)
@@ -293,9 +301,15 @@ METHODS: dict[str, Method] = {
         _nino_fan256, "nino-ours+fan256 on the learning-rate clock (README's settings for a decaying "
         "schedule and a 784-input MLP on CPU)", nino_horizon=True, rate_clock=True, weights=_shipped("nino"),
         trace=True),
-    "linefit+rb": nowcast_method(onc.predictors.linefit_plus, "linefit+ with rollback (factor 1.5)",
+    "linefit+rb": nowcast_method(onc.predictors.linefit_plus,
+                                 "linefit+ with rollback (factor 1.5, at the window's end only)",
                                  rollback=True),
-    "nino-ours+rb": nowcast_method(onc.predictors.nino, "nino-ours with rollback (factor 1.5)",
+    "linefit+rbs": nowcast_method(
+        onc.predictors.linefit_plus, "linefit+ with rollback (factor 1.5) that also restores the base "
+        "optimizer's state (nowcast(..., base=)) and is made at once when the loss blows up (nowcast's "
+        "default rollback_limit=100)", rollback=True, restore_base=True, rollback_limit=100.0),
+    "nino-ours+rb": nowcast_method(onc.predictors.nino,
+                                   "nino-ours with rollback (factor 1.5, at the window's end only)",
                                    nino_horizon=True, rollback=True, weights=_shipped("nino"), trace=True),
     "linefit+/rate": nowcast_method(onc.predictors.linefit_plus, "linefit+ on the learning-rate clock",
                                     rate_clock=True),

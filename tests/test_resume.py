@@ -66,8 +66,10 @@ def _option_tx(option: str) -> optax.GradientTransformation:
   pred = onc.predictors.linefit_plus()
   if option == "host":
     kw["history_memory"] = "host"
-  elif option == "rollback":
+  elif option in ("rollback", "rollback_base"):
     kw.update(rollback_factor=1.01, rollback_window=2)
+    if option == "rollback_base":  # the base's state at the jump rides along too
+      return onc.nowcast(pred, base=optax.adam(3e-3), **kw)
   elif option == "nino":
     pred, kw["ctx"], kw["interval"] = onc.predictors.nino(), 5, 3
   elif option == "period_and_rate_clock":  # every window field in use
@@ -76,7 +78,7 @@ def _option_tx(option: str) -> optax.GradientTransformation:
   return optax.chain(optax.adam(3e-3), onc.nowcast(pred, **kw))
 
 
-OPTIONS = ["host", "farcast", "rollback", "nino", "int_leaves", "period_and_rate_clock"]
+OPTIONS = ["host", "farcast", "rollback", "rollback_base", "nino", "int_leaves", "period_and_rate_clock"]
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -116,7 +118,7 @@ def test_every_option_resumes_bit_for_bit(tmp_path, option):
   if option == "host":
     assert {x.sharding.memory_kind for x in jax.tree.leaves(
         onc.find_nowcast_state(restored["opt_state"]).history)} == {"pinned_host"}
-  if option == "rollback":
+  if option.startswith("rollback"):
     assert int(state.n_rollbacks) >= 1  # a rollback happened in the resumed part
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(out)[0], jax.tree.leaves(ref), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))

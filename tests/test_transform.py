@@ -251,13 +251,13 @@ def test_empty_and_scalar_leaves(constant_grad):
   np.testing.assert_allclose(traj[3]["nested"][0], 4.0)
 
 
-def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2, interval=4, calls=12):
+def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2, interval=4, calls=12, **kw):
   """SGD on w with a constant gradient; the loss passed to update is scripted per step.
 
   ctx 2: states are recorded at ``interval`` and ``2 * interval``; the call with count ``2 * interval``
   jumps."""
   tx = optax.chain(optax.sgd(1.0), onc.nowcast(predictor, interval=interval, ctx=2, horizon=2,
-                                               rollback_factor=factor, rollback_window=window))
+                                               rollback_factor=factor, rollback_window=window, **kw))
   params = {"w": jnp.zeros(3)}
   state = tx.init(params)
   update = jax.jit(tx.update)
@@ -278,6 +278,24 @@ def test_rollback_undoes_a_jump_that_raises_the_loss():
   # Calls 9, 10, 11 see losses 5 > 1.5 x 1: the call with count 11 returns to theta_8.
   assert int(nc.n_rollbacks) == 1 and float(traj[12]["w"][0]) == 8.0
   assert float(nc.horizon_scale) == 0.5
+
+
+@pytest.mark.parametrize("blowup", [200.0, np.inf, np.nan])
+def test_rollback_at_once_when_the_loss_blows_up(blowup):
+  """A loss above ``rollback_limit`` (100) times the pre-jump mean, or non-finite, right after the jump
+  (call 9) undoes the jump at that call, not at the window's end (call 11), and closes the window: the
+  high losses of calls 10 and 11 do not undo it twice. With ``rollback_limit=None`` only the end counts."""
+  crazy = marker_predictor(lambda h, t, k: h[-1] + 100.0)
+  losses = {9: blowup, 10: 5.0, 11: 5.0}
+  traj, nc = _rollback_run(crazy, losses, calls=14)
+  assert int(nc.n_rollbacks) == 1 and float(traj[10]["w"][0]) == 8.0
+  assert int(nc.rollback.last_rollback_step) == 9
+  assert float(traj[14]["w"][0]) == 12.0  # back to the base's steps from theta_8
+  assert float(nc.horizon_scale) == 0.5
+  traj, nc = _rollback_run(crazy, losses, calls=14, rollback_limit=None)
+  assert int(nc.n_rollbacks) == 1 and float(traj[10]["w"][0]) == 109.0 and float(traj[12]["w"][0]) == 8.0
+  traj, nc = _rollback_run(crazy, {9: 90.0, 10: 1.0, 11: 1.0}, calls=14)  # 90x: below the limit
+  assert int(nc.n_rollbacks) == 1 and float(traj[12]["w"][0]) == 8.0  # the settled mean still too high
 
 
 def test_no_rollback_when_the_loss_stays_low():
@@ -303,12 +321,76 @@ def test_rollback_judges_the_settled_loss_not_the_spike_after_a_jump():
   assert int(nc.n_rollbacks) == 1 and float(traj[564]["w"][0]) == 512.0
 
 
+def _momentum_rollback_run(base_inside: bool, calls: int = 13):
+  """SGD + momentum under a scripted loss: the jump (count 8) lands 100 ahead and the gradient there is
+  100x; calls 9-11 see loss 5, so the call with count 11 rolls back to theta_8."""
+  crazy = marker_predictor(lambda h, t, k: h[-1] + 100.0)
+  sgd = optax.sgd(0.1, momentum=0.9)
+  kw = dict(interval=4, ctx=2, horizon=2, rollback_factor=1.5, rollback_window=2)
+  tx = (onc.nowcast(crazy, base=sgd, **kw) if base_inside else
+        optax.chain(sgd, onc.nowcast(crazy, **kw)))
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  traj, states = [params], [state]
+  for c in range(calls):
+    g = {"w": jnp.where(params["w"] > 50.0, 100.0, -1.0)}  # steep on the far side of the jump
+    updates, state = update(g, state, params, value=jnp.float32(5.0 if 9 <= c <= 11 else 1.0))
+    params = optax.apply_updates(params, updates)
+    traj.append(params)
+    states.append(state)
+  return traj, states
+
+
+def test_nowcast_with_base_is_the_chain_without_rollback():
+  """``nowcast(..., base=b)`` makes the same updates as ``optax.chain(b, nowcast(...))``, jumps included."""
+  grads = [{"w": jnp.full((3,), 0.1 * i - 0.5), "b": jnp.arange(2.0) - i} for i in range(14)]
+  params = {"w": jnp.zeros(3), "b": jnp.ones(2)}
+  out = []
+  for tx in (optax.chain(optax.adamw(0.1), onc.nowcast(onc.predictors.linefit_plus(), interval=2, ctx=3)),
+             onc.nowcast(onc.predictors.linefit_plus(), interval=2, ctx=3, base=optax.adamw(0.1))):
+    p, s = params, tx.init(params)
+    for g in grads:
+      u, s = tx.update(g, s, p)
+      p = optax.apply_updates(p, u)
+    out.append((p, onc.find_nowcast_state(s)))
+  chex.assert_trees_all_equal(out[0][0], out[1][0])
+  assert int(out[1][1].n_jumps) == int(out[0][1].n_jumps) == 2
+  assert out[1][0] is not None and s.base_at_jump == ()  # no copy of the base state without rollback
+
+
+def test_rollback_with_base_restores_the_base_state_at_the_jump():
+  """Chained, the rollback returns w to theta_8 but the momentum keeps the 100x gradients seen after the
+  jump; with ``base=`` the momentum is back at its value when the jump step began (the step count keeps
+  counting), so training resumes as if the jump had never been made."""
+  chained, chained_states = _momentum_rollback_run(False)
+  inside, states = _momentum_rollback_run(True)
+  for traj, st in ((chained, chained_states[-1]), (inside, states[-1])):
+    nc = onc.find_nowcast_state(st)
+    assert int(nc.n_jumps) == 1 and int(nc.n_rollbacks) == 1
+    np.testing.assert_allclose(traj[12]["w"], traj[8]["w"], rtol=1e-6)  # theta_8 restored
+  trace_at_jump = states[8].base[0].trace["w"]  # sgd's momentum when the jump step (count 8) began
+  np.testing.assert_array_equal(states[12].base_at_jump[0].trace["w"], trace_at_jump)
+  np.testing.assert_array_equal(states[12].base[0].trace["w"], trace_at_jump)
+  assert float(jnp.abs(chained_states[12][0][0].trace["w"]).max()) > 100.0  # the chain kept the bad gradients
+  # From (theta_8, momentum at 8) the next step is the one the jump step would have made without the jump.
+  np.testing.assert_allclose(inside[13]["w"] - inside[12]["w"], 0.9 * trace_at_jump * -0.1 + 0.1, rtol=1e-6)
+  assert float(chained[13]["w"][0] - chained[12]["w"][0]) < -10.0  # chained: pushed back hard
+
+
+def test_nowcast_base_must_be_a_transformation():
+  with pytest.raises(ValueError, match="base must be an optax.GradientTransformation"):
+    onc.nowcast(onc.predictors.linefit(), interval=4, base=optax.adam)
+
+
 def test_rollback_arguments():
   lf = onc.predictors.linefit()
   with pytest.raises(ValueError, match="rollback_window .* must be < interval - 1"):
     onc.nowcast(lf, interval=4, ctx=2, rollback_factor=1.5, rollback_window=3)
   with pytest.raises(ValueError, match="rollback_factor must be a positive number"):
     onc.nowcast(lf, interval=4, rollback_factor=0.0)
+  with pytest.raises(ValueError, match="rollback_limit must be a positive number"):
+    onc.nowcast(lf, interval=8, rollback_factor=1.5, rollback_limit=-1.0)
   tx = onc.nowcast(lf, interval=4, ctx=2, rollback_factor=1.5, rollback_window=1)
   state = tx.init({"w": jnp.zeros(2)})
   with pytest.raises(ValueError, match="value=loss"):

@@ -228,13 +228,15 @@ def test_nowcast_phase_agrees_with_the_device(period, window):
   jumps = np.asarray(jax.vmap(lambda s: resolved.next_jump(s)[0])(steps))
   to_jump = jumps - steps
   record = (to_jump % INTERVAL == 0) & (to_jump <= (CTX - 1) * INTERVAL) & (to_jump > 0)
-  full = to_jump == 0
-  if window is not None:
-    full |= np.isin(steps, steps[full] + window + 1)
-  want = np.where(full, "full", np.where(record, "record", "plain"))
-  host = np.array([onc.nowcast_phase(int(s), interval=INTERVAL, ctx=CTX, period=period,
-                                     rollback_window=window) for s in steps])
-  np.testing.assert_array_equal(host, want)
+  for limit in (100.0, None):  # with a rollback limit every step of the window may roll back
+    full = to_jump == 0
+    if window is not None:
+      first = 0 if limit is not None else window
+      full |= np.isin(steps, (steps[to_jump == 0][:, None] + np.arange(first, window + 1) + 1).ravel())
+    want = np.where(full, "full", np.where(record, "record", "plain"))
+    host = np.array([onc.nowcast_phase(int(s), interval=INTERVAL, ctx=CTX, period=period,
+                                       rollback_window=window, rollback_limit=limit) for s in steps])
+    np.testing.assert_array_equal(host, want)
 
 
 @pytest.mark.parametrize("bad", ["Plain", 1])
