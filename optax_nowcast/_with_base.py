@@ -13,8 +13,9 @@ the jump step began, and a rollback restores it with the parameters, so that tra
    \text{integer leaves (step counts) keep counting,}
 
 so the base's own schedules stay in step with the training loop and with ``nowcast``'s clock. The copy
-costs one base state of memory (Adam: twice the parameters), is written only at a jump and read only at a
-rollback (both under a ``lax.cond``), and is skipped by ``nowcast_phase="plain"`` steps.
+costs one base state of memory (Adam: twice the parameters); it is selected in place (a fused ``where``
+on whether the step jumped, and one on whether it rolled back) at every ``"full"`` step (every step
+without ``nowcast_phase``), and left alone by ``"plain"`` and ``"record"`` steps.
 """
 
 from __future__ import annotations
@@ -64,16 +65,16 @@ def with_base(base: optax.GradientTransformation, nowcaster: optax.GradientTrans
     updates, nc = nowcaster.update(base_updates, state.nowcast, params, nowcast_phase=nowcast_phase,
                                    **extra_args)
     saved = state.base_at_jump
-    if not restore or nowcast_phase == "plain":  # a plain step neither jumps nor rolls back
+    if not restore or nowcast_phase in ("plain", "record"):
+      # A plain step neither jumps nor rolls back; a record step makes no jump, and nowcast_phase never
+      # marks a step of a rollback window "record" (the window ends before the next recording).
       return updates, NowcastWithBaseState(base_state, nc, saved)
+    # Fused selects, not conditionals: XLA copies a conditional's pass-through operand, but writes a
+    # select in place into the donated buffer.
     jumped = nc.n_jumps > state.nowcast.n_jumps
+    saved = jax.tree.map(lambda b, s: jnp.where(jumped, b, s), state.base, saved)
     rolled = nc.n_rollbacks > state.nowcast.n_rollbacks
-    saved = jax.lax.cond(jumped, lambda a, b: _copy(a), lambda a, b: b, state.base, saved)
-
-    def restored(now, at_jump):
-      return jax.tree.map(lambda n, j: j if is_float(n) else n, now, at_jump)
-
-    base_state = jax.lax.cond(rolled, restored, lambda n, j: n, base_state, saved)
+    base_state = jax.tree.map(lambda n, j: jnp.where(rolled, j, n) if is_float(n) else n, base_state, saved)
     return updates, NowcastWithBaseState(base_state, nc, saved)
 
   return optax.GradientTransformationExtraArgs(init, update)

@@ -168,13 +168,18 @@ def _run(tx, n_steps, mark, params=None, seed=0):
     {"period": schedules.dynamic_period(12, 24, total_steps=60)},
     {"rollback_factor": 1.0, "rollback_window": 1, "horizon": 40},
     {"history_memory": "host"},
-], ids=["default", "period", "dynamic", "rollback", "host"])
+    {"rollback_factor": 1.0, "rollback_window": 1, "horizon": 40, "base": True},
+], ids=["default", "period", "dynamic", "rollback", "host", "rollback_base"])
 def test_phases_from_nowcast_phase_change_nothing(kw):
   """Running each step in the phase :func:`nowcast_phase` gives it makes the same run as the full step
   everywhere: the same recordings, jumps and rollbacks, the parameters equal to float32 rounding (the
   compiled programs may fuse Adam's arithmetic differently; a plain step is bitwise the base
   optimizer's, see below)."""
-  tx = optax.chain(optax.adam(3e-2), _nowcast(**kw))
+  kw = dict(kw)
+  if kw.pop("base", False):  # the base inside: a rollback restores its state too
+    tx = _nowcast(base=optax.adam(3e-2), **kw)
+  else:
+    tx = optax.chain(optax.adam(3e-2), _nowcast(**kw))
   window = kw.get("rollback_window")
   phase = functools.partial(onc.nowcast_phase, interval=INTERVAL, ctx=CTX, period=kw.get("period"),
                             rollback_window=window)
@@ -257,3 +262,19 @@ def test_plain_step_under_vmap():
   upd, new = jax.vmap(lambda u, s, p: tx.update(u, s, p, nowcast_phase="plain"))(params, states, params)
   np.testing.assert_array_equal(np.asarray(upd["w"]), np.ones((4, 3)))
   assert new.count.tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("phase", ["plain", "record", "full"])
+def test_base_inside_costs_no_scratch(phase):
+  """``nowcast(..., base=adam, rollback_factor=...)`` keeps a copy of Adam's state for the rollback: it is
+  donated and handed back in place at every step, and no step needs more scratch than the chain's."""
+  kw = {"rollback_factor": 1.5, "rollback_window": 1}
+  chained, params = _compiled(optax.chain(ADAM, _nowcast(**kw)), phase)
+  inside, _ = _compiled(onc.nowcast(onc.predictors.linefit(), interval=INTERVAL, ctx=CTX, base=ADAM, **kw),
+                        phase)
+  a, b = chained.memory_analysis(), inside.memory_analysis()
+  adam_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(ADAM.init(params)))
+  assert b.alias_size_in_bytes >= a.alias_size_in_bytes + adam_bytes
+  assert b.temp_size_in_bytes <= a.temp_size_in_bytes + 4096, (b.temp_size_in_bytes, a.temp_size_in_bytes)
+  if phase != "full":  # a plain or record step does not read the copy
+    assert inside.as_text().count(" copy(") == chained.as_text().count(" copy(")
