@@ -308,6 +308,10 @@ METHODS: dict[str, Method] = {
         onc.predictors.linefit_plus, "linefit+ with rollback (factor 1.5) that also restores the base "
         "optimizer's state (nowcast(..., base=)) and is made at once when the loss blows up (nowcast's "
         "default rollback_limit=100)", rollback=True, restore_base=True, rollback_limit=100.0),
+    "nino-ours+rbs": nowcast_method(
+        onc.predictors.nino, "nino-ours with linefit+rbs's rollback (factor 1.5, limit 100, restoring the "
+        "base optimizer's state)", nino_horizon=True, rollback=True, restore_base=True, rollback_limit=100.0,
+        weights=_shipped("nino"), trace=True),
     "nino-ours+rb": nowcast_method(onc.predictors.nino,
                                    "nino-ours with rollback (factor 1.5, at the window's end only)",
                                    nino_horizon=True, rollback=True, weights=_shipped("nino"), trace=True),

@@ -5,6 +5,7 @@
 """
 
 from optax_nowcast import checkpoint, graph_trace, graphs, predictors, schedules, weight_prediction
+from optax_nowcast._with_base import NowcastWithBaseState
 from optax_nowcast.farcast import FarcastState, farcast
 from optax_nowcast.predictors import Predictor
 from optax_nowcast.transform import NowcastState, find_nowcast_state, nowcast, nowcast_phase
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FarcastState",
     "NowcastState",
+    "NowcastWithBaseState",
     "Predictor",
     "__version__",
     "checkpoint",

@@ -32,7 +32,16 @@ __all__ = ["NowcastWithBaseState", "with_base"]
 
 
 class NowcastWithBaseState(NamedTuple):
-  """State of ``nowcast(..., base=...)``.
+  """State of ``nowcast(..., base=...)``: the base optimizer and ``nowcast`` as one transformation.
+
+  >>> import jax.numpy as jnp, optax, optax_nowcast as onc
+  >>> tx = onc.nowcast(onc.predictors.linefit_plus(), interval=100, rollback_factor=1.5,
+  ...                  base=optax.sgd(0.1, momentum=0.9))
+  >>> state = tx.init({"w": jnp.zeros(3)})
+  >>> type(state).__name__, int(onc.find_nowcast_state(state).n_rollbacks)
+  ('NowcastWithBaseState', 0)
+  >>> state.base_at_jump[0].trace["w"].shape  # the momentum a rollback restores
+  (3,)
 
   Attributes:
     base: the base optimizer's state.

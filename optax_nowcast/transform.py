@@ -515,8 +515,8 @@ def nowcast(
       (the same updates as ``optax.chain(base, nowcast(...))``). With ``rollback_factor``, a rollback then
       also returns ``base``'s state to where it was when the jump step began (float leaves: moments,
       momentum; step counts keep counting), so that a bad jump's gradients do not stay in the momentum
-      and push the restored parameters away (see ``optax_nowcast._with_base``). Costs one more copy of
-      ``base``'s state. ``None`` (default): ``nowcast`` alone, to be chained after the base.
+      and push the restored parameters away. The state is then a :class:`NowcastWithBaseState`. Costs
+      one more copy of ``base``'s state. ``None`` (default): ``nowcast`` alone, to be chained after the base.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Its ``update`` takes ``value=loss`` (for the rollback)
