@@ -110,7 +110,7 @@ def measure(task, methods: list[str], s: R.Settings, steps: int = 20, repeats: i
     jumper = None
     if onc.find_nowcast_state(plain.template[1]) is not None:  # it jumps (wp1..wp3 alone never do)
       # Rollback needs its 10-step window inside one recording interval (`_nino_ours(rollback=True)`).
-      interval = max(steps // s.ctx, 12 if method.endswith("+rb") else 1)
+      interval = max(steps // s.ctx, 12 if "+rb" in method else 1)
       jumper = _Timer(task, method, dataclasses.replace(s, interval=interval), interval * s.ctx)
     ta, tm, tj = [], [], []
     for _ in range(repeats):
