@@ -271,7 +271,7 @@ def _rollback_check(cfg: _Config, rb: RollbackState, value: Any, step: jax.Array
   post = jnp.where(in_window, jnp.where(since == 0, seen, 0.9 * rb.post_jump_loss + 0.1 * seen), 0.0)
   roll = (since == r.window) & (post > r.factor * pre_jump)
   if r.limit is not None:  # diverging: undone before the parameters overflow
-    roll |= ~finite | (loss > r.limit * pre_jump)
+    roll |= ~finite | ((pre_jump > 0) & (loss > r.limit * pre_jump))
   roll &= in_window
   return roll, RollbackState(loss_ema=loss_ema, pre_jump_loss=pre_jump, post_jump_loss=post,
                              n_rollbacks=rb.n_rollbacks + roll.astype(jnp.int32),
@@ -497,6 +497,7 @@ def nowcast(
       overflow within a few steps (FM-CNN8 with SGD + momentum at twice its rate: 15x the pre-jump loss
       after the jump, 370x three steps later, NaN parameters after eleven), and no update can bring
       non-finite parameters back. Good jumps raise the loss by at most ~8x at first on that suite.
+      (The multiple applies to a positive pre-jump loss; a non-finite loss always undoes the jump.)
       ``None``: only the check at the window's end.
     history_memory: ``"device"`` (default) or ``"host"``: keep the ``ctx`` stored states in host memory
       (``jax.memory.Space.Host``, pinned host memory on GPU/TPU), so the accelerator holds none of them.
