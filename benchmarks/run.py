@@ -181,10 +181,9 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
     if rate_clock:
       kw["learning_rate"] = task.learning_rate_schedule()
     if restore_base:
-      return onc.nowcast(pred, interval=s.interval, ctx=s.ctx, period=period, horizon=horizon,
-                         base=task.optimizer(), **kw)
-    return optax.chain(task.optimizer(), onc.nowcast(pred, interval=s.interval, ctx=s.ctx,
-                                                     period=period, horizon=horizon, **kw))
+      kw["base"] = task.optimizer()
+    tx = onc.nowcast(pred, interval=s.interval, ctx=s.ctx, period=period, horizon=horizon, **kw)
+    return tx if restore_base else optax.chain(task.optimizer(), tx)
   return Method(build, label, weights=weights)
 
 

@@ -640,11 +640,12 @@ def nowcast_phase(step: int, *, interval: int, ctx: int = 5,
   if to_jump % interval == 0 and to_jump <= (ctx - 1) * interval:
     return "record"
   if rollback_window is not None:
-    first = rollback_window if rollback_limit is None else 0  # steps after J + 1 that may roll back
-    for since in range(first, rollback_window + 1):
-      before = step - since - 1  # the jump whose window this step would be in
-      if before >= 0 and period_schedule.next_jump_host(before) == before:
-        return "full"
+    # Full when a jump J lies in [step - 1 - w, step - 1 - first]: this step is J + 1 + since, with
+    # since >= first (0 with a limit: any step of the window may roll back; w without).
+    first = rollback_window if rollback_limit is None else 0
+    last = step - 1 - first
+    if last >= 0 and period_schedule.next_jump_host(max(step - 1 - rollback_window, 0)) <= last:
+      return "full"
   return "plain"
 
 

@@ -251,6 +251,21 @@ def test_empty_and_scalar_leaves(constant_grad):
   np.testing.assert_allclose(traj[3]["nested"][0], 4.0)
 
 
+def _scripted_run(tx, losses, calls, grad=lambda p: {"w": -jnp.ones(3)}):
+  """``calls`` jitted updates of w (3 zeros at first), the loss passed to update scripted per call
+  (1.0 where ``losses`` has none): the parameters and states after each call, the initial ones first."""
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  traj, states = [params], [state]
+  for c in range(calls):
+    updates, state = update(grad(params), state, params, value=jnp.float32(losses.get(c, 1.0)))
+    params = optax.apply_updates(params, updates)
+    traj.append(params)
+    states.append(state)
+  return traj, states
+
+
 def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2, interval=4, calls=12, **kw):
   """SGD on w with a constant gradient; the loss passed to update is scripted per step.
 
@@ -258,16 +273,8 @@ def _rollback_run(predictor, losses_after_jump, factor=1.5, window=2, interval=4
   jumps."""
   tx = optax.chain(optax.sgd(1.0), onc.nowcast(predictor, interval=interval, ctx=2, horizon=2,
                                                rollback_factor=factor, rollback_window=window, **kw))
-  params = {"w": jnp.zeros(3)}
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  traj = [params]
-  for c in range(calls):
-    loss = losses_after_jump.get(c, 1.0)
-    updates, state = update({"w": -jnp.ones(3)}, state, params, value=jnp.float32(loss))
-    params = optax.apply_updates(params, updates)
-    traj.append(params)
-  return traj, onc.find_nowcast_state(state)
+  traj, states = _scripted_run(tx, losses_after_jump, calls)
+  return traj, onc.find_nowcast_state(states[-1])
 
 
 def test_rollback_undoes_a_jump_that_raises_the_loss():
@@ -329,17 +336,8 @@ def _momentum_rollback_run(base_inside: bool, calls: int = 13):
   kw = dict(interval=4, ctx=2, horizon=2, rollback_factor=1.5, rollback_window=2)
   tx = (onc.nowcast(crazy, base=sgd, **kw) if base_inside else
         optax.chain(sgd, onc.nowcast(crazy, **kw)))
-  params = {"w": jnp.zeros(3)}
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  traj, states = [params], [state]
-  for c in range(calls):
-    g = {"w": jnp.where(params["w"] > 50.0, 100.0, -1.0)}  # steep on the far side of the jump
-    updates, state = update(g, state, params, value=jnp.float32(5.0 if 9 <= c <= 11 else 1.0))
-    params = optax.apply_updates(params, updates)
-    traj.append(params)
-    states.append(state)
-  return traj, states
+  steep = lambda p: {"w": jnp.where(p["w"] > 50.0, 100.0, -1.0)}  # steep on the far side of the jump
+  return _scripted_run(tx, {9: 5.0, 10: 5.0, 11: 5.0}, calls, grad=steep)
 
 
 def test_nowcast_with_base_is_the_chain_without_rollback():
@@ -356,7 +354,7 @@ def test_nowcast_with_base_is_the_chain_without_rollback():
     out.append((p, onc.find_nowcast_state(s)))
   chex.assert_trees_all_equal(out[0][0], out[1][0])
   assert int(out[1][1].n_jumps) == int(out[0][1].n_jumps) == 2
-  assert out[1][0] is not None and s.base_at_jump == ()  # no copy of the base state without rollback
+  assert s.base_at_jump == ()  # no copy of the base state without rollback
 
 
 def test_rollback_with_base_restores_the_base_state_at_the_jump():
