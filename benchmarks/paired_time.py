@@ -30,6 +30,10 @@ fixed cost of a call (dispatch, the state copy) does not swamp a task as small a
     python -m benchmarks.paired_time --tasks FM-32 --methods wnn+,nino-ours
     python -m benchmarks.paired_time --quick     # digits, 2 methods: paired_time_quick.{json,md}
     python -m benchmarks.paired_time --suite general   # held-out configurations: paired_time_general.*
+    python -m benchmarks.paired_time --suite general --reproject  # stored costs onto the runs as they are now
+
+(``--reproject`` measures nothing: after more seeds or recomputed runs, it projects each stored task's
+measured costs onto the suite's current runs, so that the medians cover every finished seed.)
 
 (With ``--suite general`` "Adam" is each configuration's own base optimizer, the method ``adam`` of the
 suite, and its runs give the steps; ``benchmarks.run --suite general`` then adds the column to its summary.)
@@ -197,6 +201,8 @@ def main(argv=None) -> dict[str, Any]:
                       help="without --steps, chunks as long as it takes Adam about this long")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="digits, linefit and wnn+, 2 repeats")
+  parser.add_argument("--reproject", action="store_true",
+                      help="measure nothing: project the stored costs onto the suite's current runs")
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--out", default=RESULTS)
   args = parser.parse_args(argv)
@@ -217,6 +223,10 @@ def main(argv=None) -> dict[str, Any]:
     with open(path) as f:
       result["tasks"] = json.load(f).get("tasks", {})
   table = format_table(result)
+  if args.reproject:
+    table = reproject(result, found, s0, args.suite, args.out, name_out)
+    print(table)
+    return result
   for name in tasks:
     if name not in found:
       raise ValueError(f"task {name!r} has no finished Adam runs in {RESULTS}/runs/{args.suite}: run "
@@ -241,8 +251,25 @@ def main(argv=None) -> dict[str, Any]:
   return result
 
 
+def reproject(result: dict[str, Any], found: dict[str, dict[str, list[dict]]], s0: R.Settings, suite: str,
+              out: str, name_out: str) -> str:
+  """Every stored (task, method)'s measured costs projected again (``project``) onto the suite's finished
+  runs as they are now; a task or method without finished runs any more is dropped."""
+  tasks = {}
+  for name, methods in result["tasks"].items():
+    runs = found.get(name, {})
+    if "adam" not in runs:
+      continue
+    costs = {m: c for m, c in methods.items() if m in runs}
+    summary = R.summarise_task(runs, R._spec_for(name, R.settings_for(suite, name, s0)),
+                               R.settings_for(suite, name, s0))
+    tasks[name] = project(costs, summary, runs)
+  result["tasks"] = tasks
+  return _write(result, out, name_out)
+
+
 def _write(result: dict[str, Any], out: str, name_out: str) -> str:
-  order = list(R.SUITES[result.get("suite", "full")][1]) + ["digits"]
+  order = list(R.SUITES.get(result.get("suite", "full"), (None, []))[1]) + ["digits"]
   result["tasks"] = dict(sorted(result["tasks"].items(),
                                 key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
   table = format_table(result)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -51,3 +54,24 @@ def test_chunk_steps_are_a_multiple_of_ctx_within_half_a_jump_period():
   assert pt.chunk_steps(task, s, seconds=1e9, probe=5) == 30  # at most half of ctx * interval = 60
   mid = pt.chunk_steps(task, s, seconds=0.01, probe=5)
   assert mid % 3 == 0 and 6 <= mid <= 30
+
+
+def test_reproject_puts_stored_costs_on_the_runs_as_they_are_now(tmp_path):
+  """``--reproject``: measured costs projected again onto every finished seed (more seeds since the
+  measurement), and a method without finished runs dropped."""
+  out = str(tmp_path)
+  s = bench.Settings(steps=60, eval_every=10, smooth=2, interval=4, ctx=3, horizon=2, val_size=None)
+  bench.run_suite("test", ["digits"], ["adam", "linefit"], 3, s, out, quiet=True)
+  found = bench._finished_runs("test", 3, s, [out])
+  costs = {"adam_s_per_step": 0.01, "s_per_step": 0.012, "step_ratio": 1.2, "period_overhead_s": 0.05}
+  stale = {"per_seed": [{"seed": 0}], "median": {"time_reduction_pct": 99.0}}  # measured on one seed
+  result = {"suite": "test", "repeats": 5, "backend": "cpu", "cpu_count": 2,
+            "tasks": {"digits": {"linefit": {**costs, **stale}, "wnn+": {**costs, **stale}}}}
+  pt.reproject(result, found, s, "test", out, "paired_time_test")
+  got = result["tasks"]["digits"]
+  assert set(got) == {"linefit"}  # wnn+ has no runs
+  assert [r["seed"] for r in got["linefit"]["per_seed"]] == [0, 1, 2]
+  summary = bench.summarise_task(found["digits"], bench._spec_for("digits", s), s)
+  assert got["linefit"] == pt.project({"linefit": costs}, summary, found["digits"])["linefit"]
+  with open(os.path.join(out, "paired_time_test.json")) as f:
+    assert json.load(f)["tasks"]["digits"]["linefit"]["per_seed"][2]["seed"] == 2

@@ -100,7 +100,7 @@ def test_only_seeds_computes_just_those(tmp_path):
 
 def test_task_seeds_give_a_configuration_more_seeds(tmp_path):
   """``task_seeds``: a configuration (and its length sweeps) runs and reports its own number of seeds, and
-  only once all of them are done."""
+  a method with fewer (at least the suite's, seeds 0..k-1) over the seeds it has."""
   out = str(tmp_path)
   more = {"digits": 3}
   assert bench.seeds_for("digits@40", 2, more) == 3 and bench.seeds_for("FM-16", 2, more) == 2
@@ -110,7 +110,9 @@ def test_task_seeds_give_a_configuration_more_seeds(tmp_path):
   res = bench.run_suite("test", ["digits"], ["adam"], 2, SMALL, out, quiet=True, task_seeds=more)
   assert res["computed"] == 2
   assert [r["seed"] for r in res["summary"]["digits"]["methods"]["adam"]["per_seed"]] == [0, 1, 2]
-  assert bench._finished_runs("test", 2, SMALL, [out], {"digits": 4}) == {}
+  fewer = bench._finished_runs("test", 2, SMALL, [out], {"digits": 4})  # a fourth seed asked for, not run
+  assert [r["seed"] for r in fewer["digits"]["adam"]] == [0, 1, 2]
+  assert bench._finished_runs("test", 4, SMALL, [out]) == {}  # the suite's own count is not met
   assert bench.TASK_SEEDS["general"]["G-FM-MLP3-adamw-cos"] == 5
 
 
