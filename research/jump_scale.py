@@ -1,0 +1,131 @@
+"""Is a harmful jump too long, or pointed the wrong way? `python -m research.jump_scale`
+
+For each (configuration, method, seed) it trains the base optimizer and the method as ``benchmarks.run``
+does (the same minibatches, ``benchmarks.run.build_chunk``) up to the method's first jump, takes the jump
+``d = theta_jump - theta_base`` (both right after the jump step, with the base optimizer's state of that
+step, which the jump does not change), and continues the base optimizer from ``theta_base + a * d`` until
+just before the next jump, for scales ``a`` in ``SCALES`` (0: no jump; 1: the method's own jump) and, with
+``--groups``, from ``theta_base + d`` restricted to one parameter group (a module's leaves) at a time. A
+jump that is only too long gets better than the base at some ``a < 1``; one pointed the wrong way is worse
+at every ``a > 0``. Writes ``research/results/jump_scale.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from benchmarks import run as bench
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCALES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+# NiNo's jumps harm LM-1-48 (Lion, warmup + cosine) on every seed and help LM-4-16 (AdamW, constant) and
+# digits-MLP4 (Lion, linear decay).
+CASES = (("G-LM-1-48-lion-cos", "nino-ours"), ("G-LM-1-48-lion-cos", "nino-ours/rate"),
+         ("G-LM-4-16-adamw", "nino-ours"), ("G-digits-MLP4-lion-lin", "nino-ours"))
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _train(task, method: str, s: bench.Settings, seed: int, start: int, steps: int, carry=None):
+  """``steps`` steps of ``method`` from step ``start`` (from ``carry``, or its initial state): the carry and
+  the mean training loss of each chunk of at most ``s.eval_every`` steps."""
+  chunk, c0 = bench.build_chunk(task, method, s, seed)
+  c = c0 if carry is None else carry
+  losses = []
+  for st in range(start, start + steps, s.eval_every):
+    n = min(s.eval_every, start + steps - st)
+    c, tl = chunk(c, task.batch_indices(seed, st, n))
+    losses.append(float(tl))
+  return c, losses
+
+
+def scale_jump(task, method: str, s: bench.Settings, seed: int, scales=SCALES,
+               groups: bool = False) -> dict[str, Any]:
+  """The base continued from ``theta_base + a * d`` (and per group) after ``method``'s first jump."""
+  jump = s.ctx * s.interval  # the first jump's step (0-based): the default period
+  rest = jump - s.eval_every  # continue until one chunk before the next jump
+  (pb, ob), _ = _train(task, "adam", s, seed, 0, jump + 1)
+  (pj, _), _ = _train(task, method, s, seed, 0, jump + 1)
+  evaluate = jax.jit(task.evaluate)
+
+  def cont(params) -> dict[str, float]:
+    (p, _), losses = _train(task, "adam", s, seed, jump + 1, rest, carry=(_copy(params), _copy(ob)))
+    ev = jax.device_get(evaluate(p))
+    return {"train_loss_first": losses[0], "train_loss_last": losses[-1], "val_loss": float(ev["loss"]),
+            "val_metric": float(ev["metric"])}
+
+  rows = []
+  for a in scales:
+    rows.append({"what": f"a = {a:g}", "scale": a,
+                 **cont(jax.tree.map(lambda b, j, a=a: b + a * (j - b), pb, pj))})
+  if groups:
+    fb = flax.traverse_util.flatten_dict(flax.core.unfreeze(pb), sep="/")
+    fj = flax.traverse_util.flatten_dict(flax.core.unfreeze(pj), sep="/")
+    names = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in fb))
+    for g in names:
+      keys = [k for k in fb if k.rsplit("/", 1)[0] == g]
+      mixed = flax.traverse_util.unflatten_dict({k: fj[k] if k in keys else fb[k] for k in fb}, sep="/")
+      dn = float(sum(jnp.sum((fj[k] - fb[k]) ** 2) for k in keys)) ** 0.5
+      wn = float(sum(jnp.sum(fb[k] ** 2) for k in keys)) ** 0.5
+      rows.append({"what": f"only {g}", "group": g, "relative_jump": dn / max(wn, 1e-30), **cont(mixed)})
+  return {"config": task.name, "method": method, "seed": seed, "jump_step": jump + 1,
+          "continued_steps": rest, "rows": rows}
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+  lines = ["The base optimizer continued from `theta_base + a * d` after a method's first jump "
+           "(`d`: the jump; a = 0 is no jump, a = 1 the method's own), or from the jump in one parameter "
+           "group only (`|d|/|w|`: the group's jump over its weights' norm): training loss over the first "
+           "and the last chunk of the interval, and the validation loss at its end "
+           "(`python -m research.jump_scale`).", "",
+           "| configuration | method | seed | start | |d|/|w| | first chunk | last chunk | val loss | "
+           "vs a = 0 |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    ref = r["rows"][0]["val_loss"]
+    for row in r["rows"]:
+      rel = row.get("relative_jump")
+      lines.append(f"| {r['config']} | {r['method']} | {r['seed']} | {row['what']} | "
+                   f"{'' if rel is None else format(rel, '.3f')} | {row['train_loss_first']:.4f} | "
+                   f"{row['train_loss_last']:.4f} | {row['val_loss']:.4f} | {row['val_loss'] - ref:+.4f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict[str, Any]]:
+  parser = argparse.ArgumentParser(prog="python -m research.jump_scale", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--groups", default="G-LM-1-48-lion-cos",
+                      help="configurations whose jumps are also taken one parameter group at a time (on "
+                      "the first seed)")
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--out", default=os.path.join(HERE, "results"))
+  args = parser.parse_args(argv)
+  results = []
+  seeds = [int(k) for k in args.seeds.split(",")]
+  for name, method in CASES:
+    s = bench.settings_for("general", name, bench.GENERAL)
+    task = bench.make_suite_task(name, args.data_dir or bench.default_data_dir(), s)
+    for seed in seeds:
+      groups = name in args.groups.split(",") and seed == seeds[0]
+      results.append(scale_jump(task, method, s, seed, groups=groups))
+      print(f"{name} {method} seed {seed}: done", flush=True)
+  table = format_table(results)
+  with open(os.path.join(args.out, "jump_scale.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(args.out, "jump_scale.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+  return results
+
+
+if __name__ == "__main__":
+  main()
