@@ -260,10 +260,9 @@ def reproject(result: dict[str, Any], found: dict[str, dict[str, list[dict]]], s
     runs = found.get(name, {})
     if "adam" not in runs:
       continue
+    s = R.settings_for(suite, name, s0)
     costs = {m: c for m, c in methods.items() if m in runs}
-    summary = R.summarise_task(runs, R._spec_for(name, R.settings_for(suite, name, s0)),
-                               R.settings_for(suite, name, s0))
-    tasks[name] = project(costs, summary, runs)
+    tasks[name] = project(costs, R.summarise_task(runs, R._spec_for(name, s), s), runs)
   result["tasks"] = tasks
   return _write(result, out, name_out)
 
