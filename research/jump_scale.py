@@ -84,10 +84,10 @@ def scale_jump(task, method: str, s: bench.Settings, seed: int, scales=SCALES,
 def format_table(results: list[dict[str, Any]]) -> str:
   lines = ["The base optimizer continued from `theta_base + a * d` after a method's first jump "
            "(`d`: the jump; a = 0 is no jump, a = 1 the method's own), or from the jump in one parameter "
-           "group only (`|d|/|w|`: the group's jump over its weights' norm): training loss over the first "
-           "and the last chunk of the interval, and the validation loss at its end "
+           "group only (relative jump: the norm of the group's jump over its weights' norm): training loss "
+           "over the first and the last chunk of the interval, and the validation loss at its end "
            "(`python -m research.jump_scale`).", "",
-           "| configuration | method | seed | start | |d|/|w| | first chunk | last chunk | val loss | "
+           "| configuration | method | seed | start | relative jump | first chunk | last chunk | val loss | "
            "vs a = 0 |", "|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     ref = r["rows"][0]["val_loss"]
