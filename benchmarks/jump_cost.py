@@ -7,7 +7,8 @@ For each task's model and predictor, in one process and alternating (so both car
 median time of one jitted jump (the predictor's ``predict`` on a ``ctx``-state history, compiled) and of 100
 jitted training steps of the task's base optimizer at its batch size (a compiled ``lax.scan``), over
 ``--repeats`` rounds. The ratio ``jump / 100 steps`` is the result; the seconds only say where it was run.
-The graph's edges (what NiNo's cost grows with: about ``18 D^2`` flops per edge) are listed with it.
+The graph's edges (what NiNo's cost grows with: about ``7 D^2`` flops per edge on the fused weights) are
+listed with it.
 Outputs ``benchmarks/results/jump_cost.{json,md}`` (``jump_cost_quick`` with ``--quick``).
 """
 

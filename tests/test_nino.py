@@ -112,6 +112,48 @@ def _tiny_graph() -> GraphsTuple:
                      n_edge=None, globals=None)
 
 
+@pytest.mark.parametrize("layers,final_edge_update", [(3, False), (2, True), (1, False)])
+@pytest.mark.parametrize("model_kind", ["conv", "dense"])
+def test_fused_inference_equals_the_network(layers, final_edge_update, model_kind):
+  """``fused_apply`` on ``fuse_weights`` (what ``nino()`` jumps with) gives ``NiNoGNN``'s own output for
+  horizon ``k``, on a conv graph (9 slots) and a Dense one (its 5-column edge input, the other 40 zeros),
+  with a node that sends an edge and receives none, every bias nonzero and the final edge update on or off."""
+  from optax_nowcast import graphs
+  from optax_nowcast.predictors.nino import fuse_weights, fused_apply
+
+  rng = np.random.default_rng(0)
+  if model_kind == "conv":
+    template = {"params": {"Conv_0": {"kernel": np.zeros((3, 3, 2, 4)), "bias": np.zeros(4)},
+                           "Dense_0": {"kernel": np.zeros((4, 3)), "bias": np.zeros(3)}}}
+  else:
+    template = {"params": {"Dense_0": {"kernel": np.zeros((6, 5)), "bias": np.zeros(5)},
+                           "Dense_1": {"kernel": np.zeros((5, 3)), "bias": np.zeros(3)}}}
+  g = graphs.neural_graph(template)
+  model = NiNoGNN(hidden=16, layers=layers, horizons=7, final_edge_update=final_edge_update)
+  # One more node, sending an edge to node 0 and receiving none (its mean message is 0).
+  senders, receivers = np.append(g.senders, g.num_nodes), np.append(g.receivers, 0)
+  types, n_edges = np.append(g.edge_type, 1), g.num_edges + 1
+  narrow = rng.normal(size=(n_edges, g.num_slots * model.ctx)).astype(np.float32)
+  wide = np.pad(narrow, ((0, 0), (0, model.slots * model.ctx - narrow.shape[1])))
+  nodes = rng.normal(size=(g.num_nodes + 1, 8)).astype(np.float32)
+  gt = lambda x: GraphsTuple(  # noqa: E731
+      nodes=jnp.asarray(nodes), edges={"x": jnp.asarray(x), "type": jnp.asarray(types)},
+      senders=jnp.asarray(senders), receivers=jnp.asarray(receivers), n_node=None, n_edge=None,
+      globals=None)
+  params = model.init(jax.random.PRNGKey(0), gt(wide))
+  params = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.normal(size=a.shape), a.dtype), params)
+  fused = fuse_weights(model, params)
+  for k in (1, 4, 7):
+    with jax.default_matmul_precision("highest"):
+      want = np.asarray(model.apply(params, gt(wide), jnp.int32(k)))
+      got = jax.jit(lambda f, x, k: fused_apply(f, gt(x), k, layers=layers, slots=model.slots,
+                                                horizons=model.horizons))(fused, narrow, jnp.int32(k))
+    assert got.shape == want.shape == (n_edges, model.slots)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  with pytest.raises(ValueError, match="only the DMS head"):
+    fuse_weights(NiNoGNN(hidden=16, layers=2, head="gru"), params)
+
+
 @pytest.mark.parametrize("head", ["lstm", "gru"])
 def test_recurrent_heads_give_every_horizon(head):
   model = NiNoGNN(hidden=16, layers=2, horizons=6, head=head)

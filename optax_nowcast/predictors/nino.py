@@ -28,7 +28,9 @@ Network (``D = 128``, ``M = 3``, SiLU), for an edge ``u -> v``:
 ``nino(weights=...)`` loads the official checkpoint (``.pt``, read with ``weights_only=True`` if torch is
 installed, or its ``.npz`` conversion) and returns a :class:`Predictor` for :func:`optax_nowcast.nowcast`.
 The graph, its LPE and the index maps are built once at ``init`` (host numpy), and the whole prediction is
-one jitted function of the history with those as constants.
+one jitted function of the history with those as constants. A jump runs the network on weights fused once
+at construction (:func:`fuse_weights`, :func:`fused_apply`): the same outputs with about a third of the
+per-edge arithmetic.
 
 Example (NiNo's schedule: states every 200 steps, a jump every 1,000 steps, k-decay from 40)::
 
@@ -226,6 +228,109 @@ class NiNoGNN(nn.Module):
     return rec
 
 
+# ------------------------------------------------------------------------------------ fused inference
+
+def fuse_weights(model: NiNoGNN, variables: Mapping[str, Any]) -> dict[str, Any]:
+  """:class:`NiNoGNN`'s weights rearranged for :func:`fused_apply` (host numpy, float64 products, float32).
+
+  Inference needs per edge only what reaches the output: the edges ``e_i`` after each edge update and,
+  from message passing, the ``U`` layers whose node states feed an edge update (``U = M - 1``: the last
+  layer's node states never reach the edges). Every per-edge linear map of ``e_i`` follows another one
+  with no activation between them, so their products are taken once here. With ``u_0 = x`` (the edge's
+  input, ``e_0 = u_0 P_0 + b_0[type]``: the projection and the type embedding),
+  ``u_{i+1} = \\operatorname{SiLU}(e_i L_e + (h L_s)_u + (h L_t)_v)`` and
+  ``e_{i+1} = u_{i+1} P_{i+1} + b_{i+1}``:
+
+  .. math::
+
+    [\\gamma_i \\,|\\, e_i L_e] = u_i P_i [G_i \\,|\\, L_{e,i}] + \\dots, \\qquad
+    \\operatorname{mean}_{u \\to v} \\beta_i = (\\operatorname{mean}_{u \\to v} u_i)\\, P_i B_i + \\dots,
+
+  the FiLM bias ``beta`` averaged before its map (the mean of an affine map is the map of the mean), and the
+  head's first layer ``e_U W_0 = u_U (P_U W_0)``. Per edge this leaves ``D x 2D`` (layers after the first),
+  ``D x D`` (the head) and the input's ``45 x 2D``: about ``7 D^2`` flops instead of ``19 D^2``. The result
+  equals :meth:`NiNoGNN.__call__` with ``k`` up to float rounding (``tests/test_nino.py``).
+  """
+  if model.head != "mlp":
+    raise ValueError(f"fuse_weights: only the DMS head ('mlp') is fused, got head={model.head!r}.")
+  p = variables["params"]
+  d = model.hidden
+  n_upd = model.layers if model.final_edge_update else model.layers - 1
+
+  def dense(name):
+    return np.asarray(p[name]["kernel"], np.float64), np.asarray(p[name]["bias"], np.float64)
+
+  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  w_in, b_in = dense("edge_proj")
+  b_in = b_in + np.asarray(p["layer_embed"]["embedding"], np.float64)  # (types, D): a bias per edge type
+  layers = []
+  for i in range(n_upd):
+    w_enc, b_enc = dense(f"conv{i}_edge_encoder")
+    w_e, b_e = dense(f"edge_update{i}_lin_e")
+    w_ge, b_ge = np.concatenate([w_enc[:, :d], w_e], 1), np.concatenate([b_enc[:d], b_e])
+    w_pre, b_pre = dense(f"conv{i}_pre")
+    layers.append({
+        "edge": (f32(w_in @ w_ge), f32(b_in @ w_ge + b_ge)),  # -> [gamma | e L_e]
+        "beta": (f32(w_in @ w_enc[:, d:]), f32(b_in @ w_enc[:, d:] + b_enc[d:])),
+        "pre": (f32(w_pre[:d]), f32(w_pre[d:]), f32(b_pre)),
+        "post": tuple(map(f32, dense(f"conv{i}_post"))), "lin": tuple(map(f32, dense(f"conv{i}_lin"))),
+        "lin_s": tuple(map(f32, dense(f"edge_update{i}_lin_s"))),
+        "lin_t": tuple(map(f32, dense(f"edge_update{i}_lin_t")))})
+    w_in, b_in = dense(f"edge_update{i}_lin1")
+  w0, b0 = dense("edge_out0")
+  return {"node_proj": tuple(map(f32, dense("node_proj"))), "layers": layers,
+          "out0": (f32(w_in @ w0), f32(b_in @ w0 + b0)), "out2": tuple(map(f32, dense("edge_out2")))}
+
+
+def fused_apply(fused: Mapping[str, Any], g: GraphsTuple, k: jax.Array, *, layers: int, slots: int,
+                horizons: int) -> jax.Array:
+  """``(E, slots)``: :class:`NiNoGNN`'s output for horizon ``k`` from :func:`fuse_weights`' arrays.
+
+  ``g.edges["x"]`` may have fewer columns than the model's ``slots * ctx`` (the graph's own slots: the
+  rest would be zeros).
+  """
+  s, r = g.senders, g.receivers
+  n = g.nodes.shape[0]
+  types = g.edges["type"]
+  count = jax.ops.segment_sum(jnp.ones(r.shape, jnp.float32), r, n)
+  inv = (1.0 / jnp.maximum(count, 1.0))[:, None]
+
+  def mean(v):  # over each node's incoming edges (0 for a node with none, as segment_mean)
+    return jax.ops.segment_sum(v, r, n) * inv
+
+  # The edge input may be narrower than the model's (a graph with fewer slots: 5 of 45 columns for
+  # Dense-only models); the missing columns are zeros, so the first layer's rows for them drop out.
+  def affine(u, w, b):  # a bias per edge type (the first layer's) or one for all
+    return u @ w[: u.shape[-1]] + (b[types] if b.ndim == 2 else b)
+
+  def mean_affine(u, w, b):
+    if b.ndim == 2:
+      return mean(u) @ w[: u.shape[-1]] + mean(jax.nn.one_hot(types, b.shape[0], dtype=u.dtype)) @ b
+    return mean(u) @ w + jnp.where(count > 0, 1.0, 0.0)[:, None] * b
+
+  w, b = fused["node_proj"]
+  h = g.nodes @ w + b
+  u = g.edges["x"]
+  d = h.shape[-1]
+  for i, lay in enumerate(fused["layers"]):
+    ge = affine(u, *lay["edge"])
+    gamma, le = ge[:, :d], ge[:, d:]
+    w_v, w_u, b_pre = lay["pre"]
+    pre = (h @ w_v)[r] + (h @ w_u)[s] + b_pre
+    agg = mean(gamma * pre) + mean_affine(u, *lay["beta"])
+    (wp, bp), (wl, bl) = lay["post"], lay["lin"]
+    out = (jnp.concatenate([h, agg], axis=-1) @ wp + bp) @ wl + bl
+    h = nn.silu(out) if i < layers - 1 else out
+    (ws, bs), (wt, bt) = lay["lin_s"], lay["lin_t"]
+    u = nn.silu(le + (h @ ws + bs)[s] + (h @ wt + bt)[r])
+  y = nn.silu(affine(u, *fused["out0"]))
+  kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, horizons) - 1
+  w2, b2 = fused["out2"]
+  w2 = jax.lax.dynamic_index_in_dim(w2.reshape(-1, slots, horizons), kk, 2, False)
+  b2 = jax.lax.dynamic_index_in_dim(b2.reshape(slots, horizons), kk, 1, False)
+  return y @ w2 + b2
+
+
 # ------------------------------------------------------------------------------------ official weights
 
 _OFFICIAL = {  # our module name -> official state_dict prefix
@@ -365,11 +470,11 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
       the rest, and ``init`` warns once naming them. Default: ``init`` raises naming them.
     max_fan_in: leave the weight tensors whose neurons receive more than this many of their edges (a
       Dense ``(in, out)`` kernel: ``in``; a 784-pixel input layer) to ``fallback``, which is then required.
-      A jump costs about ``18 D^2`` flops per edge of the graph (``D = 128``: nine ``D x D`` products per
-      edge, 0.3 MFLOP), so on a 784-256-128-10 MLP the input layer's 200,704 edges are 85 % of the work;
-      without them the graph network runs on the other 34,000 (their neurons keep their other edges;
-      input neurons left with none are dropped from the graph). Default: NiNo predicts every tensor of
-      the graph.
+      A jump's work grows with the edges of the graph (``fuse_weights``: about ``7 D^2`` flops and ten
+      passes over ``(E, D)`` arrays per edge, ``D = 128``), so on a 784-256-128-10 MLP the input layer's
+      200,704 edges are 85 % of it; without them the graph network runs on the other 34,000 (their neurons
+      keep their other edges; input neurons left with none are dropped from the graph). Default: NiNo
+      predicts every tensor of the graph.
     fallback_horizon: the most intervals ahead the fallback predicts (it is asked for ``min(k,
       fallback_horizon)``): NiNo is called with horizons up to 40 intervals (k-decay), far beyond where a
       line fit through 5 states is sound (``linefit_plus`` is run at 5 on its own). Default: NiNo's ``k``.
@@ -419,6 +524,13 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   model = NiNoGNN(**config)
   ctx = model.ctx
   cache: dict[Any, tuple[Any, Any]] = {}
+  # Inference runs on the fused weights (``fuse_weights``: the same outputs, a third of the per-edge work).
+  fused = fuse_weights(model, model_params) if model.head == "mlp" else None
+
+  def gnn(w, gt: GraphsTuple, k) -> jax.Array:
+    if fused is None:
+      return model.apply(w, gt, k)
+    return fused_apply(w, gt, k, layers=model.layers, slots=model.slots, horizons=model.horizons)
 
   def features(g):
     return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
@@ -491,7 +603,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
       gt = GraphsTuple(nodes=nodes, edges={"x": x[edges] * real[:, None].astype(x.dtype), "type": types},
                        senders=snd, receivers=rcv, n_node=jnp.asarray([sub.num_nodes]),
                        n_edge=jnp.asarray([edges.shape[0]]), globals=None)
-      return model.apply(w, gt, k)
+      return gnn(w, gt, k)
 
     types = np.where(sub.real_mask, full_types[sub.edges], 0).astype(np.int32)
     parts = jax.lax.optimization_barrier(
@@ -517,16 +629,18 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     scaled, mu, sigma = scale_history(in_graph)
     it = iter(scaled)
     x = g.gather([next(it) if i else h for h, i in zip(leaves, inside, strict=True)],  # gather skips them
-                 width=model.slots * ctx)
+                 width=None if fused is not None else model.slots * ctx)
+    n_slots = x.shape[1] // ctx
     # The weights and the graph are constants of the compiled step; behind an optimization barrier, XLA
     # does not constant-fold what depends on them alone (the edge-type embedding, the node projections:
     # (E, hidden) arrays baked into the executable, and minutes of compile time on GPU for a large graph).
-    w = jax.lax.optimization_barrier(model_params)
+    w = jax.lax.optimization_barrier(model_params if fused is None else fused)
     if sub is None:
-      delta = model.apply(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)), k)  # (E, slots)
+      delta = gnn(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)), k)  # (E, slots)
     else:
       delta = run_parts(sub, g.edge_type, feat, x, k, w)
-    last = x.reshape(g.num_edges, model.slots, ctx)[:, :, -1]
+    last = x.reshape(g.num_edges, n_slots, ctx)[:, :, -1]
+    delta = delta[:, :n_slots]
     pred_scaled = [p for p in g.scatter(last + delta) if p is not None]
     ours = iter([(p * s + m).astype(h.dtype) for p, s, m, h in zip(pred_scaled, sigma, mu, in_graph,
                                                                        strict=True)])
@@ -541,4 +655,5 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   return Predictor(init=init, predict=full_precision(predict), name="nino", min_ctx=ctx)
 
 
-__all__ = ["NiNoGNN", "load_official_weights", "make_graphs_tuple", "nino", "nino_template", "scale_history"]
+__all__ = ["NiNoGNN", "fuse_weights", "fused_apply", "load_official_weights", "make_graphs_tuple", "nino",
+           "nino_template", "scale_history"]
