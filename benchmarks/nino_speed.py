@@ -5,8 +5,9 @@
 For the FM/16 and C10/32 CNNs (and the LM-3-64 transformer) it builds the neural graph, runs the jitted
 ``predict`` of ``predictors.nino`` on a 5-state history (scaling, edge features, the GNN, the scatter back
 and the unscaling: everything a jump needs) and reports the median wall time. The official model's times on
-this kind of CPU (METHODS.md: one thread, PyTorch) are 18-21 ms for FM/16 and ~60 ms for C10/32.
-Writes ``benchmarks/results/nino_speed.{json,md}``.
+this kind of CPU (METHODS.md: one thread, PyTorch) are 18-21 ms for FM/16 and ~60 ms for C10/32. The
+graph network alone is also timed as written (``NiNoGNN.apply``) and on the fused weights a jump uses
+(``fuse_weights``), alternating in one process. Writes ``benchmarks/results/nino_speed.{json,md}``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.run import REPO, default_nino_weights, write_results
+from optax_nowcast.graphs import neural_graph
 from optax_nowcast.predictors import nino
+from optax_nowcast.predictors.nino import (
+  NiNoGNN,
+  fuse_weights,
+  fused_apply,
+  load_official_weights,
+  make_graphs_tuple,
+)
 from optax_nowcast.tasks import CNN, GPT
 
 OFFICIAL_MS = {"FM-16": "18-21", "C10-32": "~60"}
@@ -44,11 +53,39 @@ def time_prediction(params, weights: str, repeats: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(history, times, jnp.int32(1 + i % 40), ()))
     ms.append(1e3 * (time.perf_counter() - t0))
-  from optax_nowcast.graphs import neural_graph
   g = neural_graph(params)
   return {"params": int(sum(x.size for x in jax.tree.leaves(params))), "nodes": g.num_nodes,
           "edges": g.num_edges, "median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)),
           "graph_build_s": build_s, "compile_s": compile_s, "repeats": repeats}
+
+
+def time_gnn(params, weights: str, repeats: int) -> dict:
+  """The graph network alone, as written (``NiNoGNN.apply`` at one horizon) and on the fused weights that
+  ``nino()`` jumps with (``fused_apply``), alternating in one process on the same edge features."""
+  variables, cfg = load_official_weights(weights)
+  model = NiNoGNN(**{k: v for k, v in cfg.items() if k != "lpe"})
+  fused = fuse_weights(model, variables)
+  g = neural_graph(params)
+  rng = np.random.default_rng(0)
+  narrow = jnp.asarray(rng.normal(size=(g.num_edges, g.num_slots * model.ctx)), jnp.float32)
+  wide = jnp.pad(narrow, ((0, 0), (0, model.slots * model.ctx - narrow.shape[1])))
+  feat = jnp.asarray(rng.normal(size=(g.num_nodes, cfg["lpe"])), jnp.float32)
+  # The graph behind an optimization barrier, as in ``nino()`` (XLA would otherwise fold the (E, D) arrays
+  # that depend on the graph alone into constants of the executable).
+  graph = lambda x: jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat))  # noqa: E731
+  as_written = jax.jit(lambda w, x, k: model.apply(w, graph(x), k))
+  on_fused = jax.jit(lambda w, x, k: fused_apply(w, graph(x), k, layers=model.layers, slots=model.slots,
+                                                   horizons=model.horizons))
+  runs = {"as_written": (as_written, variables, wide), "fused": (on_fused, fused, narrow)}
+  ms: dict[str, list[float]] = {name: [] for name in runs}
+  for fn, w, x in runs.values():  # compile
+    jax.block_until_ready(fn(w, x, jnp.int32(5)))
+  for i in range(repeats):
+    for name, (fn, w, x) in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(w, x, jnp.int32(1 + i % 40)))
+      ms[name].append(1e3 * (time.perf_counter() - t0))
+  return {f"gnn_{name}_ms": float(np.median(v)) for name, v in ms.items()}
 
 
 def _x(v):
@@ -74,10 +111,11 @@ def main(argv=None):
   if args.quick:
     models = {"FM-16": models["FM-16"]}
   repeats = 5 if args.quick else args.repeats
-  rows = {name: time_prediction(p, args.weights, repeats) for name, p in models.items()}
+  rows = {name: {**time_prediction(p, args.weights, repeats), **time_gnn(p, args.weights, repeats)}
+          for name, p in models.items()}
   lines = ["| model | params | nodes | edges | ours: median ms (min) | official PyTorch (METHODS.md) "
-           "| speed-up | compile (s) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| speed-up | compile (s) | graph network as written / fused (ms, side by side) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for name, r in rows.items():
     off = OFFICIAL_MS.get(name)
     ref = {"18-21": 18.0, "~60": 60.0}.get(off)  # the low end of the official figure
@@ -85,7 +123,9 @@ def main(argv=None):
     r["speedup_vs_official_low"] = ref / r["median_ms"] if ref else None
     lines.append(f"| {name} | {r['params']:,} | {r['nodes']} | {r['edges']:,} | {r['median_ms']:.2f} "
                  f"({r['min_ms']:.2f}) | {off or '—'} | "
-                 f"{_x(r['speedup_vs_official_low'])} | {r['compile_s']:.1f} |")
+                 f"{_x(r['speedup_vs_official_low'])} | {r['compile_s']:.1f} | "
+                 f"{r['gnn_as_written_ms']:.2f} / {r['gnn_fused_ms']:.2f} "
+                 f"({r['gnn_as_written_ms'] / r['gnn_fused_ms']:.1f}x) |")
   table = "\n".join(lines)
   if not args.quick:
     write_results(args.out, "nino_speed",
