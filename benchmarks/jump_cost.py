@@ -7,6 +7,9 @@ For each task's model and predictor, in one process and alternating (so both car
 median time of one jitted jump (the predictor's ``predict`` on a ``ctx``-state history, compiled) and of 100
 jitted training steps of the task's base optimizer at its batch size (a compiled ``lax.scan``), over
 ``--repeats`` rounds. The ratio ``jump / 100 steps`` is the result; the seconds only say where it was run.
+Where the time of a NiNo jump goes: the shipped network alone on the same graph (``fused_apply``, edge
+features given) is timed in the same rounds; the rest of the jump is the per-tensor scaling, gathering the
+edge features from the history and scattering the prediction back.
 The graph's edges (what NiNo's cost grows with: about ``7 D^2`` flops per edge on the fused weights) are
 listed with it.
 Outputs ``benchmarks/results/jump_cost.{json,md}`` (``jump_cost_quick`` with ``--quick``).
@@ -28,6 +31,15 @@ import jax.numpy as jnp
 import optax
 
 import optax_nowcast as onc
+from optax_nowcast import weights_io
+from optax_nowcast.predictors.nino import (
+  NiNoGNN,
+  fuse_weights,
+  fused_apply,
+  load_official_weights,
+  make_graphs_tuple,
+  nino_template,
+)
 from optax_nowcast.tasks import make_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,43 +91,66 @@ def measure(task_name: str, data_dir: str | None, repeats: int, ctx: int = 5) ->
     f = jax.jit(lambda h, s, pred=pred: pred.predict(h, times, jnp.int32(10), s))
     jumps[name] = (lambda f=f, pstate=pstate: f(history, pstate))
     jax.block_until_ready(jumps[name]())  # compile
+  graphs = {n: _graph(n, params) for n in jumps}
+  networks = {n: _network_only(g) for n, g in graphs.items() if g is not None}
+  for fn in networks.values():
+    jax.block_until_ready(fn())  # compile
   jax.block_until_ready(run_100())
-  base, per = [], {n: [] for n in jumps}
+  base, per, net = [], {n: [] for n in jumps}, {n: [] for n in networks}
   for _ in range(repeats):
     base.append(_seconds(run_100))
     for n, fn in jumps.items():
       per[n].append(_seconds(fn))
+      if n in networks:
+        net[n].append(_seconds(networks[n]))
   t100 = statistics.median(base)
   rows = []
   for n in jumps:
-    g = _graph_edges(n, params)
+    g = graphs[n]
     t = statistics.median(per[n])
     rows.append({"task": task_name, "predictor": n, "params": sum(x.size for x in jax.tree.leaves(params)),
-                 "graph_edges": g, "jump_s": t, "steps100_s": t100, "ratio": t / t100})
+                 "graph_edges": None if g is None else g.num_edges, "jump_s": t,
+                 "network_s": statistics.median(net[n]) if n in net else None, "steps100_s": t100,
+                 "ratio": t / t100})
   return rows
 
 
-def _graph_edges(name: str, params) -> int | None:
-  """Edges NiNo runs on (the graph without the tensors ``max_fan_in`` leaves to the fallback)."""
+def _graph(name: str, params) -> onc.graphs.NeuralGraph | None:
+  """The graph NiNo runs on (without the tensors ``max_fan_in`` leaves to the fallback); None: no NiNo."""
   if name not in GRAPH_FAN_IN:
     return None
   g = onc.graphs.neural_graph(params)
   if fan := GRAPH_FAN_IN[name]:
     g = g.without([i for i in g.leaf_groups() if g.fan_in(i) > fan])
-  return g.num_edges
+  return g
+
+
+def _network_only(g: onc.graphs.NeuralGraph) -> Callable[[], Any]:
+  """The shipped NiNo's graph network alone on ``g`` (fused weights, one horizon), as a jump runs it."""
+  variables, cfg = weights_io.resolve(None, None, None, load_official_weights, nino_template, "",
+                                      default="nino")
+  model = NiNoGNN(**{k: v for k, v in cfg.items() if k not in ("lpe", "node_features")})
+  fused = jax.device_put(fuse_weights(model, variables))
+  x = jax.random.normal(jax.random.PRNGKey(3), (g.num_edges, g.num_slots * model.ctx))
+  feat = jnp.zeros((g.num_nodes, cfg["lpe"]))
+  fn = jax.jit(lambda w, x: fused_apply(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)),
+                                        jnp.int32(10), layers=model.layers, slots=model.slots,
+                                        horizons=model.horizons))
+  return lambda: fn(fused, x)
 
 
 def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
   lines = [f"One jump against 100 training steps of the task's base optimizer at its batch size, measured "
            f"alternately in one process ({meta['repeats']} rounds, medians; {meta['machine']}, "
            f"{meta['devices']}). Ratio < 1: a jump costs less than 100 steps.", "",
-           "| task | parameters | predictor | graph edges | one jump (s) | 100 steps (s) | jump / 100 steps"
-           " |",
-           "|---|---|---|---|---|---|---|"]
+           "| task | parameters | predictor | graph edges | one jump (s) | of which the graph network (s) "
+           "| 100 steps (s) | jump / 100 steps |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     edges = "—" if r["graph_edges"] is None else f"{r['graph_edges']:,}"
+    network = "—" if r.get("network_s") is None else f"{r['network_s']:.3f}"
     lines.append(f"| {r['task']} | {r['params']:,} | {r['predictor']} | {edges} | {r['jump_s']:.3f} | "
-                 f"{r['steps100_s']:.3f} | {r['ratio']:.2f} |")
+                 f"{network} | {r['steps100_s']:.3f} | {r['ratio']:.2f} |")
   return "\n".join(lines) + "\n"
 
 
