@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import jax.numpy as jnp
+
 import optax_nowcast as onc
 from benchmarks import run as bench
 
@@ -91,6 +93,39 @@ def _nino_ours_k(max_k: int, rate_clock: bool) -> bench.Method:
                               trace=True)
 
 
+def _wnn_plus_on_kernels() -> onc.Predictor:
+  """The shipped WNN+ on a list of Dense kernels (what ``nino(max_fan_in=...)`` hands its fallback: the
+  leaves without their names): each read as a one-layer model's kernel, for WNN+'s edge types."""
+  inner = onc.predictors.wnn_plus()
+
+  def tree(leaves):
+    return {"params": {f"Dense_{i}": {"kernel": x} for i, x in enumerate(leaves)}}
+
+  def init(leaves):
+    if any(jnp.ndim(x) != 2 for x in leaves):
+      raise ValueError("_wnn_plus_on_kernels: only Dense kernels (2-D) are read as a one-layer model.")
+    return tuple(inner.init(tree([x])) for x in leaves)
+
+  def predict(history, times, k, state):
+    out = [inner.predict(tree([h]), times, k, s)[0]["params"]["Dense_0"]["kernel"]
+           for h, s in zip(history, state, strict=True)]
+    return out, state
+
+  return onc.Predictor(init=init, predict=predict, name="wnn_plus_on_kernels", min_ctx=inner.min_ctx)
+
+
+def _nino_fan256_wnn() -> bench.Method:
+  """The shipped NiNo with the tensors of fan-in over 256 left to the shipped WNN+ (a learned per-weight
+  predictor trained to 40 intervals ahead) instead of linefit+ at 5: what the cheap fallback of a wide
+  input layer loses against NiNo on the whole graph."""
+  def predictor(**kw):
+    return onc.predictors.nino(fallback=_wnn_plus_on_kernels(), max_fan_in=256, **kw)
+  return bench.nowcast_method(predictor,
+                              "nino-ours, tensors of fan-in > 256 left to our WNN+ (k-decay from 40)",
+                              nino_horizon=True, weights=lambda: onc.weights_io.shipped_path("nino"),
+                              trace=True)
+
+
 # A shorter NiNo horizon on top of a base at its best learning rate (the generalization suite's tuned view).
 SHORT_HORIZON = {f"nino-ours+k{k}{clock}": (k, bool(clock)) for k in (10, 20) for clock in ("", "/rate")}
 
@@ -105,6 +140,8 @@ def register_all() -> None:
   for m, (k, rate_clock) in SHORT_HORIZON.items():
     if m not in bench.METHODS:
       bench.register(m, _nino_ours_k(k, rate_clock))
+  if "nino-ours+fan256w" not in bench.METHODS:
+    bench.register("nino-ours+fan256w", _nino_fan256_wnn())
 
 
 register_all()

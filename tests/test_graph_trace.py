@@ -340,6 +340,10 @@ def test_max_fan_in_leaves_wide_layers_to_the_fallback():
   no_bias = {"params": {"Dense_0": {"kernel": jnp.ones((4, 3))}, "Dense_1": {"kernel": jnp.ones((3, 2))}}}
   with pytest.raises(ValueError, match="max_fan_in=2 left every tensor"):
     onc.predictors.nino(fallback=fallback, max_fan_in=2).init(no_bias)
+  # WNN+ reads edge types from a model's named tree, and the fallback gets the leaves as a list.
+  with pytest.raises(ValueError, match=r"fallback 'wnn_plus' cannot predict .*params/Dense_0/kernel.*"
+                                       r"linefit_plus"):
+    onc.predictors.nino(fallback=onc.predictors.wnn_plus(), max_fan_in=8).init(params)
 
 
 def test_nino_argument_errors():

@@ -592,8 +592,14 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = (g, extra)
     if not g.uncovered:
       return ()
-    return fallback.init([x for x, pos in zip(jax.tree.leaves(params), g.positions, strict=True)
-                          if pos is None])
+    try:
+      return fallback.init([x for x, pos in zip(jax.tree.leaves(params), g.positions, strict=True)
+                            if pos is None])
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"nino: fallback {fallback.name!r} cannot predict the parameters outside the graph "
+                       f"({', '.join(g.uncovered)}), which it is given as a list of arrays without their "
+                       f"names: {e} Use a predictor that works on each array alone, such as "
+                       "predictors.linefit_plus().") from e
 
   def run_parts(sub: graphs_lib.SubGraphs, full_types: np.ndarray, feat: np.ndarray, x: jax.Array,
                 k, w: Any) -> jax.Array:

@@ -64,3 +64,24 @@ def test_short_horizon_variants_differ_from_nino_ours_only_in_k(tmp_path, monkey
   assert runs["nino-ours+k10"]["final_full_val_loss"] != runs["nino-ours"]["final_full_val_loss"]
   assert set(variants.SHORT_HORIZON) == {"nino-ours+k10", "nino-ours+k20", "nino-ours+k10/rate",
                                          "nino-ours+k20/rate"}
+
+
+def test_wnn_plus_on_kernels_is_wnn_plus_on_a_one_layer_model():
+  """``nino-ours+fan256w``'s fallback: WNN+ on a bare kernel predicts what WNN+ does on a model holding
+  only that kernel; other shapes are refused at init."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import optax_nowcast as onc
+
+  hist = jax.random.normal(jax.random.PRNGKey(0), (5, 12, 4)) + jnp.arange(5.0)[:, None, None]
+  pred = variants._wnn_plus_on_kernels()
+  out, _ = pred.predict([hist], jnp.arange(5.0), jnp.int32(7), pred.init([hist[0]]))
+  ref = onc.predictors.wnn_plus()
+  tree = {"params": {"Dense_0": {"kernel": hist}}}
+  want, _ = ref.predict(tree, jnp.arange(5.0), jnp.int32(7), ref.init(jax.tree.map(lambda h: h[0], tree)))
+  np.testing.assert_array_equal(out[0], want["params"]["Dense_0"]["kernel"])
+  assert not np.allclose(out[0], hist[-1])
+  with pytest.raises(ValueError, match="only Dense kernels"):
+    pred.init([jnp.zeros(3)])
