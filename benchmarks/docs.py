@@ -80,7 +80,7 @@ PAGES = {
         ["overhead.md", "overhead.png", "memory_sweep.md", "memory_sweep.png", "memory.md", "chunk_speed.md",
          "nino_speed.md", "jump_cost.md"],
         "python -m benchmarks.overhead; python -m benchmarks.memory --sweep; python -m benchmarks.memory; "
-        "python -m benchmarks.chunk_speed; python -m benchmarks.jump_cost"),
+        "python -m benchmarks.chunk_speed; python -m benchmarks.nino_speed; python -m benchmarks.jump_cost"),
     "demo": (
         "The demo (sklearn digits)",
         "`python -m optax_nowcast demo`: Adam vs Adam + nowcast(linefit) on sklearn's digits, 3 seeds.",

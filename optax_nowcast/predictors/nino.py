@@ -28,9 +28,9 @@ Network (``D = 128``, ``M = 3``, SiLU), for an edge ``u -> v``:
 ``nino(weights=...)`` loads the official checkpoint (``.pt``, read with ``weights_only=True`` if torch is
 installed, or its ``.npz`` conversion) and returns a :class:`Predictor` for :func:`optax_nowcast.nowcast`.
 The graph, its LPE and the index maps are built once at ``init`` (host numpy), and the whole prediction is
-one jitted function of the history with those as constants. A jump runs the network on weights fused once
-at construction (:func:`fuse_weights`, :func:`fused_apply`): the same outputs with about a third of the
-per-edge arithmetic.
+one jitted function of the history with those as constants. A jump runs the network on fused weights
+(:func:`fuse_weights`, :func:`fused_apply`): the same outputs with about a third of the per-edge
+arithmetic.
 
 Example (NiNo's schedule: states every 200 steps, a jump every 1,000 steps, k-decay from 40)::
 
@@ -231,7 +231,7 @@ class NiNoGNN(nn.Module):
 # ------------------------------------------------------------------------------------ fused inference
 
 def fuse_weights(model: NiNoGNN, variables: Mapping[str, Any]) -> dict[str, Any]:
-  """:class:`NiNoGNN`'s weights rearranged for :func:`fused_apply` (host numpy, float64 products, float32).
+  """:class:`NiNoGNN`'s weights rearranged for :func:`fused_apply` (float32, products at full precision).
 
   Inference needs per edge only what reaches the output: the edges ``e_i`` after each edge update and,
   from message passing, the ``U`` layers whose node states feed an edge update (``U = M - 1``: the last
@@ -249,7 +249,10 @@ def fuse_weights(model: NiNoGNN, variables: Mapping[str, Any]) -> dict[str, Any]
   the FiLM bias ``beta`` averaged before its map (the mean of an affine map is the map of the mean), and the
   head's first layer ``e_U W_0 = u_U (P_U W_0)``. Per edge this leaves ``D x 2D`` (layers after the first),
   ``D x D`` (the head) and the input's ``45 x 2D``: about ``7 D^2`` flops instead of ``19 D^2``. The result
-  equals :meth:`NiNoGNN.__call__` with ``k`` up to float rounding (``tests/test_nino.py``).
+  equals :meth:`NiNoGNN.__call__` with ``k`` up to float rounding (``tests/test_nino.py``). Pure ``jnp``:
+  ``nino()`` runs it inside each jitted jump on the weights behind an optimization barrier (a few
+  ``D x 2D`` products, nothing next to the edges' work), so it works wherever the weights come from, traced
+  ones included.
   """
   if model.head != "mlp":
     raise ValueError(f"fuse_weights: only the DMS head ('mlp') is fused, got head={model.head!r}.")
@@ -258,28 +261,29 @@ def fuse_weights(model: NiNoGNN, variables: Mapping[str, Any]) -> dict[str, Any]
   n_upd = model.layers if model.final_edge_update else model.layers - 1
 
   def dense(name):
-    return np.asarray(p[name]["kernel"], np.float64), np.asarray(p[name]["bias"], np.float64)
+    return jnp.asarray(p[name]["kernel"], jnp.float32), jnp.asarray(p[name]["bias"], jnp.float32)
 
-  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  def mm(a, b):  # full float32 products on any backend (TPU and GPU default to bf16 passes)
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
   w_in, b_in = dense("edge_proj")
-  b_in = b_in + np.asarray(p["layer_embed"]["embedding"], np.float64)  # (types, D): a bias per edge type
+  b_in = b_in + jnp.asarray(p["layer_embed"]["embedding"], jnp.float32)  # (types, D): a bias per edge type
   layers = []
   for i in range(n_upd):
     w_enc, b_enc = dense(f"conv{i}_edge_encoder")
     w_e, b_e = dense(f"edge_update{i}_lin_e")
-    w_ge, b_ge = np.concatenate([w_enc[:, :d], w_e], 1), np.concatenate([b_enc[:d], b_e])
+    w_ge, b_ge = jnp.concatenate([w_enc[:, :d], w_e], 1), jnp.concatenate([b_enc[:d], b_e])
     w_pre, b_pre = dense(f"conv{i}_pre")
     layers.append({
-        "edge": (f32(w_in @ w_ge), f32(b_in @ w_ge + b_ge)),  # -> [gamma | e L_e]
-        "beta": (f32(w_in @ w_enc[:, d:]), f32(b_in @ w_enc[:, d:] + b_enc[d:])),
-        "pre": (f32(w_pre[:d]), f32(w_pre[d:]), f32(b_pre)),
-        "post": tuple(map(f32, dense(f"conv{i}_post"))), "lin": tuple(map(f32, dense(f"conv{i}_lin"))),
-        "lin_s": tuple(map(f32, dense(f"edge_update{i}_lin_s"))),
-        "lin_t": tuple(map(f32, dense(f"edge_update{i}_lin_t")))})
+        "edge": (mm(w_in, w_ge), mm(b_in, w_ge) + b_ge),  # -> [gamma | e L_e]
+        "beta": (mm(w_in, w_enc[:, d:]), mm(b_in, w_enc[:, d:]) + b_enc[d:]),
+        "pre": (w_pre[:d], w_pre[d:], b_pre),
+        "post": dense(f"conv{i}_post"), "lin": dense(f"conv{i}_lin"),
+        "lin_s": dense(f"edge_update{i}_lin_s"), "lin_t": dense(f"edge_update{i}_lin_t")})
     w_in, b_in = dense(f"edge_update{i}_lin1")
   w0, b0 = dense("edge_out0")
-  return {"node_proj": tuple(map(f32, dense("node_proj"))), "layers": layers,
-          "out0": (f32(w_in @ w0), f32(b_in @ w0 + b0)), "out2": tuple(map(f32, dense("edge_out2")))}
+  return {"node_proj": dense("node_proj"), "layers": layers, "out0": (mm(w_in, w0), mm(b_in, w0) + b0),
+          "out2": dense("edge_out2")}
 
 
 def fused_apply(fused: Mapping[str, Any], g: GraphsTuple, k: jax.Array, *, layers: int, slots: int,
@@ -524,13 +528,14 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   model = NiNoGNN(**config)
   ctx = model.ctx
   cache: dict[Any, tuple[Any, Any]] = {}
-  # Inference runs on the fused weights (``fuse_weights``: the same outputs, a third of the per-edge work).
-  fused = fuse_weights(model, model_params) if model.head == "mlp" else None
+  # Jumps run on the fused weights (``fuse_weights``: the same outputs, a third of the per-edge work).
+  fused = model.head == "mlp"
 
   def gnn(w, gt: GraphsTuple, k) -> jax.Array:
-    if fused is None:
+    if not fused:
       return model.apply(w, gt, k)
-    return fused_apply(w, gt, k, layers=model.layers, slots=model.slots, horizons=model.horizons)
+    return fused_apply(fuse_weights(model, w), gt, k, layers=model.layers, slots=model.slots,
+                       horizons=model.horizons)
 
   def features(g):
     return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
@@ -635,12 +640,12 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     scaled, mu, sigma = scale_history(in_graph)
     it = iter(scaled)
     x = g.gather([next(it) if i else h for h, i in zip(leaves, inside, strict=True)],  # gather skips them
-                 width=None if fused is not None else model.slots * ctx)
+                 width=None if fused else model.slots * ctx)
     n_slots = x.shape[1] // ctx
     # The weights and the graph are constants of the compiled step; behind an optimization barrier, XLA
     # does not constant-fold what depends on them alone (the edge-type embedding, the node projections:
     # (E, hidden) arrays baked into the executable, and minutes of compile time on GPU for a large graph).
-    w = jax.lax.optimization_barrier(model_params if fused is None else fused)
+    w = jax.lax.optimization_barrier(model_params)
     if sub is None:
       delta = gnn(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)), k)  # (E, slots)
     else:
