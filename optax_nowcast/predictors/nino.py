@@ -249,10 +249,9 @@ def fuse_weights(model: NiNoGNN, variables: Mapping[str, Any]) -> dict[str, Any]
   the FiLM bias ``beta`` averaged before its map (the mean of an affine map is the map of the mean), and the
   head's first layer ``e_U W_0 = u_U (P_U W_0)``. Per edge this leaves ``D x 2D`` (layers after the first),
   ``D x D`` (the head) and the input's ``45 x 2D``: about ``7 D^2`` flops instead of ``19 D^2``. The result
-  equals :meth:`NiNoGNN.__call__` with ``k`` up to float rounding (``tests/test_nino.py``). Pure ``jnp``:
-  ``nino()`` runs it inside each jitted jump on the weights behind an optimization barrier (a few
-  ``D x 2D`` products, nothing next to the edges' work), so it works wherever the weights come from, traced
-  ones included.
+  equals :meth:`NiNoGNN.__call__` with ``k`` up to float rounding (``tests/test_nino.py``). Pure ``jnp``
+  (a few ``D x 2D`` products): ``nino()`` fuses its weights once when it is built, or inside each jump
+  when they are traced (built inside a jitted function).
   """
   if model.head != "mlp":
     raise ValueError(f"fuse_weights: only the DMS head ('mlp') is fused, got head={model.head!r}.")
@@ -528,14 +527,18 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   model = NiNoGNN(**config)
   ctx = model.ctx
   cache: dict[Any, tuple[Any, Any]] = {}
-  # Jumps run on the fused weights (``fuse_weights``: the same outputs, a third of the per-edge work).
+  # Jumps run on the fused weights (``fuse_weights``: the same outputs, a third of the per-edge work), fused
+  # once here (0.5 ms a jump on CPU otherwise), or in each jump when the weights are traced (``nino()``
+  # built inside a jitted function).
   fused = model.head == "mlp"
+  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(model_params))
+  weights = fuse_weights(model, model_params) if fused and not traced else model_params
 
   def gnn(w, gt: GraphsTuple, k) -> jax.Array:
     if not fused:
       return model.apply(w, gt, k)
-    return fused_apply(fuse_weights(model, w), gt, k, layers=model.layers, slots=model.slots,
-                       horizons=model.horizons)
+    return fused_apply(fuse_weights(model, w) if traced else w, gt, k, layers=model.layers,
+                       slots=model.slots, horizons=model.horizons)
 
   def features(g):
     return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
@@ -645,7 +648,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
     # The weights and the graph are constants of the compiled step; behind an optimization barrier, XLA
     # does not constant-fold what depends on them alone (the edge-type embedding, the node projections:
     # (E, hidden) arrays baked into the executable, and minutes of compile time on GPU for a large graph).
-    w = jax.lax.optimization_barrier(model_params)
+    w = jax.lax.optimization_barrier(weights)
     if sub is None:
       delta = gnn(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)), k)  # (E, slots)
     else:
