@@ -250,8 +250,7 @@ def fuse_weights(model: NiNoGNN, variables: Mapping[str, Any]) -> dict[str, Any]
   head's first layer ``e_U W_0 = u_U (P_U W_0)``. Per edge this leaves ``D x 2D`` (layers after the first),
   ``D x D`` (the head) and the input's ``45 x 2D``: about ``7 D^2`` flops instead of ``19 D^2``. The result
   equals :meth:`NiNoGNN.__call__` with ``k`` up to float rounding (``tests/test_nino.py``). Pure ``jnp``
-  (a few ``D x 2D`` products): ``nino()`` fuses its weights once when it is built, or inside each jump
-  when they are traced (built inside a jitted function).
+  (a few ``D x 2D`` products): ``nino()`` fuses its weights once when it is built, traced ones included.
   """
   if model.head != "mlp":
     raise ValueError(f"fuse_weights: only the DMS head ('mlp') is fused, got head={model.head!r}.")
@@ -528,17 +527,14 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   ctx = model.ctx
   cache: dict[Any, tuple[Any, Any]] = {}
   # Jumps run on the fused weights (``fuse_weights``: the same outputs, a third of the per-edge work), fused
-  # once here (0.5 ms a jump on CPU otherwise), or in each jump when the weights are traced (``nino()``
-  # built inside a jitted function).
+  # once here (in ``jnp``, so traced weights work too: ``nino()`` built inside a jitted function).
   fused = model.head == "mlp"
-  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(model_params))
-  weights = fuse_weights(model, model_params) if fused and not traced else model_params
+  weights = fuse_weights(model, model_params) if fused else model_params
 
   def gnn(w, gt: GraphsTuple, k) -> jax.Array:
     if not fused:
       return model.apply(w, gt, k)
-    return fused_apply(fuse_weights(model, w) if traced else w, gt, k, layers=model.layers,
-                       slots=model.slots, horizons=model.horizons)
+    return fused_apply(w, gt, k, layers=model.layers, slots=model.slots, horizons=model.horizons)
 
   def features(g):
     return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
