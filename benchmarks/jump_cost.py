@@ -31,15 +31,9 @@ import jax.numpy as jnp
 import optax
 
 import optax_nowcast as onc
+from benchmarks.nino_speed import network_calls
 from optax_nowcast import weights_io
-from optax_nowcast.predictors.nino import (
-  NiNoGNN,
-  fuse_weights,
-  fused_apply,
-  load_official_weights,
-  make_graphs_tuple,
-  nino_template,
-)
+from optax_nowcast.predictors.nino import load_official_weights, nino_template
 from optax_nowcast.tasks import make_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,14 +123,8 @@ def _network_only(g: onc.graphs.NeuralGraph) -> Callable[[], Any]:
   """The shipped NiNo's graph network alone on ``g`` (fused weights, one horizon), as a jump runs it."""
   variables, cfg = weights_io.resolve(None, None, None, load_official_weights, nino_template, "",
                                       default="nino")
-  model = NiNoGNN(**{k: v for k, v in cfg.items() if k not in ("lpe", "node_features")})
-  fused = jax.device_put(fuse_weights(model, variables))
-  x = jax.random.normal(jax.random.PRNGKey(3), (g.num_edges, g.num_slots * model.ctx))
-  feat = jnp.zeros((g.num_nodes, cfg["lpe"]))
-  fn = jax.jit(lambda w, x: fused_apply(w, jax.lax.optimization_barrier(make_graphs_tuple(g, x, feat)),
-                                        jnp.int32(10), layers=model.layers, slots=model.slots,
-                                        horizons=model.horizons))
-  return lambda: fn(fused, x)
+  fused = network_calls(variables, cfg, g)["fused"]
+  return lambda: fused(jnp.int32(10))
 
 
 def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,13 +60,11 @@ def time_prediction(params, weights: str, repeats: int) -> dict:
           "graph_build_s": build_s, "compile_s": compile_s, "repeats": repeats}
 
 
-def time_gnn(params, weights: str, repeats: int) -> dict:
-  """The graph network alone, as written (``NiNoGNN.apply`` at one horizon) and on the fused weights that
-  ``nino()`` jumps with (``fused_apply``), alternating in one process on the same edge features."""
-  variables, cfg = load_official_weights(weights)
-  model = NiNoGNN(**{k: v for k, v in cfg.items() if k != "lpe"})
+def network_calls(variables, cfg: dict, g) -> dict[str, Callable[[jax.Array], jax.Array]]:
+  """NiNo's graph network alone on the graph ``g`` (random edge features, horizon ``k``), as written
+  (``NiNoGNN.apply``) and on the fused weights that ``nino()`` jumps with (``fused_apply``): ``k -> out``."""
+  model = NiNoGNN(**{k: v for k, v in cfg.items() if k not in ("lpe", "node_features")})
   fused = fuse_weights(model, variables)
-  g = neural_graph(params)
   rng = np.random.default_rng(0)
   narrow = jnp.asarray(rng.normal(size=(g.num_edges, g.num_slots * model.ctx)), jnp.float32)
   wide = jnp.pad(narrow, ((0, 0), (0, model.slots * model.ctx - narrow.shape[1])))
@@ -76,14 +75,20 @@ def time_gnn(params, weights: str, repeats: int) -> dict:
   as_written = jax.jit(lambda w, x, k: model.apply(w, graph(x), k))
   on_fused = jax.jit(lambda w, x, k: fused_apply(w, graph(x), k, layers=model.layers, slots=model.slots,
                                                    horizons=model.horizons))
-  runs = {"as_written": (as_written, variables, wide), "fused": (on_fused, fused, narrow)}
+  return {"as_written": lambda k: as_written(variables, wide, k),
+          "fused": lambda k: on_fused(fused, narrow, k)}
+
+
+def time_gnn(params, weights: str, repeats: int) -> dict:
+  """The graph network alone, as written and fused (``network_calls``), alternating in one process."""
+  runs = network_calls(*load_official_weights(weights), neural_graph(params))
   ms: dict[str, list[float]] = {name: [] for name in runs}
-  for fn, w, x in runs.values():  # compile
-    jax.block_until_ready(fn(w, x, jnp.int32(5)))
+  for fn in runs.values():  # compile
+    jax.block_until_ready(fn(jnp.int32(5)))
   for i in range(repeats):
-    for name, (fn, w, x) in runs.items():
+    for name, fn in runs.items():
       t0 = time.perf_counter()
-      jax.block_until_ready(fn(w, x, jnp.int32(1 + i % 40)))
+      jax.block_until_ready(fn(jnp.int32(1 + i % 40)))
       ms[name].append(1e3 * (time.perf_counter() - t0))
   return {f"gnn_{name}_ms": float(np.median(v)) for name, v in ms.items()}
 
