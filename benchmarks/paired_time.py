@@ -108,7 +108,7 @@ def measure(task, methods: list[str], s: R.Settings, steps: int = 20, repeats: i
   for method in methods:
     if method == "adam":
       continue
-    plain = _Timer(task, method, s, steps)
+    plain = _Timer(task, method, R.method_settings(task, method, s), steps)
     if plain.jumps:
       raise RuntimeError(f"{method}: the between-jumps chunk jumped ({plain.jumps}); lower steps.")
     jumper = None
@@ -240,7 +240,9 @@ def main(argv=None) -> dict[str, Any]:
     s = R.settings_for(args.suite, name, s0)
     task = R.make_suite_task(name, args.data_dir or R.default_data_dir(), s)
     t0 = time.perf_counter()
-    steps = args.steps or chunk_steps(task, s, args.chunk_seconds)
+    # chunks shorter than half the shortest jump period of the methods (a per-run interval may be shorter)
+    shortest = min([s, *(R.method_settings(task, m, s) for m in methods)], key=lambda x: x.interval)
+    steps = args.steps or chunk_steps(task, shortest, args.chunk_seconds)
     costs = measure(task, methods, s, steps, args.repeats)
     summary = R.summarise_task(runs, R._spec_for(name, s), s)
     result["tasks"].setdefault(name, {}).update(project(costs, summary, runs))

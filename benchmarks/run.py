@@ -139,6 +139,8 @@ class Method:
       ahead (``None``: at the parameters).
     weights: the weights file the method reads; its hash joins the runs' fingerprint, so retrained weights
       recompute the runs instead of reusing old ones.
+    per_run: record every ``steps / 50`` steps (``onc.schedules.for_run``, NiNo's geometry scaled to the
+      run) instead of the suite's ``interval`` (``method_settings``).
   """
 
   build: Callable[[Task, Settings], optax.GradientTransformation]
@@ -146,6 +148,7 @@ class Method:
   family: str = "nowcast"
   grad_at_predicted: int | None = None
   weights: Callable[[], str] | None = None
+  per_run: bool = False
 
 
 def _k_decay(task: Task, max_k: int = 40) -> onc.schedules.KDecay:
@@ -156,7 +159,8 @@ def _k_decay(task: Task, max_k: int = 40) -> onc.schedules.KDecay:
 def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_horizon: bool = False,
                    dynamic: bool = False, rollback: bool = False, rate_clock: bool = False,
                    weights: Callable[[], str] | None = None, trace: bool = False, max_k: int = 40,
-                   restore_base: bool = False, rollback_limit: float | None = None) -> Method:
+                   restore_base: bool = False, rollback_limit: float | None = None,
+                   per_run: bool = False) -> Method:
   """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
 
   ``nino_horizon``: NiNo's k-decay from ``max_k`` (40) over the run's jumps (else the suite's constant
@@ -170,6 +174,8 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
   base's state (momentum, Adam's moments) to the jump (the same updates as the chain without a rollback).
   ``rate_clock``: ``nowcast(learning_rate=<the task's schedule>)``, times and horizons in cumulative
   learning rate (the same as steps with a constant rate).
+  ``per_run``: ``interval`` (and NiNo's k-decay) from the run's length, ``onc.schedules.for_run(steps)``:
+  NiNo's geometry, 50 intervals and ten jumps per run, instead of the suite's fixed ``interval``.
   ``trace``: ``predictor(apply_fn=, example_input=)`` (NiNo's graph read from the forward pass) for the
   models whose parameter names cannot express their graph (residual blocks, normalisation layers).
   """
@@ -186,7 +192,16 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
       kw["base"] = task.optimizer()
     tx = onc.nowcast(pred, interval=s.interval, ctx=s.ctx, period=period, horizon=horizon, **kw)
     return tx if restore_base else optax.chain(task.optimizer(), tx)
-  return Method(build, label, weights=weights)
+  return Method(build, label, weights=weights, per_run=per_run)
+
+
+def method_settings(task: Task, method: str, s: Settings) -> Settings:
+  """The settings ``method`` trains ``task`` with: the suite's, or for a ``per_run`` method an interval of
+  the run's steps / 50 (``onc.schedules.for_run``). Runs keep the suite's settings in their fingerprint
+  (the method's name says the rest)."""
+  if not METHODS[method].per_run:
+    return s
+  return dataclasses.replace(s, interval=onc.schedules.for_run(task.spec.steps, ctx=s.ctx)["interval"])
 
 
 def _trace_args(task: Task) -> dict[str, Any]:
@@ -321,6 +336,21 @@ METHODS: dict[str, Method] = {
     "nino-ours/rate": nowcast_method(onc.predictors.nino, "nino-ours on the learning-rate clock",
                                      nino_horizon=True, rate_clock=True, weights=_shipped("nino"),
                                      trace=True),
+    # NiNo's geometry scaled to the run (``onc.schedules.for_run``: an interval of the run's steps / 50),
+    # the README's settings, instead of the suite's fixed interval.
+    "nino-ours/run": nowcast_method(onc.predictors.nino, "nino-ours, interval = the run's steps / 50 "
+                                    "(schedules.for_run)", nino_horizon=True, weights=_shipped("nino"),
+                                    trace=True, per_run=True),
+    "nino-ours/rate/run": nowcast_method(
+        onc.predictors.nino, "nino-ours on the learning-rate clock, interval = the run's steps / 50 "
+        "(schedules.for_run; the README's settings)", nino_horizon=True, rate_clock=True,
+        weights=_shipped("nino"), trace=True, per_run=True),
+    "linefit+/rate/run": nowcast_method(
+        onc.predictors.linefit_plus, "linefit+ on the learning-rate clock, interval = the run's steps / 50 "
+        "(schedules.for_run)", rate_clock=True, per_run=True),
+    "nino-ours+fan256/rate/run": nowcast_method(
+        _nino_fan256, "nino-ours+fan256/rate, interval = the run's steps / 50 (schedules.for_run)",
+        nino_horizon=True, rate_clock=True, weights=_shipped("nino"), trace=True, per_run=True),
     "wp1": weight_prediction_method(1, "AdamW weight prediction, s = 1"),
     "wp2": weight_prediction_method(2, "AdamW weight prediction, s = 2"),
     "wp3": weight_prediction_method(3, "AdamW weight prediction, s = 3"),
@@ -432,7 +462,7 @@ def train_one(task: Task, method: str, seed: int, s: Settings, progress=None) ->
   steps, every = task.spec.steps, s.eval_every
   if steps % every:
     raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({every}).")
-  chunk, carry = build_chunk(task, method, s, seed)
+  chunk, carry = build_chunk(task, method, method_settings(task, method, s), seed)
   evaluate = jax.jit(task.evaluate)
   t0 = time.perf_counter()
   compiled = chunk.lower(carry, task.batch_indices(seed, 0, every)).compile()

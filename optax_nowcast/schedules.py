@@ -297,6 +297,52 @@ def k_decay(max_k: int, *, n_jumps: int | None = None, total_steps: int | None =
   return KDecay(max_k, n_jumps, total_steps, p)
 
 
+def for_run(total_steps: int, *, ctx: int = 5, intervals_per_run: int = 50, max_k: int = 40) -> dict:
+  r"""``nowcast``'s ``interval``, ``ctx`` and ``horizon`` for a run of ``total_steps`` steps, with NiNo's
+  geometry scaled to the run's length.
+
+  NiNo (Knyazev 2025) records a state every 200 steps of a 10,000-step run, jumps every ``ctx = 5`` of
+  them and predicts ``k`` intervals ahead with ``k`` decaying from 40 (:func:`k_decay`). Measured in the
+  run's own length ``T`` that is
+
+  .. math:: \Delta = T / 50, \qquad \text{a jump every } 5\Delta = T/10, \qquad
+            k_0 \Delta = 40 \Delta = 0.8\, T,
+
+  so ten jumps (the last one at the run's end is not made) whose first horizon reaches 0.8 of the run
+  ahead. A fixed ``interval`` does not scale: 100 steps in a 2,000-step run give three jumps, the first
+  predicting 4,000 steps (twice the run) ahead. ``for_run`` keeps the ratios: ``interval =
+  total_steps // intervals_per_run``, ``horizon = k_decay(max_k, total_steps=total_steps)``. With a
+  decaying learning-rate schedule, also pass it as ``nowcast(..., learning_rate=schedule)``.
+
+  Args:
+    total_steps: the planned length of training in optimizer steps (at least ``intervals_per_run``).
+    ctx: states per jump (NiNo: 5).
+    intervals_per_run: recorded intervals in the run (NiNo: 50).
+    max_k: the first jump's horizon in intervals (NiNo: 40).
+
+  Returns:
+    ``{"interval", "ctx", "horizon"}``, to pass on as ``nowcast(predictor, **for_run(total_steps))``.
+
+  >>> s = for_run(10_000)
+  >>> s["interval"], s["ctx"], s["horizon"].max_k
+  (200, 5, 40)
+  >>> for_run(2_000)["interval"]
+  40
+  """
+  check_int("intervals_per_run", intervals_per_run, 1, "Pass how many recording intervals a run holds "
+            "(NiNo: 50).")
+  check_int("total_steps", total_steps, intervals_per_run,
+            f"Pass the planned length of training in steps, at least intervals_per_run={intervals_per_run} "
+            "(one step per interval).")
+  check_int("ctx", ctx, 1, "Pass the number of states each jump reads (NiNo: 5).")
+  check_int("max_k", max_k, 1, "max_k is the first (largest) horizon in intervals (NiNo: 40).")
+  if ctx > intervals_per_run:
+    raise ValueError(f"ctx={ctx} states do not fit in intervals_per_run={intervals_per_run} intervals: no "
+                     "jump would be made. Lower ctx or raise intervals_per_run.")
+  return {"interval": total_steps // intervals_per_run, "ctx": ctx,
+          "horizon": k_decay(max_k, total_steps=total_steps)}
+
+
 def resolve_period(period: int | PeriodSchedule | None, ctx: int, interval: int) -> PeriodSchedule:
   """The period schedule of ``nowcast(period=...)``: ``None`` is every ``ctx * interval`` steps, an int a
   constant period; every gap must leave room for ``ctx`` recordings ``interval`` steps apart.

@@ -77,6 +77,24 @@ def test_a_length_task_trains_at_its_length(tmp_path):
     assert json.load(f)["eval_steps"][-1] == 80  # 40 % of the quick suite's 200 steps
 
 
+def test_a_per_run_method_records_every_fiftieth_of_the_run(tmp_path):
+  """``/run`` methods take ``interval`` from the run's length (``schedules.for_run``), not the suite's: a
+  jump every ``5 * (steps // 50)`` steps, at any length (the quick suite's 200 steps and 40 % of them)."""
+  names = ["G-digits-MLP4-lion-lin", "G-digits-MLP4-lion-lin@40"]
+  bench.run_suite("general-quick", names, ["adam", "linefit+/rate/run"], 1, bench.GENERAL_QUICK,
+                  str(tmp_path), quiet=True)
+  for name, steps in zip(names, (200, 80), strict=True):
+    with open(tmp_path / "runs" / "general-quick" / name / "linefit+" / "rate" / "run" / "seed0.json") as f:
+      run = json.load(f)
+    period = 5 * (steps // 50)
+    assert run["n_jumps"] == len(range(period, steps, period))
+    if period >= bench.GENERAL_QUICK.eval_every:  # jump steps are read once per evaluation
+      assert run["jump_steps"] == [j + 1 for j in range(period, steps, period)]
+    task = bench.make_suite_task(name, None, bench.GENERAL_QUICK)
+    assert bench.method_settings(task, "linefit+/rate/run", bench.GENERAL_QUICK).interval == steps // 50
+    assert bench.method_settings(task, "linefit+/rate", bench.GENERAL_QUICK).interval == 10  # the suite's
+
+
 def _run(seed, final, curve=None):
   curve = curve or [0.5, final]
   return {"seed": seed, "final_full_val_metric": final, "val_metric": curve, "eval_steps": [10, 20]}

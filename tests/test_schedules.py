@@ -60,6 +60,36 @@ def test_k_decay_p1_is_linear():
   assert kd.table().tolist() == list(range(10, 0, -1))
 
 
+@pytest.mark.parametrize("total", [2_000, 3_000, 10_000])
+def test_for_run_scales_nino_geometry_to_the_run(total):
+  """``for_run``: ten jump periods per run (nine jumps in ``total`` updates), the first one predicting
+  40 intervals = 0.8 of the run ahead; checked on a parameter moving one unit per step under jit."""
+  import optax
+
+  import optax_nowcast as onc
+
+  settings = schedules.for_run(total)
+  assert settings["interval"] == total // 50 and settings["ctx"] == 5
+  tx = optax.chain(optax.sgd(1.0), onc.nowcast(onc.predictors.linefit(), **settings))
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+
+  @jax.jit
+  def run(params, state):
+    def body(carry, _):
+      p, s = carry
+      u, s = tx.update({"w": -jnp.ones(())}, s, p)
+      q = optax.apply_updates(p, u)
+      return (q, s), q["w"] - p["w"]
+    return jax.lax.scan(body, (params, state), None, length=total)
+
+  (_, state), moves = run(params, state)
+  jumps = np.flatnonzero(np.asarray(moves) > 1.5)
+  assert jumps.tolist() == [total // 10 * j for j in range(1, 10)]
+  np.testing.assert_allclose(float(moves[total // 10]), 0.8 * total, rtol=1e-4)
+  assert int(onc.find_nowcast_state(state).n_jumps) == 9
+
+
 @pytest.mark.parametrize(
     "make, match",
     [
@@ -72,6 +102,9 @@ def test_k_decay_p1_is_linear():
         (lambda: schedules.constant_horizon(-1), "horizon must be >= 0"),
         (lambda: schedules.k_decay(5, total_steps=5).resolve(schedules.constant_period(10)),
          "allows no jump"),
+        (lambda: schedules.for_run(20), "total_steps must be >= 50"),
+        (lambda: schedules.for_run(1000, ctx=60), "do not fit"),
+        (lambda: schedules.for_run(1000, intervals_per_run=0), "intervals_per_run must be >= 1"),
     ],
 )
 def test_schedule_errors(make, match):
