@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 
+from benchmarks import run as R
 from benchmarks.run import FULL, REPO, _finished_runs, format_matrix, plot_task
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -196,12 +197,37 @@ def cost_summary() -> str:
           f"full step of a jump needs up to {100 * (max(full) - 1):.1f} % more, for the prediction.")
 
 
-BLOCKS = {"headline": headline_table, "cost": cost_summary}
+# README's block of the general suite's overall rows: NiNo's interval fixed at the suite's 100 steps against
+# one scaled to the run (``schedules.for_run``), linefit+ the same way, and the per-run NiNo again on top of
+# each configuration's best base learning rate (the honest baseline).
+FOR_RUN = ("linefit+", "linefit+/rate/run", "nino-ours", "nino-ours/rate", "nino-ours/rate/run")
+FOR_RUN_TUNED = ("nino-ours", "nino-ours/rate/run")
+
+
+def for_run_summary(methods=FOR_RUN, tuned=FOR_RUN_TUNED) -> str:
+  """The generalization suite's overall rows (``general_summary.json``) of ``methods`` at the suite's learning
+  rates, and of ``tuned`` at each configuration's best base rate (``benchmarks.run.tuned_rows``)."""
+  with open(os.path.join(RESULTS, "general_summary.json")) as f:
+    summary = json.load(f)
+  own = sorted((r for r in summary["rows"] if not R.is_variant(r["config"]) and r["method"] in methods),
+               key=lambda r: methods.index(r["method"]))
+  best = sorted((dict(r, method=f"{r['method']}, best base rate")
+                 for r in R.tuned_rows(summary["rows"], summary.get("rate_check", []))[0]
+                 if r["method"] in tuned), key=lambda r: tuned.index(r["method"].split(",")[0]))
+  return ("Generalization suite (`python -m benchmarks.run --suite general`, "
+          "[`general_summary.md`](benchmarks/results/general_summary.md)): 14 held-out configurations at "
+          "their own learning rates, and (`best base rate`) on top of the base at the best of 0.5-8x its "
+          "rate where that entry was run; `/run`: `nowcast(..., **schedules.for_run(steps))`, an interval "
+          "of the run's steps / 50 (40-60 steps here), the others the suite's fixed 100 (40 on the digits "
+          "MLPs); `/rate`: `learning_rate=schedule`.\n\n" + "\n".join(R._overall_lines(own + best)))
+
+
+BLOCKS = {"headline": headline_table, "cost": cost_summary, "for_run": for_run_summary}
 
 
 def update_readme(path: str = os.path.join(REPO, "README.md")) -> None:
   """Replaces README's generated blocks (``<!-- headline -->`` ... ``<!-- /headline -->``, and the same for
-  ``cost``) with :func:`headline_table` and :func:`cost_summary`."""
+  ``cost`` and ``for_run``) with :func:`headline_table`, :func:`cost_summary` and :func:`for_run_summary`."""
   with open(path) as f:
     text = f.read()
   for name, make in BLOCKS.items():

@@ -31,6 +31,7 @@ def test_readme_headline_is_the_generated_one():
     readme = f.read()
   assert f"<!-- headline -->\n{docs.headline_table()}\n<!-- /headline -->" in readme
   assert f"<!-- cost -->\n{docs.cost_summary()}\n<!-- /cost -->" in readme
+  assert f"<!-- for_run -->\n{docs.for_run_summary()}\n<!-- /for_run -->" in readme
   assert len(readme.encode()) < 12_000
 
 
@@ -41,6 +42,17 @@ def test_headline_reads_the_medians_of_full_json():
   with open(os.path.join(docs.RESULTS, "full.json")) as f:
     med = json.load(f)["summary"]["FM-16"]["methods"]["nino"]["median"]["reduction_pct"]
   assert row.split("|")[-2].strip() == f"{med:.1f}"
+
+
+def test_for_run_summary_counts_the_suites_own_rows():
+  """README's general-suite block: one overall row per method shown, read from ``general_summary.json``."""
+  import json
+  text = docs.for_run_summary(("nino-ours", "linefit+"), tuned=())
+  rows = [line for line in text.splitlines() if line.startswith(("| nino-ours |", "| linefit+ |"))]
+  assert [r.split("|")[1].strip() for r in rows] == ["nino-ours", "linefit+"]
+  with open(os.path.join(docs.RESULTS, "general_summary.json")) as f:
+    n = sum(r["method"] == "nino-ours" and not run.is_variant(r["config"]) for r in json.load(f)["rows"])
+  assert rows[0].split("|")[2].strip() == str(n)
 
 
 def test_help_lists_only_product_methods():
