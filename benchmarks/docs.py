@@ -14,8 +14,16 @@ import os
 import re
 import shutil
 
-from benchmarks import run as R
-from benchmarks.run import FULL, REPO, _finished_runs, format_matrix, plot_task
+from benchmarks.run import (
+  FULL,
+  REPO,
+  _finished_runs,
+  _overall_lines,
+  format_matrix,
+  is_variant,
+  plot_task,
+  tuned_rows,
+)
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 # The README's headline: the safe default, our two learned predictors, and the authors' NiNo checkpoint.
@@ -209,17 +217,17 @@ def for_run_summary(methods=FOR_RUN, tuned=FOR_RUN_TUNED) -> str:
   rates, and of ``tuned`` at each configuration's best base rate (``benchmarks.run.tuned_rows``)."""
   with open(os.path.join(RESULTS, "general_summary.json")) as f:
     summary = json.load(f)
-  own = sorted((r for r in summary["rows"] if not R.is_variant(r["config"]) and r["method"] in methods),
+  own = sorted((r for r in summary["rows"] if not is_variant(r["config"]) and r["method"] in methods),
                key=lambda r: methods.index(r["method"]))
   best = sorted((dict(r, method=f"{r['method']}, best base rate")
-                 for r in R.tuned_rows(summary["rows"], summary.get("rate_check", []))[0]
+                 for r in tuned_rows(summary["rows"], summary.get("rate_check", []))[0]
                  if r["method"] in tuned), key=lambda r: tuned.index(r["method"].split(",")[0]))
   return ("Generalization suite (`python -m benchmarks.run --suite general`, "
           "[`general_summary.md`](benchmarks/results/general_summary.md)): 14 held-out configurations at "
           "their own learning rates, and (`best base rate`) on top of the base at the best of 0.5-8x its "
           "rate where that entry was run; `/run`: `nowcast(..., **schedules.for_run(steps))`, an interval "
           "of the run's steps / 50 (40-60 steps here), the others the suite's fixed 100 (40 on the digits "
-          "MLPs); `/rate`: `learning_rate=schedule`.\n\n" + "\n".join(R._overall_lines(own + best)))
+          "MLPs); `/rate`: `learning_rate=schedule`.\n\n" + "\n".join(_overall_lines(own + best)))
 
 
 BLOCKS = {"headline": headline_table, "cost": cost_summary, "for_run": for_run_summary}

@@ -174,8 +174,8 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
   base's state (momentum, Adam's moments) to the jump (the same updates as the chain without a rollback).
   ``rate_clock``: ``nowcast(learning_rate=<the task's schedule>)``, times and horizons in cumulative
   learning rate (the same as steps with a constant rate).
-  ``per_run``: ``interval`` (and NiNo's k-decay) from the run's length, ``onc.schedules.for_run(steps)``:
-  NiNo's geometry, 50 intervals and ten jumps per run, instead of the suite's fixed ``interval``.
+  ``per_run``: ``interval`` from the run's length, ``onc.schedules.for_run(steps)`` (NiNo's geometry: 50
+  intervals and ten jump periods per run) instead of the suite's fixed ``interval`` (``method_settings``).
   ``trace``: ``predictor(apply_fn=, example_input=)`` (NiNo's graph read from the forward pass) for the
   models whose parameter names cannot express their graph (residual blocks, normalisation layers).
   """
@@ -338,9 +338,6 @@ METHODS: dict[str, Method] = {
                                      trace=True),
     # NiNo's geometry scaled to the run (``onc.schedules.for_run``: an interval of the run's steps / 50),
     # the README's settings, instead of the suite's fixed interval.
-    "nino-ours/run": nowcast_method(onc.predictors.nino, "nino-ours, interval = the run's steps / 50 "
-                                    "(schedules.for_run)", nino_horizon=True, weights=_shipped("nino"),
-                                    trace=True, per_run=True),
     "nino-ours/rate/run": nowcast_method(
         onc.predictors.nino, "nino-ours on the learning-rate clock, interval = the run's steps / 50 "
         "(schedules.for_run; the README's settings)", nino_horizon=True, rate_clock=True,
