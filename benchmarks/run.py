@@ -338,6 +338,10 @@ METHODS: dict[str, Method] = {
                                      trace=True),
     # NiNo's geometry scaled to the run (``onc.schedules.for_run``: an interval of the run's steps / 50),
     # the README's settings, instead of the suite's fixed interval.
+    "nino-ours/run": nowcast_method(
+        onc.predictors.nino, "nino-ours, interval = the run's steps / 50 (schedules.for_run) on the step "
+        "clock: the per-run geometry without the learning-rate clock", nino_horizon=True,
+        weights=_shipped("nino"), trace=True, per_run=True),
     "nino-ours/rate/run": nowcast_method(
         onc.predictors.nino, "nino-ours on the learning-rate clock, interval = the run's steps / 50 "
         "(schedules.for_run; the README's settings)", nino_horizon=True, rate_clock=True,
