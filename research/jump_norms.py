@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import run as bench
-from research.jump_scale import _train
+from research.jump_scale import _train, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = (2, 4)  # the base's norms at these multiples of the first jump's step (and at the run's end)
@@ -112,8 +112,7 @@ def main(argv=None) -> list[dict[str, Any]]:
   if args.format_only:
     with open(os.path.join(args.out, "jump_norms.json")) as f:
       results = json.load(f)
-    with open(os.path.join(args.out, "jump_norms.md"), "w") as f:
-      f.write(format_table(results) + "\n")
+    write_results(args.out, "jump_norms", results, format_table(results))
     return results
   results = []
   for name, method in CASES:
@@ -121,12 +120,7 @@ def main(argv=None) -> list[dict[str, Any]]:
     task = bench.make_suite_task(name, args.data_dir or bench.default_data_dir(), s)
     results.append(jump_norms(task, method, s, args.seed))
     print(f"{name} {method} seed {args.seed}: done", flush=True)
-  table = format_table(results)
-  with open(os.path.join(args.out, "jump_norms.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(args.out, "jump_norms.md"), "w") as f:
-    f.write(table + "\n")
-  print(table)
+  write_results(args.out, "jump_norms", results, format_table(results))
   return results
 
 

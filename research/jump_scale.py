@@ -99,6 +99,15 @@ def format_table(results: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def write_results(out: str, stem: str, results: list[dict[str, Any]], table: str) -> None:
+  """``<out>/<stem>.json`` (the results) and ``<out>/<stem>.md`` (the table), and the table printed."""
+  with open(os.path.join(out, f"{stem}.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(out, f"{stem}.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+
+
 def main(argv=None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(prog="python -m research.jump_scale", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,12 +127,7 @@ def main(argv=None) -> list[dict[str, Any]]:
       groups = name in args.groups.split(",") and seed == seeds[0]
       results.append(scale_jump(task, method, s, seed, groups=groups))
       print(f"{name} {method} seed {seed}: done", flush=True)
-  table = format_table(results)
-  with open(os.path.join(args.out, "jump_scale.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(args.out, "jump_scale.md"), "w") as f:
-    f.write(table + "\n")
-  print(table)
+  write_results(args.out, "jump_scale", results, format_table(results))
   return results
 
 
