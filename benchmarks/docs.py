@@ -50,7 +50,10 @@ PAGES = {
         "before that keeps its 3, as the seeds column says); the decaying schedules also at 40-85 % of "
         "their length (where swept); wall time paired with the base's in one process "
         "(`benchmarks.paired_time --suite general`); the base's own learning rate checked at 0.5x to 4x (8x "
-        "where 4x was the best), and the methods measured again on top of each configuration's best base.",
+        "where 4x was the best), and the methods measured again on top of each configuration's best base. "
+        "The figure shows linefit+, NiNo at the suite's interval and NiNo with the README's settings "
+        "(`benchmarks.run.PLOT_METHODS`), a decaying schedule by its length saving; the tables have every "
+        "method.",
         ["general_summary.md", "general_summary.png", "paired_time_general.md"],
         "python -m benchmarks.run --suite general --methods adam,linefit+,nino-ours; "
         "python -m benchmarks.run --suite general --tasks G-FM-CNN24-adam-cos@40 --methods "

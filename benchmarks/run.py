@@ -1215,41 +1215,63 @@ def _fmt_median_saving(saving: float | None, n: int) -> str:
   return f"{'never' if saving is None else f'{saving:.0f} %'} (over {n})"
 
 
-def plot_general(rows: list[dict[str, Any]], path: str) -> str | None:
-  """One figure: per configuration, each method's step reduction (bars) and final-metric change (dots)."""
+# The summary figure's methods: the training-free line fit, NiNo at the suite's fixed interval and NiNo with
+# the README's settings (``schedules.for_run`` on the learning-rate clock); the tables have every method.
+PLOT_METHODS = ("linefit+", "nino-ours", "nino-ours/rate/run")
+
+
+def plot_general(rows: list[dict[str, Any]], path: str,
+                 methods: tuple[str, ...] = PLOT_METHODS) -> str | None:
+  """One figure, per configuration and method of ``methods`` (all the rows' methods when none is there):
+  what a user of that schedule saves (bars: the step reduction to the base's final value at a constant
+  rate, the length saving with a decaying schedule; hatched: some seed never reached the base's final
+  value; a cross: the median seed never did) and the final metric against the base's (dots)."""
   try:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
   except ImportError:  # pragma: no cover
     return None
   rows = [r for r in rows if not is_variant(r["config"])]
+  if not any(r["method"] in methods for r in rows):
+    methods = tuple(dict.fromkeys(r["method"] for r in rows))
+  rows = [r for r in rows if r["method"] in methods]
   if not rows:
     return None
   configs = list(dict.fromkeys(r["config"] for r in rows))
-  methods = list(dict.fromkeys(r["method"] for r in rows))
+  shown = [m for m in methods if any(r["method"] == m for r in rows)]
   fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(configs) + 1.5), sharey=True)
-  h = 0.8 / len(methods)
-  for j, m in enumerate(methods):
-    for i, c in enumerate(configs):
+  h = 0.8 / len(shown)
+  labels = []
+  for i, c in enumerate(configs):
+    decaying = next(r for r in rows if r["config"] == c)["schedule"] != "constant"
+    labels.append(f"{c} ({'length' if decaying else 'steps'})")
+    for j, m in enumerate(shown):
       r = next((r for r in rows if r["config"] == c and r["method"] == m), None)
       if r is None:
         continue
-      y = i + (j - (len(methods) - 1) / 2) * h
-      red = r["reduction_reached"] or 0.0
-      axes[0].barh(y, red, h, color=f"C{j}", label=m if i == 0 else None,
-                   hatch="//" if r["never"] else None)
+      y = i + (j - (len(shown) - 1) / 2) * h
+      value = r["length_saving"] if decaying else r["reduction_reached"]
+      never = r["length_never"] if decaying else r["never"]
+      if value is None and never:
+        axes[0].plot(0, y, "x", color=f"C{j}", ms=8, mew=2)
+      elif value is not None:  # (neither: not measured, e.g. no length sweep)
+        axes[0].barh(y, value, h, color=f"C{j}", hatch="//" if never else None)
+        if value == 0:  # a saving of exactly 0 has no bar
+          axes[0].plot(0, y, "|", color=f"C{j}", ms=8, mew=3)
       scale = 100 if ALL_TASKS[base_name(c)].metric == "accuracy" else 1
       if r["final_diff"] is not None:
         axes[1].plot(scale * r["final_diff"], y, "o", color=f"C{j}")
         axes[1].plot([-scale * r["base_spread"], scale * r["base_spread"]], [i, i], color="0.8", lw=4,
                      zorder=0)
-  axes[0].set_yticks(range(len(configs)), configs, fontsize=8)
+  axes[0].set_yticks(range(len(configs)), labels, fontsize=8)
   axes[0].axvline(0, color="k", lw=0.5)
   axes[1].axvline(0, color="k", lw=0.5)
-  axes[0].set_xlabel("step reduction to the base's final value (%; hatched: some seed never reached it)")
-  axes[1].set_xlabel("final metric - base's (points / perplexity units, better > 0); grey: base's spread")
-  axes[0].legend(fontsize=8, loc="lower right")
+  axes[0].set_xlabel("saving (%): steps to the base's final value (constant rate) or schedule length\n"
+                     "(decaying); hatched: a seed never reached it; x: the median seed never did; |: 0")
+  axes[1].set_xlabel("final metric - base's (points / perplexity units, better > 0)\ngrey: base's spread")
+  axes[0].legend([Patch(color=f"C{j}") for j in range(len(shown))], shown, fontsize=8, loc="upper right")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

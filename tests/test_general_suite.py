@@ -276,3 +276,23 @@ def test_the_tuned_view_takes_each_configuration_at_its_best_rate_timed_with_its
   assert f"| {name}~lr2 | constant | m |" in tuned and f"| {name} | constant |" not in tuned
   assert "On top of the base at another learning rate" not in table  # its one ~lr row is the tuned one
   assert "No method measured yet" in bench.format_general("general", rows, [{"config": name, "best": 4.0}])
+
+
+def test_the_summary_figure_shows_the_readme_methods_or_else_every_method(tmp_path):
+  """``plot_general`` draws ``PLOT_METHODS`` when the rows have them (a decaying configuration by its length
+  saving, a median seed that never reaches as a cross) and every method when they have none."""
+  def row(config, method, schedule, value, never):
+    decaying = schedule != "constant"
+    return {"config": config, "method": method, "schedule": schedule,
+            "reduction_reached": None if decaying else value, "never": 0 if decaying else never,
+            "length_saving": value if decaying else None, "length_never": never if decaying else 0,
+            "final_diff": 0.01, "base_spread": 0.02}
+  rows = [row("G-FM-MLP2-adam", "nino-ours/rate/run", "constant", 25.0, 0),
+          row("G-FM-MLP3-adamw-cos", "nino-ours/rate/run", "warmup_cosine", None, 3),
+          row("G-FM-MLP2-adam", "wnn+", "constant", 10.0, 1)]
+  with mock.patch("matplotlib.axes.Axes.barh", autospec=True) as barh:
+    assert bench.plot_general(rows, str(tmp_path / "a.png")) == str(tmp_path / "a.png")
+  assert [c.args[2] for c in barh.call_args_list] == [25.0]  # wnn+ is not drawn; the cross is no bar
+  with mock.patch("matplotlib.axes.Axes.barh", autospec=True) as barh:
+    bench.plot_general(rows[2:], str(tmp_path / "b.png"))
+  assert [c.args[2] for c in barh.call_args_list] == [10.0]
