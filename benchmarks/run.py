@@ -1278,7 +1278,7 @@ def plot_general(rows: list[dict[str, Any]], path: str,
   return path
 
 
-def write_results(out: str, name: str, payload: dict[str, Any], table: str) -> None:
+def write_results(out: str, name: str, payload: Any, table: str) -> None:
   """Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (every benchmark's result files)."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f"{name}.json"), "w") as f:

@@ -13,7 +13,6 @@ at every ``a > 0``. Writes ``research/results/jump_scale.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
@@ -99,15 +98,6 @@ def format_table(results: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def write_results(out: str, stem: str, results: list[dict[str, Any]], table: str) -> None:
-  """``<out>/<stem>.json`` (the results) and ``<out>/<stem>.md`` (the table), and the table printed."""
-  with open(os.path.join(out, f"{stem}.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(out, f"{stem}.md"), "w") as f:
-    f.write(table + "\n")
-  print(table)
-
-
 def main(argv=None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(prog="python -m research.jump_scale", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +117,9 @@ def main(argv=None) -> list[dict[str, Any]]:
       groups = name in args.groups.split(",") and seed == seeds[0]
       results.append(scale_jump(task, method, s, seed, groups=groups))
       print(f"{name} {method} seed {seed}: done", flush=True)
-  write_results(args.out, "jump_scale", results, format_table(results))
+  table = format_table(results)
+  bench.write_results(args.out, "jump_scale", results, table)
+  print(table)
   return results
 
 
