@@ -15,15 +15,20 @@ import re
 import shutil
 
 from benchmarks.run import (
+  ALL_TASKS,
   FULL,
+  GENERAL,
+  RATE_CHECK,
   REPO,
   _finished_runs,
   _overall_lines,
   format_matrix,
   is_variant,
   plot_task,
+  settings_for,
   tuned_rows,
 )
+from optax_nowcast.schedules import for_run
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 # The README's headline: the safe default, our two learned predictors, and the authors' NiNo checkpoint.
@@ -227,12 +232,17 @@ def for_run_summary(methods=FOR_RUN, tuned=FOR_RUN_TUNED) -> str:
   best = sorted((dict(r, method=f"{r['method']}, best base rate")
                  for r in tuned_rows(summary["rows"], summary.get("rate_check", []))[0]
                  if r["method"] in tuned), key=lambda r: tuned.index(r["method"].split(",")[0]))
+  configs = sorted({r["config"] for r in own})
+  per_run = sorted({for_run(ALL_TASKS[c].steps)["interval"] for c in configs})
+  fixed = sorted({settings_for("general", c, GENERAL).interval for c in configs})
   return ("Generalization suite (`python -m benchmarks.run --suite general`, "
-          "[`general_summary.md`](benchmarks/results/general_summary.md)): 14 held-out configurations at "
-          "their own learning rates, and (`best base rate`) on top of the base at the best of 0.5-8x its "
-          "rate where that entry was run; `/run`: `nowcast(..., **schedules.for_run(steps))`, an interval "
-          "of the run's steps / 50 (40-60 steps here), the others the suite's fixed 100 (40 on the digits "
-          "MLPs); `/rate`: `learning_rate=schedule`.\n\n" + "\n".join(_overall_lines(own + best)))
+          f"[`general_summary.md`](benchmarks/results/general_summary.md)): {len(configs)} held-out "
+          "configurations at their own learning rates, and (`best base rate`) on top of the base at the best "
+          f"of {min(RATE_CHECK):g}-{max(RATE_CHECK):g}x its rate where that entry was run; `/run`: "
+          "`nowcast(..., **schedules.for_run(steps))`, an interval of the run's steps / 50 "
+          f"({' or '.join(map(str, per_run))} steps here), the others the suite's fixed interval "
+          f"({' or '.join(map(str, fixed))} steps); `/rate`: `learning_rate=schedule`.\n\n"
+          + "\n".join(_overall_lines(own + best)))
 
 
 BLOCKS = {"headline": headline_table, "cost": cost_summary, "for_run": for_run_summary}
