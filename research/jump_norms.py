@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import run as bench
-from research.jump_scale import _train
+from research.jump_scale import _train, case_task, publish
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKPOINTS = (2, 4)  # the base's norms at these multiples of the first jump's step (and at the run's end)
@@ -115,14 +115,10 @@ def main(argv=None) -> list[dict[str, Any]]:
   else:
     results = []
     for name, method in CASES:
-      s = bench.settings_for("general", name, bench.GENERAL)
-      task = bench.make_suite_task(name, args.data_dir or bench.default_data_dir(), s)
+      s, task = case_task(name, args.data_dir)
       results.append(jump_norms(task, method, s, args.seed))
       print(f"{name} {method} seed {args.seed}: done", flush=True)
-  table = format_table(results)
-  bench.write_results(args.out, "jump_norms", results, table)
-  print(table)
-  return results
+  return publish(args.out, "jump_norms", results, format_table(results))
 
 
 if __name__ == "__main__":

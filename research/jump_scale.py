@@ -98,6 +98,19 @@ def format_table(results: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def case_task(name: str, data_dir: str | None) -> tuple[bench.Settings, Any]:
+  """A generalization-suite configuration's settings and task, as ``benchmarks.run`` trains it."""
+  s = bench.settings_for("general", name, bench.GENERAL)
+  return s, bench.make_suite_task(name, data_dir or bench.default_data_dir(), s)
+
+
+def publish(out: str, stem: str, results: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:
+  """Writes a study's ``<out>/<stem>.{json,md}`` (``benchmarks.run.write_results``) and prints its table."""
+  bench.write_results(out, stem, results, table)
+  print(table)
+  return results
+
+
 def main(argv=None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(prog="python -m research.jump_scale", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,16 +124,12 @@ def main(argv=None) -> list[dict[str, Any]]:
   results = []
   seeds = [int(k) for k in args.seeds.split(",")]
   for name, method in CASES:
-    s = bench.settings_for("general", name, bench.GENERAL)
-    task = bench.make_suite_task(name, args.data_dir or bench.default_data_dir(), s)
+    s, task = case_task(name, args.data_dir)
     for seed in seeds:
       groups = name in args.groups.split(",") and seed == seeds[0]
       results.append(scale_jump(task, method, s, seed, groups=groups))
       print(f"{name} {method} seed {seed}: done", flush=True)
-  table = format_table(results)
-  bench.write_results(args.out, "jump_scale", results, table)
-  print(table)
-  return results
+  return publish(args.out, "jump_scale", results, format_table(results))
 
 
 if __name__ == "__main__":
