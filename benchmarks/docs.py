@@ -218,8 +218,8 @@ def cost_summary() -> str:
 # way, and the per-run NiNo again on top of each configuration's best base learning rate (the honest
 # baseline).
 FOR_RUN = ("linefit+", "linefit+/rate/run", "nino-ours", "nino-ours/rate", "nino-ours/run",
-           "nino-ours/rate/run")
-FOR_RUN_TUNED = ("nino-ours", "nino-ours/rate/run")
+           "nino-ours/rate/run", "nino/rate/run")
+FOR_RUN_TUNED = ("nino-ours", "nino-ours/rate/run", "nino/rate/run")
 
 
 def for_run_summary(methods=FOR_RUN, tuned=FOR_RUN_TUNED) -> str:
@@ -241,7 +241,8 @@ def for_run_summary(methods=FOR_RUN, tuned=FOR_RUN_TUNED) -> str:
           f"of {min(RATE_CHECK):g}-{max(RATE_CHECK):g}x its rate where that entry was run; `/run`: "
           "`nowcast(..., **schedules.for_run(steps))`, an interval of the run's steps / 50 "
           f"({' or '.join(map(str, per_run))} steps here), the others the suite's fixed interval "
-          f"({' or '.join(map(str, fixed))} steps); `/rate`: `learning_rate=schedule`.\n\n"
+          f"({' or '.join(map(str, fixed))} steps); `/rate`: `learning_rate=schedule`; `nino`: the official "
+          "checkpoint (`predictors.nino(path)`), `nino-ours`: our shipped weights.\n\n"
           + "\n".join(_overall_lines(own + best)))
 
 

@@ -346,6 +346,10 @@ METHODS: dict[str, Method] = {
         onc.predictors.nino, "nino-ours on the learning-rate clock, interval = the run's steps / 50 "
         "(schedules.for_run; the README's settings)", nino_horizon=True, rate_clock=True,
         weights=_shipped("nino"), trace=True, per_run=True),
+    "nino/rate/run": nowcast_method(
+        lambda **kw: onc.predictors.nino(_NINO_OFFICIAL(), **kw), "NiNo, the official checkpoint "
+        "(nino_no_posw), with the README's settings (the learning-rate clock, schedules.for_run)",
+        nino_horizon=True, rate_clock=True, weights=_NINO_OFFICIAL, trace=True, per_run=True),
     "linefit+/rate/run": nowcast_method(
         onc.predictors.linefit_plus, "linefit+ on the learning-rate clock, interval = the run's steps / 50 "
         "(schedules.for_run)", rate_clock=True, per_run=True),
@@ -1215,9 +1219,10 @@ def _fmt_median_saving(saving: float | None, n: int) -> str:
   return f"{'never' if saving is None else f'{saving:.0f} %'} (over {n})"
 
 
-# The summary figure's methods: the training-free line fit, NiNo at the suite's fixed interval and NiNo with
-# the README's settings (``schedules.for_run`` on the learning-rate clock); the tables have every method.
-PLOT_METHODS = ("linefit+", "nino-ours", "nino-ours/rate/run")
+# The summary figure's methods: the training-free line fit, NiNo at the suite's fixed interval, NiNo with
+# the README's settings (``schedules.for_run`` on the learning-rate clock) and the official checkpoint with
+# them; the tables have every method.
+PLOT_METHODS = ("linefit+", "nino-ours", "nino-ours/rate/run", "nino/rate/run")
 
 
 def plot_general(rows: list[dict[str, Any]], path: str,

@@ -10,6 +10,7 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from benchmarks import run as bench
@@ -206,6 +207,39 @@ def test_nino_methods_trace_the_models_names_cannot_express():
   assert onc.find_nowcast_state(tx.init(params)) is not None
   mlp = bench.make_suite_task("G-digits-MLP2-adabelief", None, bench.GENERAL_QUICK)
   assert bench._names_readable(mlp)
+
+
+def test_the_official_checkpoint_row_has_the_readme_settings_of_ours(monkeypatch, tmp_path):
+  """``nino/rate/run`` differs from ``nino-ours/rate/run`` in the weights only: the same ``nowcast``
+  arguments (interval from ``for_run``, k-decay, the learning-rate clock) and graph tracing, with the
+  official checkpoint from ``$OPTAX_NOWCAST_OFFICIAL_DIR`` (a clear error naming it when it is not set)."""
+  import optax_nowcast as onc
+
+  monkeypatch.delenv("OPTAX_NOWCAST_NINO_WEIGHTS", raising=False)
+  monkeypatch.delenv("OPTAX_NOWCAST_OFFICIAL_DIR", raising=False)
+  task = bench.make_suite_task("G-C10-Res-nesterov-cos", None, bench.GENERAL_QUICK)  # residual, cosine
+  with pytest.raises(ValueError, match="OPTAX_NOWCAST_OFFICIAL_DIR"):
+    bench.METHODS["nino/rate/run"].build(task, bench.GENERAL_QUICK)
+  (tmp_path / "nino_no_posw.npz").write_bytes(b"")
+  monkeypatch.setenv("OPTAX_NOWCAST_OFFICIAL_DIR", str(tmp_path))
+  calls = {}
+  with mock.patch.object(onc.predictors, "nino", return_value="official") as nino:
+    for method in ("nino/rate/run", "nino-ours/rate/run"):  # ours holds the real nino (bound at import)
+      with mock.patch.object(onc, "nowcast", return_value=optax.identity()) as nowcast:
+        s = bench.method_settings(task, method, bench.GENERAL_QUICK)
+        bench.METHODS[method].build(task, s)
+      assert s.interval == onc.schedules.for_run(task.spec.steps)["interval"]
+      (args, kw), = nowcast.call_args_list
+      n = task.spec.steps
+      rate = [float(kw["learning_rate"](i)) for i in (n // 4, n // 2, n - 1)]
+      calls[method] = (args[0], {k: v for k, v in kw.items() if k != "learning_rate"}, rate)
+  (nargs, nkw), = nino.call_args_list  # the official's: its checkpoint, the graph traced (residual model)
+  assert nargs == (str(tmp_path / "nino_no_posw.npz"),) and sorted(nkw) == ["apply_fn", "example_input"]
+  official, ours = calls["nino/rate/run"], calls["nino-ours/rate/run"]
+  assert official[0] == "official" and isinstance(ours[0], onc.Predictor)
+  assert official[1:] == ours[1:]
+  assert isinstance(official[1]["horizon"], onc.schedules.KDecay) and official[1]["horizon"].max_k == 40
+  assert official[2][0] > official[2][1] > official[2][2]  # the decaying schedule, after its warmup
 
 
 def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
