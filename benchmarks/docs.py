@@ -215,7 +215,8 @@ def cost_summary() -> str:
 
 # README's block of the general suite's overall rows: NiNo's interval fixed at the suite's 100 steps against
 # one scaled to the run (``schedules.for_run``; on the step clock too, ``nino-ours/run``), linefit+ the same
-# way, and the per-run NiNo again on top of each configuration's best base learning rate (the honest
+# way, the official checkpoint with the README's settings (``nino/rate/run``: what better-trained weights give
+# with them), and the per-run NiNos again on top of each configuration's best base learning rate (the honest
 # baseline).
 FOR_RUN = ("linefit+", "linefit+/rate/run", "nino-ours", "nino-ours/rate", "nino-ours/run",
            "nino-ours/rate/run", "nino/rate/run")
