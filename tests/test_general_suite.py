@@ -217,29 +217,32 @@ def test_the_official_checkpoint_row_has_the_readme_settings_of_ours(monkeypatch
 
   monkeypatch.delenv("OPTAX_NOWCAST_NINO_WEIGHTS", raising=False)
   monkeypatch.delenv("OPTAX_NOWCAST_OFFICIAL_DIR", raising=False)
-  task = bench.make_suite_task("G-C10-Res-nesterov-cos", None, bench.GENERAL_QUICK)  # residual, cosine
+  res = bench.make_suite_task("G-FM-Res-adam", None, bench.GENERAL_QUICK)  # residual: its graph is traced
+  cos = bench.make_suite_task("G-FM-CNN24-adam-cos", None, bench.GENERAL_QUICK)  # warmup + cosine
   with pytest.raises(ValueError, match="OPTAX_NOWCAST_OFFICIAL_DIR"):
-    bench.METHODS["nino/rate/run"].build(task, bench.GENERAL_QUICK)
+    bench.METHODS["nino/rate/run"].build(res, bench.GENERAL_QUICK)
   (tmp_path / "nino_no_posw.npz").write_bytes(b"")
   monkeypatch.setenv("OPTAX_NOWCAST_OFFICIAL_DIR", str(tmp_path))
-  calls = {}
-  with mock.patch.object(onc.predictors, "nino", return_value="official") as nino:
-    for method in ("nino/rate/run", "nino-ours/rate/run"):  # ours holds the real nino (bound at import)
-      with mock.patch.object(onc, "nowcast", return_value=optax.identity()) as nowcast:
-        s = bench.method_settings(task, method, bench.GENERAL_QUICK)
-        bench.METHODS[method].build(task, s)
-      assert s.interval == onc.schedules.for_run(task.spec.steps)["interval"]
-      (args, kw), = nowcast.call_args_list
-      n = task.spec.steps
-      rate = [float(kw["learning_rate"](i)) for i in (n // 4, n // 2, n - 1)]
-      calls[method] = (args[0], {k: v for k, v in kw.items() if k != "learning_rate"}, rate)
-  (nargs, nkw), = nino.call_args_list  # the official's: its checkpoint, the graph traced (residual model)
-  assert nargs == (str(tmp_path / "nino_no_posw.npz"),) and sorted(nkw) == ["apply_fn", "example_input"]
-  official, ours = calls["nino/rate/run"], calls["nino-ours/rate/run"]
-  assert official[0] == "official" and isinstance(ours[0], onc.Predictor)
-  assert official[1:] == ours[1:]
-  assert isinstance(official[1]["horizon"], onc.schedules.KDecay) and official[1]["horizon"].max_k == 40
-  assert official[2][0] > official[2][1] > official[2][2]  # the decaying schedule, after its warmup
+  for task, traced in ((res, True), (cos, False)):
+    calls = {}
+    with mock.patch.object(onc.predictors, "nino", return_value="official") as nino:
+      for method in ("nino/rate/run", "nino-ours/rate/run"):  # ours holds the real nino (bound at import)
+        with mock.patch.object(onc, "nowcast", return_value=optax.identity()) as nowcast:
+          s = bench.method_settings(task, method, bench.GENERAL_QUICK)
+          bench.METHODS[method].build(task, s)
+        assert s.interval == onc.schedules.for_run(task.spec.steps)["interval"]
+        (args, kw), = nowcast.call_args_list
+        lr, n = kw["learning_rate"], task.spec.steps
+        rate = [float(lr(i) if callable(lr) else lr) for i in (n // 4, n // 2, n - 1)]
+        calls[method] = (args[0], {k: v for k, v in kw.items() if k != "learning_rate"}, rate)
+    (nargs, nkw), = nino.call_args_list  # the official's
+    assert nargs == (str(tmp_path / "nino_no_posw.npz"),)
+    assert sorted(nkw) == (["apply_fn", "example_input"] if traced else [])
+    official, ours = calls["nino/rate/run"], calls["nino-ours/rate/run"]
+    assert official[0] == "official" and isinstance(ours[0], onc.Predictor)
+    assert official[1:] == ours[1:]
+    assert isinstance(official[1]["horizon"], onc.schedules.KDecay) and official[1]["horizon"].max_k == 40
+  assert calls["nino/rate/run"][2][0] > calls["nino/rate/run"][2][1] > calls["nino/rate/run"][2][2]  # cosine
 
 
 def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
