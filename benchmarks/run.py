@@ -336,8 +336,9 @@ METHODS: dict[str, Method] = {
     "nino-ours/rate": nowcast_method(onc.predictors.nino, "nino-ours on the learning-rate clock",
                                      nino_horizon=True, rate_clock=True, weights=_shipped("nino"),
                                      trace=True),
-    # NiNo's geometry scaled to the run (``onc.schedules.for_run``: an interval of the run's steps / 50),
-    # the README's settings, instead of the suite's fixed interval.
+    # NiNo's geometry scaled to the run (``onc.schedules.for_run``: an interval of the run's steps / 50)
+    # instead of the suite's fixed interval: on the step clock, then on the learning-rate clock (the
+    # README's settings) with our weights and with the official checkpoint.
     "nino-ours/run": nowcast_method(
         onc.predictors.nino, "nino-ours, interval = the run's steps / 50 (schedules.for_run) on the step "
         "clock: the per-run geometry without the learning-rate clock", nino_horizon=True,
