@@ -77,6 +77,19 @@ def _variant(method: str) -> bench.Method:
                               nino_horizon=True, weights=lambda: variant_path(method), trace=nino)
 
 
+def _variant_readme(method: str) -> bench.Method:
+  """A NiNo variant with the README's settings (the learning-rate clock, ``schedules.for_run``), as the
+  product's ``nino-ours/rate/run`` and ``nino/rate/run``: only the weights differ."""
+  return bench.nowcast_method(lambda **kw: onc.predictors.nino(variant_path(method), **kw),
+                              f"{VARIANTS[method][2]}, with the README's settings (the learning-rate clock, "
+                              "schedules.for_run)", nino_horizon=True, rate_clock=True,
+                              weights=lambda: variant_path(method), trace=True, per_run=True)
+
+
+# NiNo variants measured with the README's settings too (method name + "/rate/run").
+README_SETTINGS = ("nino-recipe",)
+
+
 def _wnn_plus_k20() -> bench.Method:
   return bench.nowcast_method(onc.predictors.wnn_plus, "our shipped WNN+ with k-decay from 20 (not 40)",
                               nino_horizon=True, max_k=20,
@@ -135,6 +148,9 @@ def register_all() -> None:
   for m in VARIANTS:
     if m not in bench.METHODS:
       bench.register(m, _variant(m))
+  for m in README_SETTINGS:
+    if f"{m}/rate/run" not in bench.METHODS:
+      bench.register(f"{m}/rate/run", _variant_readme(m))
   if "wnn+k20" not in bench.METHODS:
     bench.register("wnn+k20", _wnn_plus_k20())
   for m, (k, rate_clock) in SHORT_HORIZON.items():

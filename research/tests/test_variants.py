@@ -85,3 +85,31 @@ def test_wnn_plus_on_kernels_is_wnn_plus_on_a_one_layer_model():
   assert not np.allclose(out[0], hist[-1])
   with pytest.raises(ValueError, match="only Dense kernels"):
     pred.init([jnp.zeros(3)])
+
+
+def test_readme_settings_variant_differs_from_nino_ours_only_in_weights(tmp_path, monkeypatch):
+  """``nino-recipe/rate/run``: the variant's weights with the README's settings (the learning-rate clock,
+  ``schedules.for_run``); with the shipped weights under its name it trains exactly as ``nino-ours/rate/run``,
+  and its runs are keyed by its own weights."""
+  import shutil
+
+  from optax_nowcast import pretrained
+
+  monkeypatch.setenv("OPTAX_NOWCAST_WEIGHT_VARIANTS", str(tmp_path))
+  for ext in ("msgpack", "json"):
+    shutil.copy(pretrained.path("nino")[: -len("msgpack")] + ext, tmp_path / f"nino_recipe.{ext}")
+  assert set(variants.README_SETTINGS) == {"nino-recipe"}
+  method = bench.METHODS["nino-recipe/rate/run"]
+  assert method.per_run and "README's settings" in method.label
+  s = dataclasses.replace(SMALL, ctx=5, steps=200)
+  methods = ["adam", "nino-ours/rate/run", "nino-recipe/rate/run"]
+  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path / "out"), quiet=True)
+  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
+  assert runs["nino-recipe/rate/run"]["n_jumps"] == runs["nino-ours/rate/run"]["n_jumps"] > 0
+  recipe, ours = runs["nino-recipe/rate/run"], runs["nino-ours/rate/run"]
+  assert recipe["final_full_val_loss"] == ours["final_full_val_loss"]
+  spec = bench._spec_for("digits", s)
+  before = bench._fingerprint(spec, "nino-recipe/rate/run", 0, s)
+  with open(tmp_path / "nino_recipe.msgpack", "ab") as f:
+    f.write(b"\0")
+  assert bench._fingerprint(spec, "nino-recipe/rate/run", 0, s) != before
