@@ -160,14 +160,16 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
                    dynamic: bool = False, rollback: bool = False, rate_clock: bool = False,
                    weights: Callable[[], str] | None = None, trace: bool = False, max_k: int = 40,
                    restore_base: bool = False, rollback_limit: float | None = None,
-                   per_run: bool = False) -> Method:
+                   per_run: bool = False, rollback_factor: float = 1.5,
+                   rollback_window: Callable[[int], int] | None = None) -> Method:
   """A method that chains ``nowcast(predictor(), ...)`` after the task's base optimizer.
 
   ``nino_horizon``: NiNo's k-decay from ``max_k`` (40) over the run's jumps (else the suite's constant
   ``horizon``).
   ``dynamic``: NiNo++'s growing period, from ``ctx * interval`` steps to three times that over the run.
   ``rollback``: undo a jump when, ``min(50, interval // 4)`` steps after it, the running mean of the loss
-  exceeds 1.5x its running mean before the jump (the horizon then halves); with ``rollback_limit``,
+  exceeds ``rollback_factor`` (1.5) times its running mean before the jump (the horizon then halves;
+  ``rollback_window``: the steps before the check as a function of the interval); with ``rollback_limit``,
   also at once when the loss is non-finite or above that many times the pre-jump mean (``None``: the
   window's end only, as the rollback methods were measured before ``nowcast`` had the limit).
   ``restore_base``: ``nowcast(..., base=<the task's optimizer>)``, so that a rollback also returns the
@@ -185,7 +187,9 @@ def nowcast_method(predictor: Callable[..., onc.Predictor], label: str, *, nino_
     base = s.ctx * s.interval
     period = onc.schedules.dynamic_period(base, 3 * base, total_steps=task.spec.steps) if dynamic else None
     horizon = _k_decay(task, max_k) if nino_horizon else s.horizon
-    kw = {"rollback_factor": 1.5, "rollback_limit": rollback_limit} if rollback else {}
+    kw = {"rollback_factor": rollback_factor, "rollback_limit": rollback_limit} if rollback else {}
+    if rollback and rollback_window is not None:
+      kw["rollback_window"] = rollback_window(s.interval)
     if rate_clock:
       kw["learning_rate"] = task.learning_rate_schedule()
     if restore_base:

@@ -90,6 +90,32 @@ def _variant_readme(method: str) -> bench.Method:
 README_SETTINGS = ("nino-recipe",)
 
 
+def _ruin_guard(weights: str, late: bool = False) -> bench.Method:
+  """The README's settings with a guard against a jump that ruins the run: undo it, with the base
+  optimizer's state, when ``min(50, interval // 4)`` steps later (``late``: ``interval - 2``, the latest
+  check the interval allows, after the base's recovery from a good jump) the running mean of the loss is
+  still over ``RUIN_FACTOR`` times the pre-jump mean (or at once at 100x or non-finite). ``weights``:
+  ``"nino"`` (the shipped weights) or a NiNo variant's method name."""
+  shipped = weights == "nino"
+  path = (lambda: onc.weights_io.shipped_path("nino")) if shipped else (lambda: variant_path(weights))
+  what = "nino-ours" if shipped else weights
+  return bench.nowcast_method(lambda **kw: onc.predictors.nino(path(), **kw),
+                              f"{what}/rate/run with a rollback of jumps whose loss is still over "
+                              f"{RUIN_FACTOR}x the pre-jump loss "
+                              f"{'interval - 2' if late else 'min(50, interval // 4)'} steps after the jump "
+                              "(the base's state restored)",
+                              nino_horizon=True, rate_clock=True, weights=path, trace=True, per_run=True,
+                              rollback=True, restore_base=True, rollback_limit=100.0,
+                              rollback_factor=RUIN_FACTOR,
+                              rollback_window=(lambda interval: interval - 2) if late else None)
+
+
+# A guard only against ruin: a rollback factor far above the 1.5 whose rollbacks cost good jumps.
+RUIN_FACTOR = 2.5
+RUIN_GUARD = {"nino-ours/rate/run+ruin": ("nino", False), "nino-recipe/rate/run+ruin": ("nino-recipe", False),
+              "nino-ours/rate/run+ruinL": ("nino", True), "nino-recipe/rate/run+ruinL": ("nino-recipe", True)}
+
+
 def _wnn_plus_k20() -> bench.Method:
   return bench.nowcast_method(onc.predictors.wnn_plus, "our shipped WNN+ with k-decay from 20 (not 40)",
                               nino_horizon=True, max_k=20,
@@ -151,6 +177,9 @@ def register_all() -> None:
   for m in README_SETTINGS:
     if f"{m}/rate/run" not in bench.METHODS:
       bench.register(f"{m}/rate/run", _variant_readme(m))
+  for m, (weights, late) in RUIN_GUARD.items():
+    if m not in bench.METHODS:
+      bench.register(m, _ruin_guard(weights, late))
   if "wnn+k20" not in bench.METHODS:
     bench.register("wnn+k20", _wnn_plus_k20())
   for m, (k, rate_clock) in SHORT_HORIZON.items():

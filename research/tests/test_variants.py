@@ -113,3 +113,19 @@ def test_readme_settings_variant_differs_from_nino_ours_only_in_weights(tmp_path
   with open(tmp_path / "nino_recipe.msgpack", "ab") as f:
     f.write(b"\0")
   assert bench._fingerprint(spec, "nino-recipe/rate/run", 0, s) != before
+
+
+def test_ruin_guard_trains_as_the_readme_settings_until_it_rolls_back(tmp_path):
+  """``nino-ours/rate/run+ruin``: the README's settings plus a rollback only of jumps that leave the loss
+  over ``RUIN_FACTOR`` times the pre-jump loss; a run in which it never rolls back is the unguarded run (up to
+  float rounding: the guarded step is another program)."""
+  assert variants.RUIN_FACTOR > 1.5  # far above the rollback factor whose rollbacks cost good jumps
+  s = dataclasses.replace(SMALL, ctx=5, steps=200)
+  methods = ["adam", "nino-ours/rate/run", "nino-ours/rate/run+ruin", "nino-ours/rate/run+ruinL"]
+  res = bench.run_suite("t", ["digits"], methods, 1, s, str(tmp_path / "out"), quiet=True)
+  runs = {m: res["summary"]["digits"]["methods"][m]["per_seed"][0] for m in methods}
+  plain = runs["nino-ours/rate/run"]
+  for guarded in (runs["nino-ours/rate/run+ruin"], runs["nino-ours/rate/run+ruinL"]):
+    assert guarded["n_rollbacks"] == 0 and guarded["n_jumps"] == plain["n_jumps"] > 0
+    assert guarded["final_full_val_loss"] == pytest.approx(plain["final_full_val_loss"], rel=1e-5)
+  assert "interval - 2" in bench.METHODS["nino-ours/rate/run+ruinL"].label
