@@ -113,7 +113,7 @@ def _ruin_guard(weights: str, late: bool = False) -> bench.Method:
 # A guard only against ruin: a rollback factor far above the 1.5 whose rollbacks cost good jumps.
 RUIN_FACTOR = 2.5
 RUIN_GUARD = {"nino-ours/rate/run+ruin": ("nino", False), "nino-recipe/rate/run+ruin": ("nino-recipe", False),
-              "nino-ours/rate/run+ruinL": ("nino", True), "nino-recipe/rate/run+ruinL": ("nino-recipe", True)}
+              "nino-ours/rate/run+ruinL": ("nino", True)}
 
 
 def _wnn_plus_k20() -> bench.Method:
