@@ -8,6 +8,8 @@ command that trains it is kept with it. Importing this module registers the vari
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -77,13 +79,18 @@ def _variant(method: str) -> bench.Method:
                               nino_horizon=True, weights=lambda: variant_path(method), trace=nino)
 
 
+def _readme_settings(path: Callable[[], str], label: str, **guard: Any) -> bench.Method:
+  """NiNo from the weights at ``path()`` with the README's settings (the learning-rate clock,
+  ``schedules.for_run``), as the product's ``nino-ours/rate/run`` and ``nino/rate/run``; ``guard``: more
+  ``benchmarks.run.nowcast_method`` options (a rollback)."""
+  return bench.nowcast_method(lambda **kw: onc.predictors.nino(path(), **kw), label, nino_horizon=True,
+                              rate_clock=True, weights=path, trace=True, per_run=True, **guard)
+
+
 def _variant_readme(method: str) -> bench.Method:
-  """A NiNo variant with the README's settings (the learning-rate clock, ``schedules.for_run``), as the
-  product's ``nino-ours/rate/run`` and ``nino/rate/run``: only the weights differ."""
-  return bench.nowcast_method(lambda **kw: onc.predictors.nino(variant_path(method), **kw),
-                              f"{VARIANTS[method][2]}, with the README's settings (the learning-rate clock, "
-                              "schedules.for_run)", nino_horizon=True, rate_clock=True,
-                              weights=lambda: variant_path(method), trace=True, per_run=True)
+  """A NiNo variant with the README's settings: only the weights differ from ``nino-ours/rate/run``."""
+  return _readme_settings(lambda: variant_path(method), f"{VARIANTS[method][2]}, with the README's settings "
+                          "(the learning-rate clock, schedules.for_run)")
 
 
 # NiNo variants measured with the README's settings too (method name + "/rate/run").
@@ -98,16 +105,12 @@ def _ruin_guard(weights: str, late: bool = False) -> bench.Method:
   ``"nino"`` (the shipped weights) or a NiNo variant's method name."""
   shipped = weights == "nino"
   path = (lambda: onc.weights_io.shipped_path("nino")) if shipped else (lambda: variant_path(weights))
-  what = "nino-ours" if shipped else weights
-  return bench.nowcast_method(lambda **kw: onc.predictors.nino(path(), **kw),
-                              f"{what}/rate/run with a rollback of jumps whose loss is still over "
-                              f"{RUIN_FACTOR}x the pre-jump loss "
-                              f"{'interval - 2' if late else 'min(50, interval // 4)'} steps after the jump "
-                              "(the base's state restored)",
-                              nino_horizon=True, rate_clock=True, weights=path, trace=True, per_run=True,
-                              rollback=True, restore_base=True, rollback_limit=100.0,
-                              rollback_factor=RUIN_FACTOR,
-                              rollback_window=(lambda interval: interval - 2) if late else None)
+  when = "interval - 2" if late else "min(50, interval // 4)"
+  return _readme_settings(path, f"{'nino-ours' if shipped else weights}/rate/run with a rollback of jumps "
+                          f"whose loss is still over {RUIN_FACTOR}x the pre-jump loss {when} steps after "
+                          "the jump (the base's state restored)",
+                          rollback=True, restore_base=True, rollback_limit=100.0, rollback_factor=RUIN_FACTOR,
+                          rollback_window=(lambda interval: interval - 2) if late else None)
 
 
 # A guard only against ruin: a rollback factor far above the 1.5 whose rollbacks cost good jumps.

@@ -128,4 +128,17 @@ def test_ruin_guard_trains_as_the_readme_settings_until_it_rolls_back(tmp_path):
   for guarded in (runs["nino-ours/rate/run+ruin"], runs["nino-ours/rate/run+ruinL"]):
     assert guarded["n_rollbacks"] == 0 and guarded["n_jumps"] == plain["n_jumps"] > 0
     assert guarded["final_full_val_loss"] == pytest.approx(plain["final_full_val_loss"], rel=1e-5)
-  assert "interval - 2" in bench.METHODS["nino-ours/rate/run+ruinL"].label
+  from unittest import mock
+
+  import optax
+
+  import optax_nowcast as onc
+
+  task = bench.make_suite_task("G-digits-MLP2-adabelief", None, bench.GENERAL_QUICK)
+  for method, window in (("nino-ours/rate/run+ruin", None), ("nino-ours/rate/run+ruinL", "late")):
+    st = bench.method_settings(task, method, bench.GENERAL_QUICK)
+    with mock.patch.object(onc, "nowcast", return_value=optax.identity()) as nowcast:
+      bench.METHODS[method].build(task, st)
+    kw = nowcast.call_args.kwargs
+    assert kw["rollback_factor"] == variants.RUIN_FACTOR and kw["base"] is not None
+    assert kw.get("rollback_window") == (st.interval - 2 if window else None)
