@@ -71,12 +71,11 @@ def variant_path(method: str) -> str:
 
 
 def _variant(method: str) -> bench.Method:
-  """A NiNo variant reads the graph from the model's forward pass where the parameter names cannot express
-  it (residual blocks, normalisation layers), as the shipped ``nino-ours`` does."""
-  nino = method in NINO_VARIANTS
-  predictor = onc.predictors.nino if nino else onc.predictors.wnn_plus
+  """A variant reads the graph from the model's forward pass where the parameter names cannot express
+  it (residual blocks, normalisation layers), as the shipped ``nino-ours`` and ``wnn+`` do."""
+  predictor = onc.predictors.nino if method in NINO_VARIANTS else onc.predictors.wnn_plus
   return bench.nowcast_method(lambda **kw: predictor(variant_path(method), **kw), VARIANTS[method][2],
-                              nino_horizon=True, weights=lambda: variant_path(method), trace=nino)
+                              nino_horizon=True, weights=lambda: variant_path(method), trace=True)
 
 
 def _readme_settings(path: Callable[[], str], label: str, **guard: Any) -> bench.Method:

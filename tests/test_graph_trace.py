@@ -201,6 +201,43 @@ def test_nino_jumps_under_jit_on_each_model(name):
   assert max(moved) > 0.0
 
 
+@pytest.mark.parametrize("name", ["resnet_batchnorm", "scan_transformer"])
+def test_wnn_plus_jumps_on_traced_models(name):
+  """``wnn_plus(apply_fn=, example_input=)`` reads each element's edge type from the traced graph, so the
+  models its names cannot express (a BatchNorm ResNet, ``nn.scan``) jump under jit; from the names alone
+  it refuses them, naming the option."""
+  fn, params, x = MODELS[name]
+  with pytest.raises(ValueError, match=r"wnn_plus: .*apply_fn= and example_input="):
+    onc.predictors.wnn_plus().init(params)
+  assert _jumps_in_six_steps(onc.predictors.wnn_plus(apply_fn=fn, example_input=x), params) == 1
+
+
+def test_wnn_plus_traced_types_are_the_named_ones():
+  """On a model the names express, the traced graph gives WNN+ the same edge types: the same jump."""
+  m = MLP((8, 8), num_classes=3)
+  x = jnp.zeros((1, 6))
+  params = m.init(jax.random.PRNGKey(0), x)
+  hist = jax.tree.map(lambda p: jnp.stack([p * (1 + 0.01 * i) + 0.001 * i for i in range(5)]), params)
+  times = jnp.arange(-4.0, 1.0)
+  out = []
+  for pred in (onc.predictors.wnn_plus(), onc.predictors.wnn_plus(apply_fn=m.apply, example_input=x)):
+    out.append(pred.predict(hist, times, jnp.array(3), pred.init(params))[0])
+  for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1]), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(params),
+                                                          strict=True)) > 0
+
+
+def test_wnn_plus_names_what_the_trace_cannot_type():
+  m = Temperature()
+  x = jnp.zeros((1, 4))
+  params = m.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match=r"wnn_plus: .*params/temperature.*no edge type"):
+    onc.predictors.wnn_plus(apply_fn=m.apply, example_input=x).init(params)
+  with pytest.raises(ValueError, match="apply_fn and example_input together"):
+    onc.predictors.wnn_plus(apply_fn=m.apply)
+
+
 # ------------------------------------------------------------------------------------- the fallback
 
 class Temperature(nn.Module):

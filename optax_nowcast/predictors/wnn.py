@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_nowcast import graph_trace, weights_io
 from optax_nowcast import graphs as graphs_lib
-from optax_nowcast import weights_io
 from optax_nowcast.predictors.base import Predictor, full_precision, map_rows, row_chunk
 from optax_nowcast.predictors.nino import scale_history
 
@@ -134,7 +134,8 @@ def _rows_per_leaf(fn, leaf_rows: list[tuple], chunk: int | None) -> list[jax.Ar
 
 def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_params: Any = None,
              config: Mapping[str, Any] | None = None, order: Sequence[str] | None = None,
-             chunk: int | str | None = "auto") -> Predictor:
+             chunk: int | str | None = "auto", apply_fn: Callable[..., Any] | None = None,
+             example_input: Any = None) -> Predictor:
   """The WNN+ predictor (use it with ``horizon=schedules.k_decay(40, ...)`` as in NiNo).
 
   With no argument it uses the weights shipped in ``optax_nowcast/pretrained`` (see its MODEL_CARD.md).
@@ -144,6 +145,12 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
       NiNo repository's ``nino_mlp`` checkpoint (``.pt``/``.npz``); or
     model_params, config: our own :class:`WNNPlus` params and its arguments (plus ``ctx``).
     order: module order for the neural graph when names do not sort in forward order.
+    apply_fn, example_input: the model's forward and an input batch of one, as for
+      :func:`~optax_nowcast.predictors.nino`: each element's edge type is then read from the graph traced
+      from ``apply_fn(params, *example_input)`` (:func:`optax_nowcast.graph_trace.trace_graph`), so that
+      models whose parameter names cannot express their graph (residual blocks, normalisation layers,
+      ``nn.scan``) are predicted too. Without them the types come from the parameter names
+      (:func:`optax_nowcast.graphs.neural_graph`).
     chunk: parameter elements per MLP call (:func:`~optax_nowcast.predictors.base.map_rows`): ``"auto"``
       is 1024 on CPU (cache-sized: 1.2-2x faster jumps there, ``benchmarks/results/chunk_speed.md``)
       and one call per parameter tensor elsewhere; ``None``: one call per parameter tensor.
@@ -156,9 +163,28 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
   model = WNNPlus(**config)
   cache: dict[tuple, list] = {}
 
+  if (apply_fn is None) != (example_input is None):
+    raise ValueError("wnn_plus: pass apply_fn and example_input together (the edge types are read from the "
+                     "graph traced from apply_fn(params, *example_input)), or neither (from the names).")
+  args = example_input if isinstance(example_input, tuple) else (example_input,)
+
+  def graph(params) -> graphs_lib.NeuralGraph:
+    if apply_fn is None:
+      try:
+        return graphs_lib.neural_graph(params, order)
+      except ValueError as e:
+        raise ValueError(f"wnn_plus: {e} Or pass apply_fn= and example_input= (a batch of one) to read "
+                         "the edge types from the forward pass instead of the parameter names.") from e
+    g = graph_trace.trace_graph(apply_fn, params, *args, allow_partial=True)
+    if g.uncovered:
+      raise ValueError(f"wnn_plus: the graph traced from apply_fn does not express {', '.join(g.uncovered)}, "
+                       "so WNN+ has no edge type for their elements. Use predictors.nino(apply_fn=..., "
+                       "example_input=..., fallback=predictors.linefit_plus()) or linefit_plus() for this "
+                       "model.")
+    return g
+
   def init(params):
-    g = graphs_lib.neural_graph(params, order)
-    cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = element_edge_types(g)
+    cache[tuple(np.shape(x) for x in jax.tree.leaves(params))] = element_edge_types(graph(params))
     return ()
 
   def predict(history, times, k, state):
