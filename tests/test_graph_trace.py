@@ -201,7 +201,7 @@ def test_nino_jumps_under_jit_on_each_model(name):
   assert max(moved) > 0.0
 
 
-@pytest.mark.parametrize("name", ["resnet_batchnorm", "scan_transformer"])
+@pytest.mark.parametrize("name", ["resnet_batchnorm", "scan_transformer", "nnx_tutorial_cnn"])
 def test_wnn_plus_jumps_on_traced_models(name):
   """``wnn_plus(apply_fn=, example_input=)`` reads each element's edge type from the traced graph, so the
   models its names cannot express (a BatchNorm ResNet, ``nn.scan``) jump under jit; from the names alone
