@@ -351,6 +351,10 @@ METHODS: dict[str, Method] = {
         onc.predictors.nino, "nino-ours on the learning-rate clock, interval = the run's steps / 50 "
         "(schedules.for_run; the README's settings)", nino_horizon=True, rate_clock=True,
         weights=_shipped("nino"), trace=True, per_run=True),
+    "wnn+/rate/run": nowcast_method(
+        onc.predictors.wnn_plus, "wnn+ with the README's settings of nino-ours/rate/run (the learning-rate "
+        "clock, schedules.for_run)", nino_horizon=True, rate_clock=True, weights=_shipped("wnn_plus"),
+        trace=True, per_run=True),
     "nino/rate/run": nowcast_method(
         lambda **kw: onc.predictors.nino(_NINO_OFFICIAL(), **kw), "NiNo, the official checkpoint "
         "(nino_no_posw), with the README's settings (the learning-rate clock, schedules.for_run)",

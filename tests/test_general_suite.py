@@ -245,6 +245,29 @@ def test_the_official_checkpoint_row_has_the_readme_settings_of_ours(monkeypatch
     assert (official[2][0] > official[2][1] > official[2][2]) == decaying  # the clock reads the schedule
 
 
+def test_wnn_plus_row_has_the_readme_settings_of_nino_ours():
+  """``wnn+/rate/run`` differs from ``nino-ours/rate/run`` in the predictor only: the same ``nowcast``
+  arguments (interval from ``for_run``, k-decay from 40, the learning-rate clock), WNN+ on the traced graph
+  where the names cannot express the model."""
+  import optax_nowcast as onc
+
+  for name in ("G-FM-Res-adam", "G-FM-CNN24-adam-cos"):
+    task = bench.make_suite_task(name, None, bench.GENERAL_QUICK)
+    calls = {}
+    for method in ("wnn+/rate/run", "nino-ours/rate/run"):
+      with mock.patch.object(onc, "nowcast", return_value=optax.identity()) as nowcast:
+        s = bench.method_settings(task, method, bench.GENERAL_QUICK)
+        bench.METHODS[method].build(task, s)
+      assert s.interval == onc.schedules.for_run(task.spec.steps)["interval"]
+      (args, kw), = nowcast.call_args_list
+      lr = kw.pop("learning_rate")
+      rate = [float(lr(i) if callable(lr) else lr) for i in (0, task.spec.steps // 2, task.spec.steps - 1)]
+      calls[method] = (args[0].name, kw, rate)
+    wnn, nino = calls["wnn+/rate/run"], calls["nino-ours/rate/run"]
+    assert (wnn[0], nino[0]) == ("wnn_plus", "nino")
+    assert wnn[1:] == nino[1:] and wnn[1]["horizon"].max_k == 40
+
+
 def test_base_rate_entries_scale_the_learning_rate_and_are_checked():
   name = "G-digits-MLP2-adabelief"
   spec = bench._spec_for(f"{name}~lr2", bench.GENERAL)
