@@ -581,6 +581,18 @@ class _Tracer:
     return Act(np.concatenate(parts, axis=axis).astype(np.int32))
 
 
+def forward_args(who: str, apply_fn: Callable[..., Any] | None, example_input: Any) -> tuple[Any, ...] | None:
+  """The positional inputs a predictor ``who`` traces ``apply_fn`` with: ``example_input`` as a tuple (one
+  input or several), or ``None`` without ``apply_fn`` (the graph is then read from the parameter names).
+  Raises a ``ValueError`` naming ``who`` when only one of the two is given."""
+  if (apply_fn is None) != (example_input is None):
+    raise ValueError(f"{who}: pass apply_fn and example_input together (the graph is traced from "
+                     "apply_fn(params, *example_input)), or neither (the graph is read from the names).")
+  if apply_fn is None:
+    return None
+  return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
 def trace_graph(apply_fn: Callable[..., Any], params: Any, *args: Any, allow_partial: bool = False,
                 **kwargs: Any) -> g_lib.NeuralGraph:
   """The neural graph of ``params`` read from ``apply_fn(params, *args, **kwargs)`` (see the module doc).

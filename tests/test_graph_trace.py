@@ -204,8 +204,8 @@ def test_nino_jumps_under_jit_on_each_model(name):
 @pytest.mark.parametrize("name", ["resnet_batchnorm", "scan_transformer", "nnx_tutorial_cnn"])
 def test_wnn_plus_jumps_on_traced_models(name):
   """``wnn_plus(apply_fn=, example_input=)`` reads each element's edge type from the traced graph, so the
-  models its names cannot express (a BatchNorm ResNet, ``nn.scan``) jump under jit; from the names alone
-  it refuses them, naming the option."""
+  models its names cannot express (a BatchNorm ResNet, ``nn.scan``, NNX) jump under jit; from the names
+  alone it refuses them, naming the option."""
   fn, params, x = MODELS[name]
   with pytest.raises(ValueError, match=r"wnn_plus: .*apply_fn= and example_input="):
     onc.predictors.wnn_plus().init(params)

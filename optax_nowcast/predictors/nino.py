@@ -539,9 +539,7 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   def features(g):
     return graph_node_features(g, n_feat, node_features, seed=lpe_seed)
 
-  if (apply_fn is None) != (example_input is None):
-    raise ValueError("nino: pass apply_fn and example_input together (the graph is traced from "
-                     "apply_fn(params, *example_input)), or neither (the graph is read from the names).")
+  args = graph_trace.forward_args("nino", apply_fn, example_input)
   if fallback is not None and not isinstance(fallback, Predictor):
     raise TypeError(f"nino: fallback must be a Predictor such as predictors.linefit_plus(), got "
                     f"{type(fallback).__name__}.")
@@ -554,7 +552,6 @@ def nino(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, model_
   if max_fan_in is not None and fallback is None:
     raise ValueError("nino: max_fan_in leaves the widest tensors to another predictor; pass "
                      "fallback=predictors.linefit_plus() (or another predictor) with it.")
-  args = example_input if isinstance(example_input, tuple) else (example_input,)
 
   def build(params) -> graphs_lib.NeuralGraph:
     partial = fallback is not None

@@ -163,13 +163,10 @@ def wnn_plus(weights: str | os.PathLike | Mapping[str, Any] | None = None, *, mo
   model = WNNPlus(**config)
   cache: dict[tuple, list] = {}
 
-  if (apply_fn is None) != (example_input is None):
-    raise ValueError("wnn_plus: pass apply_fn and example_input together (the edge types are read from the "
-                     "graph traced from apply_fn(params, *example_input)), or neither (from the names).")
-  args = example_input if isinstance(example_input, tuple) else (example_input,)
+  args = graph_trace.forward_args("wnn_plus", apply_fn, example_input)
 
   def graph(params) -> graphs_lib.NeuralGraph:
-    if apply_fn is None:
+    if args is None:
       try:
         return graphs_lib.neural_graph(params, order)
       except ValueError as e:
