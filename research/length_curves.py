@@ -38,6 +38,8 @@ ALL_TASKS = bench.ALL_TASKS
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results")
 LENGTHS = (*bench.LENGTHS, 100)
+EXTRA = 75  # a length measured beside the grid where its runs exist: the issue's 25 % saving exactly
+FINER = tuple(sorted((*LENGTHS, EXTRA)))
 PLOTTED = ("nino-ours/rate/run", "nino/rate/run")  # besides the base (the README's NiNo settings)
 NEVER = "never"
 
@@ -60,14 +62,15 @@ def _reaches(value: float, goal: float, hib: bool) -> bool:
   return value >= goal - 1e-12 if hib else value <= goal + 1e-12
 
 
-def finals_by_length(found: dict, name: str, method: str) -> dict[int, dict[int, float]] | None:
+def finals_by_length(found: dict, name: str, method: str,
+                     lengths: tuple[int, ...] = LENGTHS) -> dict[int, dict[int, float]] | None:
   """``{seed: {length %: final metric}}`` for the seeds that have every length, or None."""
   per: dict[int, dict[int, float]] = {}
-  for pct in LENGTHS:
+  for pct in lengths:
     key = name if pct == 100 else f"{name}@{pct}"
     for r in found.get(key, {}).get(method, []):
       per.setdefault(r["seed"], {})[pct] = r["final_full_val_metric"]
-  per = {k: v for k, v in per.items() if len(v) == len(LENGTHS)}
+  per = {k: v for k, v in per.items() if len(v) == len(lengths)}
   return per or None
 
 
@@ -98,14 +101,41 @@ def rows(found: dict, summary_rows: list[dict[str, Any]]) -> list[dict[str, Any]
         grid.append(NEVER if first is None else 100 * (1 - first / first_b))
       med = float(np.median([-np.inf if x == NEVER else x for x in savings]))
       med_grid = float(np.median([-np.inf if x == NEVER else x for x in grid]))
+      finer = _finer_grid(found, name, method, hib, seeds)
       ref = inside.get((name, method), {})
       out.append({"config": name, "method": method, "seeds": len(seeds),
                   "interpolated_saving": med if np.isfinite(med) else None,
                   "never": sum(x == NEVER for x in savings),
                   "grid_saving": med_grid if np.isfinite(med_grid) else None,
+                  **finer,
                   "per_seed": savings,
                   "reduction_inside": ref.get("reduction_reached"), "never_inside": ref.get("never")})
   return out
+
+
+def _finer_grid(found: dict, name: str, method: str, hib: bool, seeds: list[int]) -> dict[str, Any]:
+  """The grid saving with ``EXTRA`` % measured too, on the seeds where the base and the method have it:
+  ``finer_saving`` (median, `never` the worst), ``finer_seeds``, and ``reach_at_extra``: how many of those
+  seeds' runs at ``EXTRA`` % reach the base's final metric at 100 %."""
+  base, mine = (finals_by_length(found, name, m, FINER) for m in ("adam", method))
+  if base is None or mine is None:
+    return {"finer_saving": None, "finer_seeds": 0, "reach_at_extra": None}
+  savings, reach = [], 0
+  for k in [k for k in seeds if k in base and k in mine]:
+    goal = base[k][100]
+    first = next((p for p in FINER if _reaches(mine[k][p], goal, hib)), None)
+    first_b = next(p for p in FINER if _reaches(base[k][p], goal, hib))
+    savings.append(NEVER if first is None else 100 * (1 - first / first_b))
+    reach += _reaches(mine[k][EXTRA], goal, hib)
+  med = float(np.median([-np.inf if x == NEVER else x for x in savings]))
+  return {"finer_saving": med if np.isfinite(med) else None, "finer_seeds": len(savings),
+          "reach_at_extra": reach}
+
+
+def _median_pct(values: list[float | None]) -> str:
+  """The median of per-configuration savings, ``None`` (never) counted as the worst."""
+  med = float(np.median([-np.inf if v is None else v for v in values]))
+  return _pct(med if np.isfinite(med) else None)
 
 
 def _pct(x: float | None) -> str:
@@ -119,27 +149,33 @@ def table(rs: list[dict[str, Any]]) -> str:
            "metric reaches the base's final metric at 100 % (same seed). Grid: the same on the grid alone, "
            "as `benchmarks/results/general_summary.md` reports it. Inside: the median step reduction "
            "within the full-length schedule to the base's final smoothed value (seeds that reach it; "
-           "`(n never)` those that do not).", "",
-           "| configuration | method | seeds | interpolated saving | never | grid saving "
-           "| inside the schedule |",
-           "|---|---|---|---|---|---|---|"]
+           "`(n never)` those that do not). With 75 %: where the base and the method were also run at "
+           f"{EXTRA} % of the schedule (`<config>@{EXTRA}`), the grid saving with that length measured, and "
+           f"how many seeds' runs at {EXTRA} % reach the base's final metric at 100 % (blank: not run).", "",
+           "| configuration | method | seeds | interpolated saving | never | grid saving | with 75 % "
+           "| reach at 75 % | inside the schedule |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in rs:
     inside = "—" if r["reduction_inside"] is None else f"{r['reduction_inside']:.1f} %"
     if r.get("never_inside"):
       inside += f" ({r['never_inside']} never)"
+    finer, reach = "", ""
+    if r["finer_seeds"]:
+      finer, reach = _pct(r["finer_saving"]), f"{r['reach_at_extra']} of {r['finer_seeds']}"
     lines.append(f"| {r['config']} | {r['method']} | {r['seeds']} | {_pct(r['interpolated_saving'])} | "
-                 f"{r['never']} | {_pct(r['grid_saving'])} | {inside} |")
+                 f"{r['never']} | {_pct(r['grid_saving'])} | {finer} | {reach} | {inside} |")
   lines += ["", "Per method, over the configurations it has all lengths on: median interpolated saving "
             "(a configuration's `never` counted as the worst).", "",
-            "| method | configurations | median interpolated saving | median grid saving |",
-            "|---|---|---|---|"]
+            "| method | configurations | median interpolated saving | median grid saving "
+            "| median with 75 % (configurations) |",
+            "|---|---|---|---|---|"]
   for m in sorted({r["method"] for r in rs}):
     mine = [r for r in rs if r["method"] == m]
-    med = float(np.median([-np.inf if r["interpolated_saving"] is None else r["interpolated_saving"]
-                           for r in mine]))
-    med_g = float(np.median([-np.inf if r["grid_saving"] is None else r["grid_saving"] for r in mine]))
-    lines.append(f"| {m} | {len(mine)} | {_pct(med if np.isfinite(med) else None)} | "
-                 f"{_pct(med_g if np.isfinite(med_g) else None)} |")
+    finer = [r for r in mine if r["finer_seeds"]]
+    lines.append(f"| {m} | {len(mine)} | {_median_pct([r['interpolated_saving'] for r in mine])} | "
+                 f"{_median_pct([r['grid_saving'] for r in mine])} | "
+                 + (f"{_median_pct([r['finer_saving'] for r in finer])} ({len(finer)})" if finer else "")
+                 + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -35,3 +35,17 @@ def test_rows_read_saving_per_seed_and_count_never():
   assert r["per_seed"] == [pytest.approx(30.0), lc.NEVER]  # seed 0 reaches 4.0 at 70 %; seed 1 never
   assert r["never"] == 1 and r["interpolated_saving"] is None  # the median of two counts never as worst
   assert r["grid_saving"] is None and r["reduction_inside"] == 40.0
+
+
+def test_a_length_run_beside_the_grid_refines_the_grid_saving():
+  def runs(vals):
+    return [{"seed": k, "final_full_val_metric": v} for k, v in enumerate(vals)]
+  name = "G-LM-2-40-adam-lin"  # perplexity: lower is better
+  base = {40: [9.0, 9.0], 55: [8.0, 8.0], 70: [7.0, 7.0], 75: [6.8, 6.8], 85: [6.5, 6.5], 100: [6.0, 6.0]}
+  mine = {40: [8.0, 9.0], 55: [7.0, 8.0], 70: [6.2, 7.0], 75: [5.9, 6.4], 85: [5.5, 5.95], 100: [5.0, 5.9]}
+  found = {(name if p == 100 else f"{name}@{p}"): {"adam": runs(base[p]), "m": runs(mine[p])} for p in base}
+  (r,) = lc.rows(found, [])
+  assert r["grid_saving"] == pytest.approx(15.0)  # both seeds first reach 6.0 at 85 % on the grid
+  assert r["finer_seeds"] == 2 and r["reach_at_extra"] == 1  # at 75 %: seed 0 (5.9) does, seed 1 (6.4) not
+  assert r["finer_saving"] == pytest.approx((25.0 + 15.0) / 2)
+  assert "| 20 % | 1 of 2 |" in lc.table([r])
