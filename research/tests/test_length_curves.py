@@ -49,3 +49,13 @@ def test_a_length_run_beside_the_grid_refines_the_grid_saving():
   assert r["finer_seeds"] == 2 and r["reach_at_extra"] == 1  # at 75 %: seed 0 (5.9) does, seed 1 (6.4) not
   assert r["finer_saving"] == pytest.approx((25.0 + 15.0) / 2)
   assert "| 20 % | 1 of 2 |" in lc.table([r])
+
+
+def test_relation_fits_saving_against_the_reduction_inside_the_schedule():
+  rs = [{"reduction_inside": x, "interpolated_saving": 0.5 * x + 5, "never_inside": 0, "never": 0}
+        for x in (10.0, 20.0, 40.0)]
+  rs.append({"reduction_inside": 90.0, "interpolated_saving": None, "never_inside": 0, "never": 1})  # out
+  rel = lc.relation(rs)
+  assert rel["pairs"] == 3 and rel["spearman"] == pytest.approx(1.0)
+  assert rel["slope"] == pytest.approx(0.5) and rel["intercept"] == pytest.approx(5.0)
+  assert rel["reduction_for_25"] == pytest.approx(40.0)
