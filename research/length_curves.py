@@ -132,6 +132,17 @@ def _finer_grid(found: dict, name: str, method: str, hib: bool, seeds: list[int]
           "reach_at_extra": reach}
 
 
+def _ranks(v: np.ndarray) -> np.ndarray:
+  """Ranks with ties given their mean rank (as Spearman's correlation takes them)."""
+  order = np.argsort(v, kind="stable")
+  r = np.empty(len(v))
+  r[order] = np.arange(len(v), dtype=float)
+  for value in np.unique(v):
+    tied = v == value
+    r[tied] = r[tied].mean()
+  return r
+
+
 def relation(rs: list[dict[str, Any]]) -> dict[str, float] | None:
   """Across (configuration, method) pairs with no seed `never` (inside the schedule or by length): the
   Spearman rank correlation of the interpolated length saving with the step reduction inside the
@@ -143,8 +154,7 @@ def relation(rs: list[dict[str, Any]]) -> dict[str, float] | None:
   if len(pts) < 3:
     return None
   x, y = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
-  rank = lambda v: np.argsort(np.argsort(v)).astype(float)  # noqa: E731 (ties: none expected to matter)
-  rho = float(np.corrcoef(rank(x), rank(y))[0, 1])
+  rho = float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
   slope, intercept = np.polyfit(x, y, 1)
   return {"pairs": len(pts), "spearman": rho, "slope": float(slope), "intercept": float(intercept),
           "reduction_for_25": float((25.0 - intercept) / slope)}

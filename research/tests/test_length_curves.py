@@ -59,3 +59,8 @@ def test_relation_fits_saving_against_the_reduction_inside_the_schedule():
   assert rel["pairs"] == 3 and rel["spearman"] == pytest.approx(1.0)
   assert rel["slope"] == pytest.approx(0.5) and rel["intercept"] == pytest.approx(5.0)
   assert rel["reduction_for_25"] == pytest.approx(40.0)
+
+
+def test_ranks_give_ties_their_mean_rank():
+  import numpy as np
+  assert lc._ranks(np.array([5.0, 1.0, 5.0, 3.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
