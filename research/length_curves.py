@@ -16,7 +16,8 @@ It also reads, for the same configuration and method, the step reduction inside 
 (to the base's own final smoothed value; `benchmarks/results/general_summary.json`), to set the two side
 by side: whether a method's length saving follows from how much faster it moves within one schedule.
 The plot draws the final metric against length (mean over seeds, relative to the base at 100 %) per
-configuration for the base and the README's NiNo settings with our weights and the official checkpoint.
+configuration for the base and the README's NiNo settings with our weights and the official checkpoint,
+with the 75 % runs where they exist.
 """
 
 from __future__ import annotations
@@ -225,12 +226,15 @@ def plot(found: dict, path: str) -> None:
     base = finals_by_length(found, name, "adam")
     goal = {k: v[100] for k, v in base.items()}
     for method, style in (("adam", "k-"), (PLOTTED[0], "C0o-"), (PLOTTED[1], "C1s--")):
-      per = finals_by_length(found, name, method)
+      lengths = FINER  # with the 75 % runs where the method has them
+      per = finals_by_length(found, name, method, FINER)
+      if per is None:
+        lengths, per = LENGTHS, finals_by_length(found, name, method)
       if per is None:
         continue
       seeds = sorted(set(per) & set(goal))
-      ys = [scale * np.mean([per[k][p] - goal[k] for k in seeds]) for p in LENGTHS]
-      ax.plot(LENGTHS, ys, style, ms=3, label=method if method != "adam" else "base")
+      ys = [scale * np.mean([per[k][p] - goal[k] for k in seeds]) for p in lengths]
+      ax.plot(lengths, ys, style, ms=3, label=method if method != "adam" else "base")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(75, color="grey", lw=0.5, ls=":")
     ax.set_title(name.removeprefix("G-"), fontsize=8)
