@@ -37,7 +37,7 @@ def _copy(tree):
 def _train(task, method: str, s: bench.Settings, seed: int, start: int, steps: int, carry=None):
   """``steps`` steps of ``method`` from step ``start`` (from ``carry``, or its initial state): the carry and
   the mean training loss of each chunk of at most ``s.eval_every`` steps."""
-  chunk, c0 = bench.build_chunk(task, method, s, seed)
+  chunk, c0 = bench.build_chunk(task, method, bench.method_settings(task, method, s), seed)  # as run.py
   c = c0 if carry is None else carry
   losses = []
   for st in range(start, start + steps, s.eval_every):
@@ -50,7 +50,8 @@ def _train(task, method: str, s: bench.Settings, seed: int, start: int, steps: i
 def scale_jump(task, method: str, s: bench.Settings, seed: int, scales=SCALES,
                groups: bool = False) -> dict[str, Any]:
   """The base continued from ``theta_base + a * d`` (and per group) after ``method``'s first jump."""
-  jump = s.ctx * s.interval  # the first jump's step (0-based): the default period
+  ms = bench.method_settings(task, method, s)  # a per-run method (``/run``) records every steps / 50
+  jump = ms.ctx * ms.interval  # the first jump's step (0-based): the method's period
   rest = jump - s.eval_every  # continue until one chunk before the next jump
   (pb, ob), _ = _train(task, "adam", s, seed, 0, jump + 1)
   (pj, _), _ = _train(task, method, s, seed, 0, jump + 1)
@@ -118,18 +119,27 @@ def main(argv=None) -> list[dict[str, Any]]:
   parser.add_argument("--groups", default="G-LM-1-48-lion-cos",
                       help="configurations whose jumps are also taken one parameter group at a time (on "
                       "the first seed)")
+  parser.add_argument("--cases", default=None,
+                      help="configuration:method pairs, comma-separated (default: the harmful and helpful "
+                      "jumps of CASES)")
+  parser.add_argument("--scales", default=None, help="comma-separated scales a (default: 0 to 1, SCALES)")
+  parser.add_argument("--stem", default="jump_scale", help="results file name (research/results/<stem>.md)")
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--out", default=os.path.join(HERE, "results"))
   args = parser.parse_args(argv)
+  cases = CASES if args.cases is None else [tuple(c.split(":", 1)) for c in args.cases.split(",")]
+  scales = SCALES if args.scales is None else tuple(float(a) for a in args.scales.split(","))
+  if 0.0 not in scales[:1]:
+    parser.error("--scales must start with 0 (no jump): the table compares every scale with it")
   results = []
   seeds = [int(k) for k in args.seeds.split(",")]
-  for name, method in CASES:
+  for name, method in cases:
     s, task = case_task(name, args.data_dir)
     for seed in seeds:
       groups = name in args.groups.split(",") and seed == seeds[0]
-      results.append(scale_jump(task, method, s, seed, groups=groups))
+      results.append(scale_jump(task, method, s, seed, scales=scales, groups=groups))
       print(f"{name} {method} seed {seed}: done", flush=True)
-  return publish(args.out, "jump_scale", results, format_table(results))
+  return publish(args.out, args.stem, results, format_table(results))
 
 
 if __name__ == "__main__":

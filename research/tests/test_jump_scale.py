@@ -30,3 +30,18 @@ def test_scale_zero_is_the_base_and_one_is_the_methods_jump():
   assert [row["what"] for row in r["rows"][2:]] == ["only params/Dense_0", "only params/Dense_1",
                                                     "only params/Dense_2"]
   assert "| a = 1 |" in js.format_table([r])
+
+
+def test_a_per_run_method_is_scaled_at_its_own_first_jump():
+  """``/run`` methods record every steps / 50 (``schedules.for_run``): the first jump, and the window after
+  it, follow that period, not the suite's interval; scales above 1 are taken as given."""
+  entry = "G-digits-MLP2-adabelief"
+  s = dataclasses.replace(bench.settings_for("general", entry, bench.GENERAL), steps=200, eval_every=5,
+                          interval=8)
+  task = bench.make_suite_task(entry, None, s)
+  ms = bench.method_settings(task, "linefit+/rate/run", s)
+  assert ms.interval != s.interval
+  r = js.scale_jump(task, "linefit+/rate/run", s, 0, scales=(0.0, 1.0, 2.0))
+  assert r["jump_step"] == ms.ctx * ms.interval + 1 and r["continued_steps"] == ms.ctx * ms.interval - 5
+  assert [row["scale"] for row in r["rows"]] == [0.0, 1.0, 2.0]
+  assert len({row["val_loss"] for row in r["rows"]}) == 3
