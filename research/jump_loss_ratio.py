@@ -33,12 +33,13 @@ def ratios(entry: str, method: str, seed: int, data_dir: str | None) -> dict:
   """Trains one run; returns its jumps' ``(step, loss before, loss after)`` and its final metric."""
   s = bench.settings_for("general", entry, bench.GENERAL)
   task = bench.make_suite_task(entry, data_dir, s)
-  period, steps = s.ctx * s.interval, task.spec.steps
+  ms = bench.method_settings(task, method, s)  # a per-run method (``/run``) records every steps / 50
+  period, steps = ms.ctx * ms.interval, task.spec.steps
   loss = jax.jit(task.loss)
-  chunk, carry = bench.build_chunk(task, method, s, seed)
+  chunk, carry = bench.build_chunk(task, method, ms, seed)
   jumps, start = [], 0
   while start < steps:
-    if start and start % period == 0:  # a jump step (the constant period of the suite)
+    if start and start % period == 0:  # a jump step (the method's constant period)
       idx = task.batch_indices(seed, start, 1)
       before = float(loss(carry[0], idx[0]))
       carry, _ = chunk(carry, idx)

@@ -28,3 +28,16 @@ def test_table_flags_runs_worse_than_the_base():
   lines = jlr.format_md([row, lm]).splitlines()
   assert lines[-2] == "| e | m | 0 | 2.50 | 0.8000 | 0.8500 | worse |"
   assert lines[-1].endswith("| 8.0500 | 8.0000 |  |")
+
+
+def test_a_per_run_method_is_read_at_its_own_period():
+  """A ``/run`` method jumps every ``ctx`` of its own intervals (the run's steps / 50), not the suite's: at
+  55 % of digits' schedule, 1,100 steps, every 22 steps instead of the suite's 40."""
+  entry = "G-digits-MLP2-adabelief@55"
+  s = bench.settings_for("general", entry, bench.GENERAL)
+  task = bench.make_suite_task(entry, None, s)
+  ms = bench.method_settings(task, "linefit+/rate/run", s)
+  assert ms.interval != s.interval
+  r = jlr.ratios(entry, "linefit+/rate/run", 0, None)
+  period = ms.ctx * ms.interval
+  assert [j["step"] for j in r["jumps"]] == list(range(period, task.spec.steps, period))
