@@ -129,7 +129,7 @@ def main(argv=None) -> list[dict[str, Any]]:
   args = parser.parse_args(argv)
   cases = CASES if args.cases is None else [tuple(c.split(":", 1)) for c in args.cases.split(",")]
   scales = SCALES if args.scales is None else tuple(float(a) for a in args.scales.split(","))
-  if 0.0 not in scales[:1]:
+  if scales[0] != 0.0:
     parser.error("--scales must start with 0 (no jump): the table compares every scale with it")
   results = []
   seeds = [int(k) for k in args.seeds.split(",")]
