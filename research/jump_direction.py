@@ -14,6 +14,8 @@ periods ahead:
 The step where ``|D(h)|`` first reaches ``|d|`` is the jump's realized horizon (how many base steps the jump's
 length stands for); ``cos`` there says whether the jump went the same way. A jump that is right but timid
 has a high cosine at a short realized horizon; a jump pointed the wrong way has a low cosine at every ``h``.
+``--orders K`` averages ``D(h)`` over K minibatch orders from the same point, to take out the noise no
+prediction can foresee.
 Writes ``research/results/jump_direction.{json,md}``.
 """
 
@@ -42,22 +44,26 @@ def _flat(tree) -> jax.Array:
 
 
 def _run_to(task, method: str, s: bench.Settings, seed: int, steps: int, snap_every: int | None = None,
-            start_carry=None, start: int = 0):
+            start_carry=None, start: int = 0, order: int | None = None):
   """``steps`` steps of ``method`` from ``start``; the carry and, every ``snap_every`` steps, the flat
-  parameters."""
+  parameters. ``order``: the seed of the minibatch order (default: ``seed``'s, as the benchmark runs)."""
   chunk, c0 = bench.build_chunk(task, method, bench.method_settings(task, method, s), seed)
   c = c0 if start_carry is None else start_carry
   snaps, every = [], snap_every or steps
   for st in range(start, start + steps, every):
     n = min(every, start + steps - st)
-    c, _ = chunk(c, task.batch_indices(seed, st, n))
+    c, _ = chunk(c, task.batch_indices(seed if order is None else order, st, n))
     if snap_every:
       snaps.append((st + n - start, np.asarray(_flat(c[0]))))
   return c, snaps
 
 
-def direction(task, method: str, s: bench.Settings, seed: int, periods: int = 3) -> dict[str, Any]:
-  """The first jump of ``method`` against the base's displacement after it (module docstring)."""
+def direction(task, method: str, s: bench.Settings, seed: int, periods: int = 3,
+              orders: int = 1) -> dict[str, Any]:
+  """The first jump of ``method`` against the base's displacement after it (module docstring). With
+  ``orders`` > 1 the base continues from the jump's point with that many minibatch orders (the run's own,
+  then seeds ``1000 + seed * 100 + j``) and ``D(h)`` is their mean: the minibatch noise shrinks as
+  ``1 / sqrt(orders)`` while the direction all orders share stays."""
   ms = bench.method_settings(task, method, s)
   jump = ms.ctx * ms.interval  # the first jump's step (0-based)
   cb, _ = _run_to(task, "adam", s, seed, jump + 1)
@@ -65,8 +71,10 @@ def direction(task, method: str, s: bench.Settings, seed: int, periods: int = 3)
   tb, tj = np.asarray(_flat(cb[0])), np.asarray(_flat(cj[0]))
   d = tj - tb
   horizon = min(periods * jump, task.spec.steps - (jump + 1))
-  _, snaps = _run_to(task, "adam", s, seed, horizon, snap_every=s.eval_every,
-                     start_carry=jax.tree.map(jnp.copy, cb), start=jump + 1)
+  runs = [_run_to(task, "adam", s, seed, horizon, snap_every=s.eval_every,
+                  start_carry=jax.tree.map(jnp.copy, cb), start=jump + 1,
+                  order=None if j == 0 else 1000 + seed * 100 + j)[1] for j in range(orders)]
+  snaps = [(h, np.mean([r[i][1] for r in runs], axis=0)) for i, (h, _) in enumerate(runs[0])]
   dn = float(np.linalg.norm(d))
   rows = []
   for h, theta in snaps:
@@ -75,6 +83,7 @@ def direction(task, method: str, s: bench.Settings, seed: int, periods: int = 3)
     rows.append({"h": h, "cos": float(d @ big_d / max(dn * bn, 1e-30)), "ratio": bn / max(dn, 1e-30)})
   reach = next((r for r in rows if r["ratio"] >= 1.0), None)
   return {"config": task.name, "method": method, "seed": seed, "jump_step": jump + 1, "period": jump,
+          "orders": orders,
           "jump_norm": dn, "params_norm": float(np.linalg.norm(tb)), "rows": rows,
           "realized_horizon": None if reach is None else reach["h"],
           "cos_at_realized": None if reach is None else reach["cos"],
@@ -86,12 +95,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
            "steps later (`python -m research.jump_direction`): the jump's length relative to the "
            "parameters, the step `h` where `|D(h)|` first reaches `|d|` (realized horizon, in base steps "
            "and in the method's periods; `—`: not within the steps read) and the cosine there, and the "
-           "largest cosine over the steps read and its `h`.", "",
-           "| configuration | method | seed | period | jump / params | realized horizon (steps) | "
-           "in periods | cos there | max cos | at h |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "largest cosine over the steps read and its `h`; orders: how many minibatch orders `D(h)` is the "
+           "mean of.", "",
+           "| configuration | method | seed | orders | period | jump / params | realized horizon (steps) | "
+           "in periods | cos there | max cos | at h |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results:
     rh = r["realized_horizon"]
-    lines.append(f"| {r['config']} | {r['method']} | {r['seed']} | {r['period']} | "
+    lines.append(f"| {r['config']} | {r['method']} | {r['seed']} | {r.get('orders', 1)} | {r['period']} | "
                  f"{r['jump_norm'] / max(r['params_norm'], 1e-30):.3f} | "
                  f"{'—' if rh is None else rh} | {'—' if rh is None else format(rh / r['period'], '.2f')} | "
                  f"{'—' if rh is None else format(r['cos_at_realized'], '.2f')} | {r['max_cos']:.2f} | "
@@ -105,6 +115,10 @@ def main(argv=None) -> list[dict[str, Any]]:
   parser.add_argument("--cases", default=None, help="configuration:method pairs, comma-separated")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--periods", type=int, default=3, help="how far to follow the base, in periods")
+  parser.add_argument("--orders", type=int, default=1,
+                      help="minibatch orders the base continues with; D(h) is their mean (1: the run's own)")
+  parser.add_argument("--stem", default="jump_direction",
+                      help="results file name (research/results/<stem>.md)")
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--out", default=os.path.join(HERE, "results"))
   args = parser.parse_args(argv)
@@ -113,9 +127,9 @@ def main(argv=None) -> list[dict[str, Any]]:
   for name, method in cases:
     s, task = case_task(name, args.data_dir)
     for seed in [int(k) for k in args.seeds.split(",")]:
-      results.append(direction(task, method, s, seed, args.periods))
+      results.append(direction(task, method, s, seed, args.periods, args.orders))
       print(f"{name} {method} seed {seed}: done", flush=True)
-  return publish(args.out, "jump_direction", results, format_table(results))
+  return publish(args.out, args.stem, results, format_table(results))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,28 @@ def test_displacements_are_the_base_runs_own_and_the_cosines_are_consistent():
   reached = [x["h"] for x in r["rows"] if x["ratio"] >= 1]
   assert r["realized_horizon"] == (reached[0] if reached else None)
   assert "| G-digits-MLP2-adabelief | linefit+ | 0 |" in jd.format_table([r])
+
+
+def test_more_minibatch_orders_average_the_base_displacement():
+  """``orders=2``: ``D(h)`` is the mean of the run's own continuation and one with another minibatch order."""
+  entry = "G-digits-MLP2-adabelief"
+  s = dataclasses.replace(bench.settings_for("general", entry, bench.GENERAL), steps=200, eval_every=5,
+                          interval=8)
+  task = bench.make_suite_task(entry, None, s)
+  one, two = (jd.direction(task, "linefit+", s, 0, periods=1, orders=k) for k in (1, 2))
+  assert one["jump_norm"] == two["jump_norm"] and two["orders"] == 2
+  start = s.ctx * s.interval + 1
+
+  def base_at_jump():  # a fresh carry each time: the chunk donates its input
+    return jd._run_to(task, "adam", s, 0, start)[0]
+
+  theta = np.asarray(jd._flat(base_at_jump()[0]))
+  own = np.asarray(jd._flat(jd._run_to(task, "adam", s, 0, 5, start_carry=base_at_jump(), start=start)[0][0]))
+  other = np.asarray(jd._flat(jd._run_to(task, "adam", s, 0, 5, start_carry=base_at_jump(), start=start,
+                                         order=1000 + 1)[0][0]))
+  assert not np.allclose(own, other)  # another minibatch order
+  d = np.asarray(jd._flat(jd._run_to(task, "linefit+", s, 0, start)[0][0])) - theta
+  big_d = (own + other) / 2 - theta
+  expected = float(d @ big_d / np.linalg.norm(d) / np.linalg.norm(big_d))
+  assert two["rows"][0]["cos"] == pytest.approx(expected, abs=1e-5)
+  assert one["rows"][0]["cos"] != pytest.approx(expected, abs=1e-6)
