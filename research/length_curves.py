@@ -42,7 +42,7 @@ LENGTHS = (*bench.LENGTHS, 100)
 EXTRA = 75  # a length measured beside the grid where its runs exist: the issue's 25 % saving exactly
 FINER = tuple(sorted((*LENGTHS, EXTRA)))
 PLOTTED = ("nino-ours/rate/run", "nino/rate/run")  # besides the base (the README's NiNo settings)
-NEVER = "never"
+NEVER = bench.NEVER  # a seed (or configuration) whose every length ends short of the goal
 
 
 def crossing(lengths: list[float], finals: list[float], goal: float, hib: bool) -> float | None:
@@ -61,6 +61,22 @@ def crossing(lengths: list[float], finals: list[float], goal: float, hib: bool) 
 
 def _reaches(value: float, goal: float, hib: bool) -> bool:
   return value >= goal - 1e-12 if hib else value <= goal + 1e-12
+
+
+def _grid_saving(mine: dict[int, float], base: dict[int, float], lengths: tuple[int, ...],
+                 hib: bool) -> float | str:
+  """One seed's ``1 - L_method / L_base`` on the grid ``lengths``: the first measured length reaching the
+  base's final metric at 100 % (the base reaches it at 100 % at the latest); ``NEVER`` if none does."""
+  goal = base[100]
+  first = next((p for p in lengths if _reaches(mine[p], goal, hib)), None)
+  first_b = next(p for p in lengths if _reaches(base[p], goal, hib))
+  return NEVER if first is None else 100 * (1 - first / first_b)
+
+
+def _median(values: list) -> float | None:
+  """The median of savings with ``NEVER`` counted as the worst (``benchmarks.run``'s rule); None if that
+  median is a ``NEVER``."""
+  return bench._median_never(values)[0]
 
 
 def finals_by_length(found: dict, name: str, method: str,
@@ -97,17 +113,12 @@ def rows(found: dict, summary_rows: list[dict[str, Any]]) -> list[dict[str, Any]
         lb = crossing(list(LENGTHS), [base[k][p] for p in LENGTHS], goal, hib)  # <= 100: reaches itself
         lm = crossing(list(LENGTHS), [mine[k][p] for p in LENGTHS], goal, hib)
         savings.append(NEVER if lm is None else 100 * (1 - lm / lb))
-        first = next((p for p in LENGTHS if _reaches(mine[k][p], goal, hib)), None)
-        first_b = next(p for p in LENGTHS if _reaches(base[k][p], goal, hib))
-        grid.append(NEVER if first is None else 100 * (1 - first / first_b))
-      med = float(np.median([-np.inf if x == NEVER else x for x in savings]))
-      med_grid = float(np.median([-np.inf if x == NEVER else x for x in grid]))
+        grid.append(_grid_saving(mine[k], base[k], LENGTHS, hib))
       finer = _finer_grid(found, name, method, hib, seeds)
       ref = inside.get((name, method), {})
       out.append({"config": name, "method": method, "seeds": len(seeds),
-                  "interpolated_saving": med if np.isfinite(med) else None,
-                  "never": sum(x == NEVER for x in savings),
-                  "grid_saving": med_grid if np.isfinite(med_grid) else None,
+                  "interpolated_saving": _median(savings), "never": sum(x == NEVER for x in savings),
+                  "grid_saving": _median(grid),
                   **finer,
                   "per_seed": savings,
                   "reduction_inside": ref.get("reduction_reached"), "never_inside": ref.get("never")})
@@ -123,13 +134,9 @@ def _finer_grid(found: dict, name: str, method: str, hib: bool, seeds: list[int]
     return {"finer_saving": None, "finer_seeds": 0, "reach_at_extra": None}
   savings, reach = [], 0
   for k in [k for k in seeds if k in base and k in mine]:
-    goal = base[k][100]
-    first = next((p for p in FINER if _reaches(mine[k][p], goal, hib)), None)
-    first_b = next(p for p in FINER if _reaches(base[k][p], goal, hib))
-    savings.append(NEVER if first is None else 100 * (1 - first / first_b))
-    reach += _reaches(mine[k][EXTRA], goal, hib)
-  med = float(np.median([-np.inf if x == NEVER else x for x in savings]))
-  return {"finer_saving": med if np.isfinite(med) else None, "finer_seeds": len(savings),
+    savings.append(_grid_saving(mine[k], base[k], FINER, hib))
+    reach += _reaches(mine[k][EXTRA], base[k][100], hib)
+  return {"finer_saving": _median(savings), "finer_seeds": len(savings),
           "reach_at_extra": reach}
 
 
@@ -163,8 +170,7 @@ def relation(rs: list[dict[str, Any]]) -> dict[str, float] | None:
 
 def _median_pct(values: list[float | None]) -> str:
   """The median of per-configuration savings, ``None`` (never) counted as the worst."""
-  med = float(np.median([-np.inf if v is None else v for v in values]))
-  return _pct(med if np.isfinite(med) else None)
+  return _pct(_median([NEVER if v is None else v for v in values]))
 
 
 def _pct(x: float | None) -> str:
