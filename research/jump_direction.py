@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import run as bench
-from research.jump_scale import case_task, publish
+from research.jump_scale import _train, case_task, publish
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The README's NiNo on MLPs and transformers, where it saves little, and on CNNs, where it saves much.
@@ -43,21 +43,6 @@ def _flat(tree) -> jax.Array:
   return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
 
 
-def _run_to(task, method: str, s: bench.Settings, seed: int, steps: int, snap_every: int | None = None,
-            start_carry=None, start: int = 0, order: int | None = None):
-  """``steps`` steps of ``method`` from ``start``; the carry and, every ``snap_every`` steps, the flat
-  parameters. ``order``: the seed of the minibatch order (default: ``seed``'s, as the benchmark runs)."""
-  chunk, c0 = bench.build_chunk(task, method, bench.method_settings(task, method, s), seed)
-  c = c0 if start_carry is None else start_carry
-  snaps, every = [], snap_every or steps
-  for st in range(start, start + steps, every):
-    n = min(every, start + steps - st)
-    c, _ = chunk(c, task.batch_indices(seed if order is None else order, st, n))
-    if snap_every:
-      snaps.append((st + n - start, np.asarray(_flat(c[0]))))
-  return c, snaps
-
-
 def direction(task, method: str, s: bench.Settings, seed: int, periods: int = 3,
               orders: int = 1) -> dict[str, Any]:
   """The first jump of ``method`` against the base's displacement after it (module docstring). With
@@ -66,15 +51,16 @@ def direction(task, method: str, s: bench.Settings, seed: int, periods: int = 3,
   ``1 / sqrt(orders)`` while the direction all orders share stays."""
   ms = bench.method_settings(task, method, s)
   jump = ms.ctx * ms.interval  # the first jump's step (0-based)
-  cb, _ = _run_to(task, "adam", s, seed, jump + 1)
-  cj, _ = _run_to(task, method, s, seed, jump + 1)
+  cb, _ = _train(task, "adam", s, seed, 0, jump + 1)
+  cj, _ = _train(task, method, s, seed, 0, jump + 1)
   tb, tj = np.asarray(_flat(cb[0])), np.asarray(_flat(cj[0]))
   d = tj - tb
   horizon = min(periods * jump, task.spec.steps - (jump + 1))
-  runs = [_run_to(task, "adam", s, seed, horizon, snap_every=s.eval_every,
-                  start_carry=jax.tree.map(jnp.copy, cb), start=jump + 1,
-                  order=None if j == 0 else 1000 + seed * 100 + j)[1] for j in range(orders)]
-  snaps = [(h, np.mean([r[i][1] for r in runs], axis=0)) for i, (h, _) in enumerate(runs[0])]
+  runs = [_train(task, "adam", s, seed, jump + 1, horizon, carry=jax.tree.map(jnp.copy, cb),
+                 order=None if j == 0 else 1000 + seed * 100 + j, read=lambda c: np.asarray(_flat(c[0])))[1]
+          for j in range(orders)]
+  hs = [min(h, horizon) for h in range(s.eval_every, horizon + s.eval_every, s.eval_every)]
+  snaps = zip(hs, np.mean(runs, axis=0), strict=True)
   dn = float(np.linalg.norm(d))
   rows = []
   for h, theta in snaps:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -34,17 +35,19 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def _train(task, method: str, s: bench.Settings, seed: int, start: int, steps: int, carry=None):
-  """``steps`` steps of ``method`` from step ``start`` (from ``carry``, or its initial state): the carry and
-  the mean training loss of each chunk of at most ``s.eval_every`` steps."""
+def _train(task, method: str, s: bench.Settings, seed: int, start: int, steps: int, carry=None,
+           order: int | None = None, read: Callable[[Any], Any] | None = None):
+  """``steps`` steps of ``method`` from step ``start`` (from ``carry``, or its initial state): the carry and,
+  after each chunk of at most ``s.eval_every`` steps, its mean training loss (or ``read(carry)``).
+  ``order``: the seed of the minibatch order (default ``seed``'s, as the benchmark runs)."""
   chunk, c0 = bench.build_chunk(task, method, bench.method_settings(task, method, s), seed)  # as run.py
   c = c0 if carry is None else carry
-  losses = []
+  out = []
   for st in range(start, start + steps, s.eval_every):
     n = min(s.eval_every, start + steps - st)
-    c, tl = chunk(c, task.batch_indices(seed, st, n))
-    losses.append(float(tl))
-  return c, losses
+    c, tl = chunk(c, task.batch_indices(seed if order is None else order, st, n))
+    out.append(float(tl) if read is None else read(c))
+  return c, out
 
 
 def scale_jump(task, method: str, s: bench.Settings, seed: int, scales=SCALES,

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import run as bench
 from research import jump_direction as jd
+from research import jump_scale as js
 
 
 def test_displacements_are_the_base_runs_own_and_the_cosines_are_consistent():
@@ -23,9 +24,9 @@ def test_displacements_are_the_base_runs_own_and_the_cosines_are_consistent():
   jump = s.ctx * s.interval
   assert r["jump_step"] == jump + 1 and r["jump_norm"] > 0
   assert [row["h"] for row in r["rows"]] == list(range(5, 2 * jump + 1, 5))
-  c, _ = jd._run_to(task, "adam", s, 0, jump + 1 + 10)  # the base alone, 10 steps past the jump step
-  c0, _ = jd._run_to(task, "adam", s, 0, jump + 1)
-  c1, _ = jd._run_to(task, "linefit+", s, 0, jump + 1)
+  c, _ = js._train(task, "adam", s, 0, 0, jump + 1 + 10)  # the base alone, 10 steps past the jump step
+  c0, _ = js._train(task, "adam", s, 0, 0, jump + 1)
+  c1, _ = js._train(task, "linefit+", s, 0, 0, jump + 1)
   d = np.asarray(jd._flat(c1[0])) - np.asarray(jd._flat(c0[0]))
   big_d = np.asarray(jd._flat(c[0])) - np.asarray(jd._flat(c0[0]))
   row = r["rows"][1]  # h = 10
@@ -48,14 +49,14 @@ def test_more_minibatch_orders_average_the_base_displacement():
   start = s.ctx * s.interval + 1
 
   def base_at_jump():  # a fresh carry each time: the chunk donates its input
-    return jd._run_to(task, "adam", s, 0, start)[0]
+    return js._train(task, "adam", s, 0, 0, start)[0]
 
   theta = np.asarray(jd._flat(base_at_jump()[0]))
-  own = np.asarray(jd._flat(jd._run_to(task, "adam", s, 0, 5, start_carry=base_at_jump(), start=start)[0][0]))
-  other = np.asarray(jd._flat(jd._run_to(task, "adam", s, 0, 5, start_carry=base_at_jump(), start=start,
-                                         order=1000 + 1)[0][0]))
+  own = np.asarray(jd._flat(js._train(task, "adam", s, 0, start, 5, carry=base_at_jump())[0][0]))
+  other = np.asarray(jd._flat(js._train(task, "adam", s, 0, start, 5, carry=base_at_jump(),
+                                        order=1000 + 1)[0][0]))
   assert not np.allclose(own, other)  # another minibatch order
-  d = np.asarray(jd._flat(jd._run_to(task, "linefit+", s, 0, start)[0][0])) - theta
+  d = np.asarray(jd._flat(js._train(task, "linefit+", s, 0, 0, start)[0][0])) - theta
   big_d = (own + other) / 2 - theta
   expected = float(d @ big_d / np.linalg.norm(d) / np.linalg.norm(big_d))
   assert two["rows"][0]["cos"] == pytest.approx(expected, abs=1e-5)
